@@ -1,0 +1,60 @@
+"""The `Task` protocol: load a split, format prompts, parse answers, score them (STYLE §3).
+
+A task is data wherever possible: its splits, prompt template, option letters and a
+subject → category table. Python is for parsing and rewards only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ..registry import Registry
+
+Kind = Literal["mcq", "generate"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question. For multiple choice `answer` is a letter and `choices` the option texts."""
+
+    id: str  # stable id, unique within a split (VMLU: "SS-NNNN")
+    question: str  # the question text as given by the data
+    answer: str  # gold answer: a letter for MCQ, the reference answer otherwise ("" if hidden)
+    choices: tuple[str, ...] = ()  # option texts, without "A. " prefixes
+    subject: str = ""  # subject id or name
+    category: str = ""  # one of the task's categories
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)  # task-specific (tests, ...)
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        """Valid option letters for MCQ ("A", "B", ...)."""
+        return tuple(chr(ord("A") + i) for i in range(len(self.choices)))
+
+
+class Task(Protocol):
+    """A task family. Batched methods: a list in, a list out, same order."""
+
+    name: str  # registry name
+    version: str  # bumped whenever prompts, parsing or data handling change
+    kind: Kind  # "mcq": one letter among `Example.letters`; "generate": free text
+    categories: tuple[str, ...]  # category names in report order (may be empty)
+
+    def load(self, data: str | None, split: str) -> list[Example]:
+        """Read a split from a local folder/file or a Hugging Face dataset id."""
+        ...
+
+    def format(self, examples: list[Example], tokenizer: Any = None, chat: bool = False) -> list[str]:
+        """Prompt strings; with `chat` the tokenizer's chat template is applied."""
+        ...
+
+    def parse(self, examples: list[Example], completions: list[str]) -> list[str]:
+        """Extract each prediction from generated text (MCQ: a letter or "")."""
+        ...
+
+    def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
+        """Whether each prediction is correct (code tasks run their tests in the sandbox)."""
+        ...
+
+
+TASKS: Registry[Task] = Registry("task")

@@ -1,0 +1,43 @@
+"""Shared fixtures: a temporary T2_HOME, a tiny random Llama folder, and the real SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_tiny_llama  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+VMLU_DIR = REPO.parent / "shared" / "data" / "vmlu"
+
+
+@pytest.fixture(autouse=True)
+def _t2_home(tmp_path_factory, monkeypatch, request):
+    """Each test gets its own cache root, except slow ones, which share the user's (model conversion is costly)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("T2_HOME", str(tmp_path_factory.mktemp("t2_home")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir):
+    """(model, tokenizer) of the tiny random Llama, float32 on CPU."""
+    from transformer_squared.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct, float32 on CPU (shared by the slow tests)."""
+    from transformer_squared.models import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu")
