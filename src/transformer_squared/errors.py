@@ -29,3 +29,7 @@ class ExpertError(T2Error):
 
 class RegistryError(T2Error):
     """An unknown or duplicate registry name."""
+
+
+class ExportError(T2Error):
+    """An export that cannot be written or pushed (folder exists, upload failed, ...)."""
