@@ -1,13 +1,22 @@
 """Batched scoring and generation with Hugging Face models.
 
-Requests are sorted by length, padded (left) into batches, and results put back in input order.
+Prompts are tokenized once, sorted by token length (longest first, so an out-of-memory error
+shows up on the first batch), left-padded into batches, and results put back in input order
+(lm-eval's `Collator`). A batch that runs out of memory is halved and retried.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Callable
 
 import torch
+
+from .errors import ResourceError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with the number of prompts just finished
 
 
 def chat_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
@@ -20,33 +29,95 @@ def chat_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
     ]
 
 
-def _encode(tokenizer: Any, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    # A chat-formatted text already carries BOS; plain text gets the tokenizer's default.
-    special = not (getattr(tokenizer, "bos_token", None) and all(t.startswith(tokenizer.bos_token) for t in texts))
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special)
-    return {k: v.to(device) for k, v in enc.items()}
+def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, unpadded. A chat-formatted text already carries BOS; plain text gets the default."""
+    bos = getattr(tokenizer, "bos_token", None)
+    special = not (bos and all(t.startswith(bos) for t in texts))
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
+def pad_left(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask and position_ids (counting from each row's first real token)."""
+    T = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(ids), T), dtype=torch.long)  # (B, T)
+    for row, x in enumerate(ids):
+        input_ids[row, T - len(x) :] = torch.tensor(x, dtype=torch.long)
+        mask[row, T - len(x) :] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": position_ids.to(device)}
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def run_batches(order: list[int], batch_size: int, fn: Callable[[list[int]], None], progress: Progress | None = None) -> int:
+    """Call `fn` on consecutive slices of `order`; on out-of-memory halve the batch and retry the slice.
+
+    Returns the batch size that finally worked (callers may reuse it for the next call).
+    """
+    if batch_size < 1:
+        raise ResourceError(f"batch size {batch_size}: must be at least 1")
+    start = 0
+    while start < len(order):
+        idx = order[start : start + batch_size]
+        try:
+            fn(idx)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            if batch_size == 1:
+                raise ResourceError(f"out of memory with batch size 1 on a prompt of index {idx[0]}: use a smaller model, "
+                                    "a shorter prompt, --dtype bfloat16 or another device") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            log.warning("out of memory: retrying with batch size %d", batch_size)
+            continue
+        start += len(idx)
+        if progress is not None:
+            progress(len(idx))
+    return batch_size
+
+
+def _length_order(ids: list[list[int]]) -> list[int]:
+    return sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 @torch.no_grad()
 def generate(
     model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8,
-    do_sample: bool = False, temperature: float = 1.0, seed: int | None = None,
+    do_sample: bool = False, temperature: float = 1.0, seed: int | None = None, progress: Progress | None = None,
 ) -> list[str]:
     """Completions for already-formatted prompts (greedy unless `do_sample`), in input order."""
     if seed is not None:
         torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    device, pad = _device(model), _pad_id(tokenizer)
+    ids = tokenize(tokenizer, prompts)
     out: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = _encode(tokenizer, [prompts[i] for i in idx], device)
-        kwargs = dict(do_sample=do_sample, temperature=temperature) if do_sample else dict(do_sample=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             top_p=None, top_k=None, **kwargs)
+    sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
+
+    def step(idx: list[int]) -> None:
+        enc = pad_left([ids[i] for i in idx], pad, device)
+        enc.pop("position_ids")  # generate derives positions from the attention mask itself
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad, top_p=None, top_k=None, **sampling)
         new = gen[:, enc["input_ids"].shape[1] :]  # (B, new_tokens)
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
             out[i] = text
+
+    run_batches(_length_order(ids), batch_size, step, progress)
     return out
 
 
@@ -65,12 +136,16 @@ def letter_token_ids(tokenizer: Any, letters: tuple[str, ...]) -> list[list[int]
     return out
 
 
+def forward_last(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token logits at the last position of a left-padded batch, (B, V), float32."""
+    out = model(**batch, logits_to_keep=1, use_cache=False)
+    return out.logits[:, -1, :].float()  # (B, V)
+
+
 def last_logits(model: Any, tokenizer: Any, texts: list[str]) -> torch.Tensor:
     """Next-token logits after each text, (B, V), in one forward pass (grad flows if enabled)."""
-    device = next(model.parameters()).device
-    enc = _encode(tokenizer, texts, device)
-    out = model(**enc, logits_to_keep=1, use_cache=False)
-    return out.logits[:, -1, :].float()  # (B, V)
+    batch = pad_left(tokenize(tokenizer, texts), _pad_id(tokenizer), _device(model))
+    return forward_last(model, batch)  # (B, V)
 
 
 def letter_logits(logits: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
@@ -81,20 +156,52 @@ def letter_logits(logits: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
 @torch.no_grad()
 def score_letters(
     model: Any, tokenizer: Any, prompts: list[str], letters: list[tuple[str, ...]], batch_size: int = 8,
+    progress: Progress | None = None,
 ) -> tuple[list[str], list[torch.Tensor]]:
     """One forward pass per batch gives both MCQ protocols, in input order:
     the greedy next token's text (`generate` protocol: one greedy token) and the
     log-probabilities over each prompt's valid letters (`letter` protocol)."""
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    device, pad = _device(model), _pad_id(tokenizer)
+    ids = tokenize(tokenizer, prompts)
     greedy: list[str] = [""] * len(prompts)
     logp: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     id_cache: dict[tuple[str, ...], list[list[int]]] = {}
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        logits = last_logits(model, tokenizer, [prompts[i] for i in idx])  # (B, V)
+
+    def step(idx: list[int]) -> None:
+        logits = forward_last(model, pad_left([ids[i] for i in idx], pad, device))  # (B, V)
         top = logits.argmax(-1).tolist()
         for row, i in enumerate(idx):
             greedy[i] = tokenizer.decode([top[row]])
-            ids = id_cache.setdefault(letters[i], letter_token_ids(tokenizer, letters[i]))
-            logp[i] = torch.log_softmax(letter_logits(logits[row], ids), 0).cpu()
+            if letters[i] not in id_cache:
+                id_cache[letters[i]] = letter_token_ids(tokenizer, letters[i])
+            logp[i] = torch.log_softmax(letter_logits(logits[row], id_cache[letters[i]]), 0).cpu()
+
+    run_batches(_length_order(ids), batch_size, step, progress)
     return greedy, logp
+
+
+@torch.no_grad()
+def loglikelihood(
+    model: Any, tokenizer: Any, contexts: list[str], continuations: list[str], batch_size: int = 8,
+    progress: Progress | None = None,
+) -> list[tuple[float, int]]:
+    """(sum of log p(continuation tokens | context), number of continuation tokens) per pair, in input order."""
+    device, pad = _device(model), _pad_id(tokenizer)
+    ctx = tokenize(tokenizer, contexts)
+    cont = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    if any(not c for c in cont):
+        raise ValueError("every continuation must have at least one token")
+    full = [a + b for a, b in zip(ctx, cont)]
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(full)
+
+    def step(idx: list[int]) -> None:
+        k = max(len(cont[i]) for i in idx) + 1
+        logits = model(**pad_left([full[i] for i in idx], pad, device), logits_to_keep=k, use_cache=False).logits
+        logp = torch.log_softmax(logits.float(), -1)  # (B, k, V)
+        for row, i in enumerate(idx):
+            c = torch.tensor(cont[i], device=logp.device)  # (n,)
+            pred = logp[row, k - 1 - len(c) : k - 1]  # (n, V): positions that predict the continuation
+            out[i] = (pred.gather(-1, c[:, None]).sum().item(), len(c))
+
+    run_batches(_length_order(full), batch_size, step, progress)
+    return out

@@ -31,5 +31,9 @@ class RegistryError(T2Error):
     """An unknown or duplicate registry name."""
 
 
+class ResourceError(T2Error):
+    """Not enough memory (or another resource) even after backing off."""
+
+
 class ExportError(T2Error):
     """An export that cannot be written or pushed (folder exists, upload failed, ...)."""
