@@ -6,8 +6,13 @@ An expert holds raw parameters p per target; z = f(p) (f = sigmoid in the refere
 singular values keep the sum of s: s' = s ⊙ z · (Σs / Σ(s ⊙ z)), so a uniform z gives back W, and
 W' = U · diag(s') · Vᵀ. A mixture is z' = Σₖ αₖ zₖ over post-parametrisation z (paper §3.2).
 
+Both modes apply the change as a delta, W' = W + U · diag(s' − s) · Vᵀ, which equals U·diag(s')·Vᵀ
+for the exact factors but keeps the rounding error proportional to the change: a uniform z returns W
+to the last bit, where recomposing U·diag(s')·Vᵀ would add the SVD's ~1e-6 residual to every layer.
+
 * merged: W' is written into the Linear weights (originals kept, restored bit for bit);
-* factored: y = ((x·V) ⊙ s'_b) · Uᵀ with one s'_b per batch row, so rows may use different experts.
+* factored: y = x·Wᵀ + ((x·V) ⊙ (s'_b − s)) · Uᵀ with one s'_b per batch row, so rows may use
+  different experts.
 """
 
 from __future__ import annotations
@@ -82,6 +87,11 @@ def recompose(U: Tensor, s: Tensor, V: Tensor, z: Tensor | None = None, normalis
     return (U * s2) @ V.T  # (out, r) * (r,) @ (r, in) → (out, in)
 
 
+def delta_w(U: Tensor, s: Tensor, V: Tensor, z: Tensor, normalise: bool = True) -> Tensor:
+    """ΔW = W' − W = U · diag(s' − s) · Vᵀ (out × in)."""
+    return (U * (adapted_s(s, z, normalise) - s)) @ V.T  # (out, r) * (r,) @ (r, in) → (out, in)
+
+
 def mix(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
     """z' = Σₖ αₖ zₖ per target; alpha (K,) = one per expert, (K, n_targets) = one per expert
     per target (targets in the order of zs[0]). Per-row mixtures: `mix_batch`."""
@@ -116,19 +126,18 @@ def mix_batch(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
 
 
 class FactoredLinear(nn.Module):
-    """y = ((x·V) ⊙ s'_b) · Uᵀ + b, with one row of s' per batch example."""
+    """y = base(x) + ((x·V) ⊙ (s'_b − s)) · Uᵀ, with one row of s' per batch example."""
 
-    def __init__(self, base: nn.Linear, f: Factors, s_batch: Tensor) -> None:
+    def __init__(self, base: nn.Linear, f: Factors, ds_batch: Tensor) -> None:
         super().__init__()
         self.base = base
         dtype = base.weight.dtype
         self.U, self.V = f.U.to(dtype), f.V.to(dtype)
-        self.s_batch = s_batch.to(dtype)  # (B, r)
+        self.ds_batch = ds_batch.to(dtype)  # (B, r): s'_b − s
 
     def forward(self, x: Tensor) -> Tensor:
-        h = (x @ self.V) * self.s_batch[:, None, :]  # (B, T, r)
-        y = h @ self.U.T  # (B, T, out)
-        return y if self.base.bias is None else y + self.base.bias
+        h = (x @ self.V) * self.ds_batch[:, None, :]  # (B, T, r)
+        return self.base(x) + h @ self.U.T  # (B, T, out)
 
 
 class SVFModel:
@@ -158,12 +167,13 @@ class SVFModel:
         Ws = {}
         for name, zt in z.items():
             f = self.factors[name]
-            W = recompose(f.U, f.S, f.V, zt.to(f.S.device), self.normalise)  # (out, in)
-            if not torch.isfinite(W).all():
-                raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
             weight = self.model.get_submodule(name).weight
             if name not in self._originals:
                 self._originals[name] = weight.detach().clone()
+            W0 = self._originals[name]
+            W = W0.to(f.U.dtype) + delta_w(f.U, f.S, f.V, zt.to(f.S.device), self.normalise)  # (out, in)
+            if not torch.isfinite(W).all():
+                raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
             with torch.no_grad():
                 weight.copy_(W)
             Ws[name] = W
@@ -210,8 +220,8 @@ class SVFModel:
                 parent_name, _, child = name.rpartition(".")
                 parent = self.model.get_submodule(parent_name)
                 base = getattr(parent, child)
-                s_batch = adapted_s(f.S, zb.to(f.S.device), self.normalise)  # (B, r)
-                setattr(parent, child, FactoredLinear(base, f, s_batch))
+                ds = adapted_s(f.S, zb.to(f.S.device), self.normalise) - f.S  # (B, r)
+                setattr(parent, child, FactoredLinear(base, f, ds))
                 swapped.append((parent, child, base))
             yield
         finally:
