@@ -65,22 +65,30 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _apply(obj: Any, data: dict[str, Any], where: str, errors: list[str]) -> None:
+def _closest(key: str, names: list[str]) -> str | None:
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return close[0]
+    prefixed = [n for n in names if key.startswith(n) or n.startswith(key)]
+    return prefixed[0] if prefixed else None
+
+
+def _apply(obj: Any, data: dict[str, Any], source: str, errors: list[str], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
         key_n = key.replace("-", "_")
         if key_n not in names:
-            close = difflib.get_close_matches(key_n, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            errors.append(f"{where}: unknown key '{key}'{hint}")
+            close = _closest(key_n, names)
+            hint = f" (did you mean '{prefix}{close}'?)" if close else ""
+            errors.append(f"{source}: unknown key '{prefix}{key}'{hint}")
             continue
         current = getattr(obj, key_n)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _apply(current, value, f"{where}.{key_n}" if where else key_n, errors)
+            _apply(current, value, source, errors, f"{prefix}{key_n}.")
             continue
         try:
-            setattr(obj, key_n, _coerce(value, hints[key_n], f"{where}: {key}"))
+            setattr(obj, key_n, _coerce(value, hints[key_n], f"{source}: {prefix}{key}"))
         except ConfigError as e:
             errors.append(str(e))
 
@@ -114,7 +122,7 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, flags: list[s
     obj = cls()
     errors: list[str] = []
     if base:
-        _apply(obj, base, "", errors)
+        _apply(obj, base, "config", errors)
     if yaml_path is not None:
         path = Path(yaml_path)
         try:

