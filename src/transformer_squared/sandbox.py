@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from signal import SIGKILL
 
+from .errors import ConfigError
+
 NOBODY = 65534  # uid and gid the child runs as when we are root
 N_PROC = 32  # RLIMIT_NPROC in the child (counts every process and thread of its user)
 FILE_MB = 16  # RLIMIT_FSIZE in MiB: largest file, stderr included, the child may write
@@ -203,7 +205,7 @@ def _status(code: int, timed_out: bool, stderr_tail: str) -> str:
 def run_code(program: str, timeout_s: float = 5, memory_mb: int = 512) -> SandboxResult:
     """Run `program` confined; it passes when it exits with status 0 within `timeout_s` seconds."""
     if timeout_s <= 0 or memory_mb <= 0:
-        raise ValueError(f"timeout_s and memory_mb must be positive, got {timeout_s} and {memory_mb}")
+        raise ConfigError(f"sandbox: timeout_s and memory_mb must be positive, got {timeout_s} and {memory_mb}")
     limits = {"memory_mb": int(memory_mb), "cpu_s": math.ceil(timeout_s) + 1, "file_mb": FILE_MB,
               "n_proc": N_PROC, "uid": NOBODY}
     with tempfile.TemporaryDirectory(prefix="t2-sandbox-", ignore_cleanup_errors=True) as work_dir, \
