@@ -119,6 +119,49 @@ def eval_(
     console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
 
 
+@app.command("eval")
+def eval_(
+    task: str = typer.Option(..., "--task", "-t", help="Task name (vmlu, mmlu, mcq, gsm8k, ...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results JSON (resumes from OUT.partial.json)."),
+    model: str = MODEL,
+    data: Optional[str] = typer.Option(None, "--data", help="Local folder/file or Hugging Face dataset id."),
+    split: str = typer.Option("valid", "--split"),
+    expert: Optional[List[Path]] = typer.Option(None, "--expert", "-e", help="Expert folder(s); several are mixed."),
+    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N questions."),
+    sample: str = typer.Option("first", "--sample", help="How --limit picks: first or stratified (by subject, seeded)."),
+    seed: int = typer.Option(0, "--seed"),
+    protocol: str = typer.Option("both", "--protocol", help="generate, letter or both (one forward pass gives both)."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template (VMLU's official: off)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (halved on out-of-memory)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation budget of generative tasks."),
+    submission: Optional[Path] = typer.Option(None, "--submission", help="Write the id,answer CSV (unlabelled test split)."),
+    submission_protocol: str = typer.Option("letter", "--submission-protocol", help="generate or letter."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    trust_remote_code: bool = TRUST,
+) -> None:
+    """Evaluate a task with the base model, an expert or a fixed mixture."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from .adapted import load_adapted
+    from .evaluate import EvalConfig, evaluate
+    from .report import eval_table
+
+    cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
+                     seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                     submission_protocol=submission_protocol)
+    am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
+                      trust_remote_code=trust_remote_code)
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        job = bar.add_task(f"{task} {split}", total=None)
+        results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
+                           total=lambda n: bar.update(job, total=n))
+    console.print(eval_table(results))
+    console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
+
+
 @expert_app.command("init")
 def expert_init(
     out: Path = typer.Option(..., "--out", help="Folder to write the expert into."),

@@ -1,0 +1,69 @@
+"""Accuracy with 95 % confidence intervals: per subject, per category, question-weighted and category mean.
+
+`weighted_average` is correct / n over the whole split (VMLU's official "Average");
+`category_mean` is the plain mean of the per-category accuracies. Intervals: Wilson score for
+each accuracy; a normal approximation for `category_mean` (independent categories).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval of k successes in n trials; None when n = 0."""
+    if n == 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _acc(k: int, n: int) -> dict[str, Any]:
+    ci = wilson(k, n)
+    return {"n": n, "n_correct": k, "accuracy": k / n if n else None, "ci95": list(ci) if ci else None}
+
+
+def _ordered(names: Iterable[str], first: tuple[str, ...]) -> list[str]:
+    seen = [c for c in first]
+    for c in names:
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def accuracy_metrics(rows: list[dict[str, Any]], protocol: str, categories: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Metrics of one protocol over result rows (`correct[protocol]` is True/False, or None when unlabelled)."""
+    scored = [r for r in rows if r["correct"][protocol] is not None]
+    k = sum(bool(r["correct"][protocol]) for r in scored)
+    by_cat: dict[str, list[int]] = {}
+    by_subj: dict[str, list[Any]] = {}
+    for r in scored:
+        ok = int(bool(r["correct"][protocol]))
+        by_cat.setdefault(r["category"], [0, 0])
+        by_cat[r["category"]][0] += ok
+        by_cat[r["category"]][1] += 1
+        s = by_subj.setdefault(r["subject"], [0, 0, r["category"]])
+        s[0] += ok
+        s[1] += 1
+    cats = {c: _acc(*by_cat.get(c, (0, 0))) for c in _ordered(by_cat, categories) if c != ""}
+    accs = [m["accuracy"] for m in cats.values() if m["accuracy"] is not None]
+    mean = sum(accs) / len(accs) if accs else None
+    mean_ci = None
+    if accs:
+        var = sum(m["accuracy"] * (1 - m["accuracy"]) / m["n"] for m in cats.values() if m["n"]) / len(accs) ** 2
+        half = Z95 * math.sqrt(var)
+        mean_ci = [max(0.0, mean - half), min(1.0, mean + half)]
+    subjects = {s: _acc(v[0], v[1]) | {"category": v[2]} for s, v in sorted(by_subj.items()) if s != ""}
+    return {
+        "n": len(scored), "n_correct": k, "n_unlabelled": len(rows) - len(scored),
+        "n_no_answer": sum(r["prediction"][protocol] == "" for r in rows),
+        "weighted_average": k / len(scored) if scored else None,
+        "ci95": list(wilson(k, len(scored))) if scored else None,
+        "category_mean": mean, "category_mean_ci95": mean_ci,
+        "categories": cats, "subjects": subjects,
+    }
