@@ -1,0 +1,60 @@
+"""`t2 eval`: table on screen, results JSON, submission CSV, one-line errors; one slow run on SmolLM2."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from transformer_squared.cli import main
+
+from vmlu_files import SUBJECTS, write_vmlu
+
+
+def test_eval_prints_the_category_table_and_writes_results(tiny_model_dir, tmp_path, capsys):
+    data = write_vmlu(tmp_path / "vmlu")
+    out = tmp_path / "r.json"
+    main(["eval", "--model", str(tiny_model_dir), "--task", "vmlu", "--data", str(data), "--device", "cpu",
+          "--batch-size", "4", "--out", str(out)])
+    screen = capsys.readouterr().out
+    for word in ("STEM", "Social Science", "Humanities", "Other", "Average", "generate", "letter"):
+        assert word in screen
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert res["metrics"]["letter"]["n"] == 3 * len(SUBJECTS)
+    hits = sum(r["prediction"]["letter"] == r["answer"] for r in res["predictions"])
+    assert res["metrics"]["letter"]["weighted_average"] == pytest.approx(hits / (3 * len(SUBJECTS)))
+
+
+def test_eval_writes_a_submission_for_the_test_split(tiny_model_dir, tmp_path):
+    data = write_vmlu(tmp_path / "vmlu", per_subject=2)
+    sub = tmp_path / "sub.csv"
+    main(["eval", "--model", str(tiny_model_dir), "--task", "vmlu", "--data", str(data), "--split", "test",
+          "--protocol", "letter", "--device", "cpu", "--submission", str(sub), "--out", str(tmp_path / "t.json")])
+    with open(sub, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "answer"] and len(rows) - 1 == len({r[0] for r in rows[1:]}) == 2 * len(SUBJECTS)
+
+
+def test_eval_bad_protocol_is_one_line_and_exit_code_2(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", str(tiny_model_dir), "--task", "vmlu", "--data", str(tmp_path),
+              "--protocol", "logits", "--out", str(tmp_path / "r.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: protocol 'logits'") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_eval_smollm2_twenty_questions(tmp_path, capsys):
+    data = write_vmlu(tmp_path / "vmlu")
+    out = tmp_path / "r.json"
+    main(["eval", "--task", "vmlu", "--data", str(data), "--limit", "20", "--device", "cpu", "--out", str(out)])
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert res["model"] == "smollm2-135m-instruct" and len(res["predictions"]) == 20
+    for proto in ("generate", "letter"):
+        m = res["metrics"][proto]
+        hits = sum(bool(r["correct"][proto]) for r in res["predictions"])
+        assert m["n"] == 20 and m["weighted_average"] == pytest.approx(hits / 20)
+    assert all(r["prediction"]["letter"] in "ABCDE" for r in res["predictions"])
+    assert "Average" in capsys.readouterr().out
