@@ -198,3 +198,32 @@ def test_merged_export_smollm2(smollm2, tmp_path):
     torch.testing.assert_close(logits(plain, tok), expected, rtol=1e-4, atol=1e-4)
     assert "smollm2-135m-instruct" not in (out / "config.json").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (out / "README.md").read_text()
+
+
+def test_cli_export_merged_and_lora(tiny, tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from transformer_squared.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return e.value.code or 0, out.out, out.err
+
+    model, _ = tiny
+    e1, e2 = make_expert(model, 0).save(tmp_path / "e1"), make_expert(model, 3).save(tmp_path / "e2")
+    code, out, err = run(["export", "merged", "--model", str(tiny_model_dir), "--experts", str(e1), "--experts",
+                          str(e2), "--alpha", "0.5", "--alpha", "0.5", "--out", str(tmp_path / "m")])
+    assert code == 0 and "merged checkpoint" in out, err
+    AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    code, out, _ = run(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(e1), "--rank", "8",
+                        "--out", str(tmp_path / "l")])
+    assert code == 0 and "r=8" in out and "overall" in out
+    code, _, err = run(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(e1), "--rank", "8",
+                        "--out", str(tmp_path / "l")])
+    assert code == 2 and "already exists" in err and err.count("\n") == 1
+    code, _, err = run(["export", "lora", "--model", str(tiny_model_dir), "--expert", str(e1), "--rank", "x",
+                        "--out", str(tmp_path / "l2")])
+    assert code == 2 and "--rank x" in err

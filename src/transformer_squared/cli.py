@@ -19,6 +19,8 @@ from .models import DEFAULT_MODEL
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transformer²: SVF experts and self-adaptive inference.")
 expert_app = typer.Typer(no_args_is_help=True, help="Create and inspect experts.")
 app.add_typer(expert_app, name="expert")
+export_app = typer.Typer(no_args_is_help=True, help="Export adapted weights: merged HF checkpoint or PEFT LoRA adapter.")
+app.add_typer(export_app, name="export")
 console = Console()
 err = Console(stderr=True)
 
@@ -119,47 +121,37 @@ def eval_(
     console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
 
 
-@app.command("eval")
-def eval_(
-    task: str = typer.Option(..., "--task", "-t", help="Task name (vmlu, mmlu, mcq, gsm8k, ...)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Results JSON (resumes from OUT.partial.json)."),
-    model: str = MODEL,
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config.yaml, split.json, metrics.jsonl, best/, latest/)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name (vmlu, mmlu, mcq, rg, ...)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id."),
     data: Optional[str] = typer.Option(None, "--data", help="Local folder/file or Hugging Face dataset id."),
-    split: str = typer.Option("valid", "--split"),
-    expert: Optional[List[Path]] = typer.Option(None, "--expert", "-e", help="Expert folder(s); several are mixed."),
-    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N questions."),
-    sample: str = typer.Option("first", "--sample", help="How --limit picks: first or stratified (by subject, seeded)."),
-    seed: int = typer.Option(0, "--seed"),
-    protocol: str = typer.Option("both", "--protocol", help="generate, letter or both (one forward pass gives both)."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template (VMLU's official: off)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (halved on out-of-memory)."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation budget of generative tasks."),
-    submission: Optional[Path] = typer.Option(None, "--submission", help="Write the id,answer CSV (unlabelled test split)."),
-    submission_protocol: str = typer.Option("letter", "--submission-protocol", help="generate or letter."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    trust_remote_code: bool = TRUST,
+    subset: Optional[str] = typer.Option(None, "--subset", help="category=STEM, subject=28,29, ..."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of TrainConfig keys."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (prompts per step)."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    kl: Optional[float] = typer.Option(None, "--kl", help="λ of the KL penalty to the base model."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+    label: Optional[str] = typer.Option(None, "--label"),
+    description: Optional[str] = typer.Option(None, "--description", help="One sentence used by dispatch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/latest with optimizer and RNG state."),
 ) -> None:
-    """Evaluate a task with the base model, an expert or a fixed mixture."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    """Train an SVF expert with REINFORCE; any other TrainConfig key works as --key value."""
+    from .train import configure, run
 
-    from .adapted import load_adapted
-    from .evaluate import EvalConfig, evaluate
-    from .report import eval_table
-
-    cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
-                     seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     submission_protocol=submission_protocol)
-    am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
-                      trust_remote_code=trust_remote_code)
-    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
-        job = bar.add_task(f"{task} {split}", total=None)
-        results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
-                           total=lambda n: bar.update(job, total=n))
-    console.print(eval_table(results))
-    console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
+    named = {"task": task, "model": model, "data": data, "subset": subset, "steps": steps, "batch_size": batch_size,
+             "micro_batch_size": micro_batch_size, "lr": lr, "kl": kl, "seed": seed, "eval_every": eval_every,
+             "label": label, "description": description}
+    cfg = configure(out, config, named, list(ctx.args), resume)
+    summary = run(cfg, out, resume=resume)
+    console.print(f"best validation accuracy {summary['best_val']:.4f} at step {summary['best_step']} "
+                  f"({summary['steps_done']} steps{', stopped early' if summary['stopped_early'] else ''})\n"
+                  f"expert: {out / 'best'}")
 
 
 @expert_app.command("init")
@@ -194,6 +186,87 @@ def expert_show(folder: Path = typer.Argument(..., help="Expert folder.")) -> No
     console.print(f"label: {m.label}\ndescription: {m.description}\nbase model: {m.base_model} ({m.fingerprint})\n"
                   f"targets: {len(m.targets)}, parameters: {e.n_params:,}, parametrisation: {m.parametrisation}\n"
                   f"task: {m.task}\nmetrics: {m.metrics}")
+
+
+EXPERTS = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder (repeat the flag to mix several).")
+ALPHAS = typer.Option(None, "--alpha", help="Mixture weight per expert, repeated in expert order (default: equal).")
+PUSH = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hugging Face repo id.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
+
+
+@export_app.command("merged")
+def export_merged(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (atomically)."),
+    model: str = MODEL,
+    expert: List[Path] = EXPERTS,
+    alpha: Optional[List[float]] = ALPHAS,
+    dtype: str = DTYPE,
+    push_to_hub: Optional[str] = PUSH,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """A standalone Hugging Face checkpoint with the experts' W' merged in, plus a model card."""
+    from .export import export_merged as run
+
+    folder = run(model, expert or [], alpha, out, push_to_hub, dtype=dtype, overwrite=overwrite)
+    console.print(f"merged checkpoint: {folder}" + (f" (pushed to {push_to_hub})" if push_to_hub else ""))
+
+
+@export_app.command("lora")
+def export_lora(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (atomically)."),
+    expert: Path = typer.Option(..., "--expert", "-e", help="Expert folder."),
+    rank: str = typer.Option("full", "--rank", "-r", help="LoRA rank R, or 'full' (exact)."),
+    model: str = MODEL,
+    push_to_hub: Optional[str] = PUSH,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """The expert's best rank-R update ΔW per target, as a PEFT LoRA adapter."""
+    from .errors import ConfigError
+    from .export import export_lora as run
+
+    if rank != "full" and not rank.isdigit():
+        raise ConfigError(f"--rank {rank}: a positive integer or 'full'")
+    rep = run(model, expert, None if rank == "full" else int(rank), out, push_to_hub, overwrite=overwrite)
+    worst = max(rep.rel_error, key=rep.rel_error.get)
+    console.print(f"LoRA adapter r={rep.rank} ({rep.n_params:,} parameters): {rep.out_dir}\n"
+                  f"relative error ||dW - dW_R||/||dW||: {rep.overall:.4f} overall, "
+                  f"worst {rep.rel_error[worst]:.4f} ({worst})" + (f"\npushed to {push_to_hub}" if push_to_hub else ""))
+
+
+@app.command("lm-eval")
+def lm_eval(
+    tasks: List[str] = typer.Option(..., "--tasks", help="lm-eval task names (repeat or comma-separate)."),
+    model: str = MODEL,
+    expert: Optional[List[Path]] = EXPERTS,
+    alpha: Optional[List[float]] = ALPHAS,
+    limit: Optional[float] = typer.Option(None, "--limit", help="Documents per task (N, or a fraction < 1)."),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="Folder of extra task YAML files."),
+    no_builtin_tasks: bool = typer.Option(False, "--no-builtin-tasks", help="Index only --include-path (faster)."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write lm-eval's results JSON here."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+) -> None:
+    """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
+    from .atomic import write_text
+    from .lm_eval_adapter import evaluate
+
+    names = [t for spec in tasks for t in spec.split(",") if t]
+    n = None if limit is None else (int(limit) if limit >= 1 else limit)
+    res = evaluate(model, names, expert or [], alpha, limit=n, include_path=include_path,
+                   include_defaults=not no_builtin_tasks, num_fewshot=num_fewshot, batch_size=batch_size,
+                   device=device, dtype=dtype, seed=seed)
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    console.print(make_table(res))
+    if output:
+        import json
+
+        slim = {k: v for k, v in res.items() if k != "samples"}
+        write_text(json.dumps(slim, indent=2, default=handle_non_serializable), output)
+        console.print(f"results: {output}")
 
 
 def main(argv: list[str] | None = None) -> None:

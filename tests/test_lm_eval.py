@@ -1,0 +1,103 @@
+"""lm-evaluation-harness backend: a local task runs offline on the tiny model, with and without experts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from test_export import make_expert  # noqa: E402
+
+from transformer_squared.adapted import load_adapted  # noqa: E402
+
+QUESTIONS = [
+    ("2 + 2 =", ["3", "4", "5"], 1), ("The sky is", ["blue", "green", "loud"], 0),
+    ("Paris is in", ["Spain", "Italy", "France"], 2), ("Ice is", ["cold", "hot", "purple"], 0),
+    ("10 / 2 =", ["2", "5", "8"], 1), ("Cats say", ["woof", "meow", "moo"], 1),
+]
+
+
+@pytest.fixture()
+def task_dir(tmp_path):
+    """A multiple-choice task and a generation task over a JSONL file, both local (no hub)."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in QUESTIONS))
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    (tmp_path / "t2_tiny_mc.yaml").write_text(
+        "task: t2_tiny_mc\n" + common + "output_type: multiple_choice\n"
+        "doc_to_text: \"{{question}}\"\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer}}\"\n"
+        "metric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
+    (tmp_path / "t2_tiny_gen.yaml").write_text(
+        "task: t2_tiny_gen\n" + common + "output_type: generate_until\n"
+        "doc_to_text: \"{{question}}\"\ndoc_to_target: \"{{choices[answer]}}\"\n"
+        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 4\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\nmetadata:\n  version: 1.0\n")
+    return tmp_path
+
+
+def _run(lm, task_dir, tasks):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    return simple_evaluate(model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(task_dir),
+                           include_defaults=False), log_samples=True)
+
+
+def test_local_tasks_run_with_an_expert(tiny, tiny_model_dir, task_dir, tmp_path):
+    from transformer_squared.lm_eval_adapter import evaluate
+
+    model, _ = tiny
+    path = make_expert(model).save(tmp_path / "expert")
+    res = evaluate(str(tiny_model_dir), ["t2_tiny_mc", "t2_tiny_gen"], experts=[path], include_path=task_dir,
+                   include_defaults=False, device="cpu", limit=4)
+    assert 0.0 <= res["results"]["t2_tiny_mc"]["acc,none"] <= 1.0
+    assert "exact_match,none" in res["results"]["t2_tiny_gen"]
+    assert res["n-samples"]["t2_tiny_mc"]["effective"] == 4
+
+
+def test_expert_changes_loglikelihoods_and_mixture_hook_groups_documents(tiny_model_dir, task_dir, tmp_path):
+    from transformer_squared.lm_eval_adapter import T2LM
+
+    am = load_adapted(str(tiny_model_dir), device="cpu")
+    path = make_expert(am.model, scale=2.0).save(tmp_path / "expert")
+    base = _run(T2LM(adapted=am), task_dir, ["t2_tiny_mc"])
+    expert_am = load_adapted(str(tiny_model_dir), experts=[path], device="cpu")
+    fixed = _run(T2LM(adapted=expert_am), task_dir, ["t2_tiny_mc"])
+
+    class EvenDocsOnly(T2LM):
+        """Per-document strategy: the expert for even doc ids, base weights for odd ones."""
+
+        def mixture_for(self, requests):
+            return torch.tensor([[1.0 if r.doc_id % 2 == 0 else 0.0] for r in requests])
+
+    mixed = _run(EvenDocsOnly(adapted=expert_am), task_dir, ["t2_tiny_mc"])
+
+    def lls(res):
+        return {s["doc_id"]: [r[0][0] for r in s["resps"]] for s in res["samples"]["t2_tiny_mc"]}
+
+    b, f, m = lls(base), lls(fixed), lls(mixed)
+    assert any(abs(x - y) > 1e-3 for d in b for x, y in zip(b[d], f[d]))  # the expert matters
+    for d in m:
+        want = f[d] if d % 2 == 0 else b[d]
+        assert m[d] == pytest.approx(want, abs=1e-4)
+    # weights are restored after every group
+    assert torch.equal(am.model.model.layers[0].mlp.up_proj.weight, expert_am.model.model.layers[0].mlp.up_proj.weight)
+
+
+def test_cli_lm_eval(tiny_model_dir, task_dir, tmp_path, capsys):
+    from transformer_squared.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["lm-eval", "--model", str(tiny_model_dir), "--tasks", "t2_tiny_mc", "--include-path", str(task_dir),
+              "--no-builtin-tasks", "--limit", "3", "--device", "cpu", "--output", str(tmp_path / "r.json")])
+        raise SystemExit(0)
+    out = capsys.readouterr().out
+    assert (e.value.code or 0) == 0 and "t2_tiny_mc" in out
+    assert "acc,none" in json.loads((tmp_path / "r.json").read_text())["results"]["t2_tiny_mc"]
+    with pytest.raises(SystemExit) as e:
+        main(["lm-eval", "--model", str(tiny_model_dir), "--tasks", "nope", "--include-path", str(task_dir),
+              "--no-builtin-tasks"])
+    assert e.value.code == 2 and "unknown lm-eval task 'nope'" in capsys.readouterr().err
