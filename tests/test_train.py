@@ -1,0 +1,302 @@
+"""The REINFORCE trainer on a tiny random Llama: objective, KL, step, micro-batching, splits, resume, atomic checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from transformer_squared import engine, rollout, splits
+from transformer_squared.checkpoint import STATE_META, load_trainer_state
+from transformer_squared.config import load_config
+from transformer_squared.errors import ConfigError
+from transformer_squared.expert import Expert, attach
+from transformer_squared.svd import Factors
+from transformer_squared.tasks.base import Example
+from transformer_squared.train import Recipe, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+LETTERS = ("A", "B", "C")
+
+
+def _examples(n: int = 24) -> list[Example]:
+    return [Example(id=f"q{i:02d}", question=f"What is {i} plus {i % 4}?", answer=LETTERS[i % 3],
+                    choices=(str(i + 1), str(i + 7), str(2 * i + 3)), subject=f"s{i % 3}", category=f"c{i % 2}")
+            for i in range(n)]
+
+
+@dataclass
+class TinyMCQ:
+    """A Task (protocol) over fixed in-memory questions."""
+
+    name: str = "tiny-mcq"
+    version: str = "1"
+    kind: str = "mcq"
+    categories: tuple[str, ...] = ("c0", "c1")
+
+    def load(self, data, split):
+        return _examples()
+
+    def format(self, examples, tokenizer=None, chat=False):
+        return [e.question + "".join(f"\n{l}. {c}" for l, c in zip(e.letters, e.choices)) + "\nAnswer:" for e in examples]
+
+    def parse(self, examples, completions):
+        return [c.strip()[:1] for c in completions]
+
+    def score(self, examples, predictions):
+        return [p == e.answer for e, p in zip(examples, predictions)]
+
+
+def _cfg(tiny_model_dir, **kw) -> TrainConfig:
+    base = dict(task="tiny-mcq", model=str(tiny_model_dir), device="cpu", steps=2, batch_size=8, micro_batch_size=8,
+                eval_every=1, val_fraction=0.25, lr=1e-2, grad_clip=0.0, seed=0)
+    return TrainConfig(**(base | kw))
+
+
+def _recipe(tmp_path, tiny_model_dir, **kw) -> Recipe:
+    r = Recipe(_cfg(tiny_model_dir, **kw), tmp_path / "run", TinyMCQ())
+    r.setup()
+    return r
+
+
+def _letter_probs_by_hand(model, tok, prompt: str, letters) -> torch.Tensor:
+    """Softmax over letters of logsumexp over the 'A'/' A' token logits; one unpadded prompt."""
+    ids = tok(prompt, return_tensors="pt")["input_ids"]  # (1, T)
+    logits = model(input_ids=ids).logits[0, -1]  # (V,)
+    per_letter = []
+    for letter in letters:
+        variants = {tok.encode(t, add_special_tokens=False)[0] for t in (letter, " " + letter)
+                    if len(tok.encode(t, add_special_tokens=False)) == 1}
+        per_letter.append(torch.logsumexp(logits[sorted(variants)], 0))
+    return torch.softmax(torch.stack(per_letter), 0)  # (n_letters,)
+
+
+def test_exact_objective_matches_formula_and_finite_differences(tiny):
+    model, tok = tiny
+    svf = attach(model)
+    model.double()
+    svf.factors = {t: Factors(f.U.double(), f.S.double(), f.V.double()) for t, f in svf.factors.items()}
+    svf.track_weight_grads(False)
+    task, ex = TinyMCQ(), _examples()[:4]
+    items = [rollout.Item(p, letters=e.letters, gold=e.answer) for p, e in zip(task.format(ex), ex)]
+    ids = rollout.LetterIds(tok)
+    g = torch.Generator().manual_seed(0)
+    p = {t: (0.1 + 0.5 * torch.randn(f.S.numel(), generator=g, dtype=torch.float64)).requires_grad_() for t, f in svf.factors.items()}
+
+    def loss_at(params, grad: bool):
+        with torch.set_grad_enabled(grad), svf.factored({t: torch.sigmoid(v).expand(len(items), -1) for t, v in params.items()}):
+            J, _, _ = rollout.mcq_terms(model, tok, items, ids, "exact", None)
+            by_hand = []
+            for it in items:
+                probs = _letter_probs_by_hand(model, tok, it.prompt, it.letters)
+                R = torch.tensor([1.0 if l == it.gold else -1.0 for l in it.letters], dtype=probs.dtype)
+                by_hand.append((probs * R).sum())  # expected reward Σ p(letter)·R(letter)
+        return -J.mean(), -torch.stack(by_hand).mean()
+
+    loss, hand = loss_at(p, True)
+    # engine returns float32 logits, so the library's loss carries float32 rounding
+    torch.testing.assert_close(loss.detach().double(), hand.detach(), rtol=1e-5, atol=1e-6)
+    loss.backward()
+    direction = {t: torch.randn(v.shape, generator=g, dtype=torch.float64) for t, v in p.items()}
+    eps = 1e-3  # central differences: O(eps²) error; smaller eps meets float32 rounding in HF's RoPE tables
+    plus = loss_at({t: v.detach() + eps * direction[t] for t, v in p.items()}, False)[1]
+    minus = loss_at({t: v.detach() - eps * direction[t] for t, v in p.items()}, False)[1]
+    analytic = sum((p[t].grad * direction[t]).sum() for t in p)
+    torch.testing.assert_close(analytic, (plus - minus) / (2 * eps), rtol=1e-4, atol=1e-7)
+
+
+def test_kl_is_zero_at_uniform_z(tiny):
+    model, tok = tiny
+    svf = attach(model)
+    task, ex = TinyMCQ(), _examples()[:4]
+    items = [rollout.Item(p, letters=e.letters, gold=e.answer, answer_ids=tok.encode(" 12 apples", add_special_tokens=False),
+                          reward=1.0) for p, e in zip(task.format(ex), ex)]
+    ids = rollout.LetterIds(tok)
+    base_mcq = rollout.base_terms(model, tok, items, "mcq", ids)
+    base_gen = rollout.base_terms(model, tok, items, "generate", ids)
+    z = {t: torch.full_like(f.S, 0.7) for t, f in svf.factors.items()}  # uniform z: W' = W
+    with svf.factored({t: v.expand(len(items), -1) for t, v in z.items()}):
+        _, kl_mcq, _ = rollout.mcq_terms(model, tok, items, ids, "exact", base_mcq)
+        _, kl_gen, _ = rollout.generate_terms(model, tok, items, base_gen)
+    assert kl_mcq.abs().max() < 1e-6 and kl_gen.abs().max() < 1e-5
+    z = {t: torch.linspace(0.2, 0.9, f.S.numel()) for t, f in svf.factors.items()}  # a real change: KL > 0
+    with svf.factored({t: v.expand(len(items), -1) for t, v in z.items()}):
+        assert rollout.mcq_terms(model, tok, items, ids, "exact", base_mcq)[1].min() > 0
+
+
+def _expected_reward(recipe: Recipe, examples) -> float:
+    items = recipe.rollouts(0, examples)
+    with torch.no_grad(), recipe.svf.factored({t: z.expand(len(items), -1) for t, z in recipe.z().items()}):
+        return rollout.mcq_terms(recipe.model, recipe.tokenizer, items, recipe.letter_ids, "exact", None)[0].mean().item()
+
+
+@pytest.mark.parametrize("mode", ["factored", "merged"])
+def test_one_step_changes_p_and_raises_expected_reward(tmp_path, tiny_model_dir, mode):
+    r = _recipe(tmp_path, tiny_model_dir, mode=mode, lr=5e-3)
+    batch = r.batch_examples(0)
+    before_p = {t: v.detach().clone() for t, v in r.p.items()}
+    before = _expected_reward(r, batch)
+    r.train_step(0)
+    after = _expected_reward(r, batch)
+    assert any(not torch.equal(before_p[t], r.p[t]) for t in r.p)
+    assert after > before
+
+
+def _grads(tmp_path, tiny_model_dir, name, **kw) -> dict[str, torch.Tensor]:
+    r = _recipe(tmp_path / name, tiny_model_dir, lr=0.0, **kw)  # lr 0: the step leaves p, grads stay readable
+    r.train_step(0)
+    return {t: v.grad.clone() for t, v in r.p.items()}
+
+
+def test_micro_batching_gives_the_full_batch_gradient(tmp_path, tiny_model_dir, tiny):
+    full = _grads(tmp_path, tiny_model_dir, "full", micro_batch_size=8)
+    micro = _grads(tmp_path, tiny_model_dir, "micro", micro_batch_size=2)
+    merged = _grads(tmp_path, tiny_model_dir, "merged", micro_batch_size=4, mode="merged")
+    # independent: -mean_i Σ_letters p_i·R_i, each question alone (no padding), grad by autograd
+    r = _recipe(tmp_path / "ind", tiny_model_dir)
+    model, tok = r.model, r.tokenizer
+    p = {t: v.detach().clone().requires_grad_() for t, v in r.p.items()}
+    batch = r.batch_examples(0)
+    with r.svf.factored({t: torch.sigmoid(v)[None] for t, v in p.items()}):
+        terms = []
+        for e, prompt in zip(batch, r.task.format(batch)):
+            probs = _letter_probs_by_hand(model, tok, prompt, e.letters)
+            terms.append(sum(pr * (1.0 if l == e.answer else -1.0) for pr, l in zip(probs, e.letters)))
+        (-torch.stack(terms).mean()).backward()
+    for t in full:
+        torch.testing.assert_close(micro[t], full[t], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(merged[t], full[t], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(p[t].grad, full[t], rtol=1e-4, atol=1e-7)
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    ex = [Example(id=f"{s:02d}-{i:03d}", question="q", answer="A", choices=("x", "y"), subject=f"{s:02d}",
+                  category="STEM" if s < 3 else "Other") for s in range(6) for i in range(10 + 5 * s)]
+    a = splits.stratified_split(ex, 0.2, 0.1, seed=1)
+    assert a == splits.stratified_split(ex, 0.2, 0.1, seed=1)
+    assert a["val"] != splits.stratified_split(ex, 0.2, 0.1, seed=2)["val"]
+    ids = [{e.id for e in a[p]} for p in splits.PARTS]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert set().union(*ids) == {e.id for e in ex}
+    for s in range(6):
+        n = 10 + 5 * s
+        assert sum(e.subject == f"{s:02d}" for e in a["val"]) == round(0.2 * n)
+        assert sum(e.subject == f"{s:02d}" for e in a["holdout"]) == round(0.1 * n)
+    assert {e.category for e in splits.select(ex, "category=stem")} == {"STEM"}
+    assert {e.subject for e in splits.select(ex, "subject=01,04")} == {"01", "04"}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        splits.select(ex, "topic=x")
+    with pytest.raises(ConfigError, match="selects no example"):
+        splits.select(ex, "category=Humanities")
+
+
+def test_run_folder_and_split_file(tmp_path, tiny_model_dir):
+    r = _recipe(tmp_path, tiny_model_dir, steps=2, holdout_fraction=0.25, label="demo")
+    summary = r.train()
+    run = tmp_path / "run"
+    assert {"config.yaml", "split.json", "metrics.jsonl", "best", "latest"} <= {p.name for p in run.iterdir()}
+    record = splits.load_split(run)
+    assert record["counts"] == {"train": 12, "val": 6, "holdout": 6}
+    best = Expert.load(run / "best")
+    assert best.meta.label == "demo" and best.meta.task == "tiny-mcq" and best.meta.description
+    assert best.meta.provenance["split"]["ids"] == record["ids"] and best.meta.metrics["best_val"] == summary["best_val"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows if "loss" in x] == [1, 2] and sum("val_acc" in x for x in rows) == 3
+
+
+def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
+    r = _recipe(tmp_path, tiny_model_dir)
+    r.save_checkpoint("latest")
+    p0 = load_file(tmp_path / "run" / "latest" / "expert.safetensors")
+    r.train_step(0)
+    r.step = 1
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("transformer_squared.train.save_trainer_state", crash)
+    with pytest.raises(OSError):
+        r.save_checkpoint("latest")
+    latest = tmp_path / "run" / "latest"
+    assert sorted(p.name for p in latest.iterdir()) == ["expert.json", "expert.safetensors", STATE_META,
+                                                         "trainer_state.safetensors"]
+    assert all(torch.equal(Expert.load(latest).p[t], p0[t]) for t in p0)
+    assert load_trainer_state(latest, r.optimizer, r.names)["step"] == 0
+    # a kill between the two renames of a swap: the old folder comes back on the next read
+    os.replace(latest, tmp_path / "run" / ".latest.old")
+    monkeypatch.undo()
+    r2 = Recipe(r.cfg, tmp_path / "run", TinyMCQ())
+    r2.setup(resume=True)
+    assert r2.step == 0 and latest.is_dir()
+
+
+def _mcq_file(tmp_path: Path) -> Path:
+    rows = [{"id": e.id, "question": e.question, "choices": list(e.choices), "answer": e.answer, "subject": e.subject}
+            for e in _examples(32)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _t2_train(out: Path, data: Path, model: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", "from transformer_squared.cli import main; main()", "train", "--task", "mcq",
+            "--data", str(data), "--model", str(model), "--out", str(out), "--steps", "6", "--batch-size", "4",
+            "--micro-batch-size", "2", "--eval-every", "2", "--lr", "0.05", "--seed", "3", "--device", "cpu", *extra]
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_model_dir):
+    data = _mcq_file(tmp_path)
+    env = os.environ | {"TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(_t2_train(tmp_path / "a", data, tiny_model_dir), check=True, env=env, capture_output=True)
+    kill_after = random.Random().randint(1, 4)
+    proc = subprocess.Popen(_t2_train(tmp_path / "b", data, tiny_model_dir), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        logged = [json.loads(x)["step"] for x in metrics.read_text().splitlines()] if metrics.is_file() else []
+        if logged and max(logged) >= kill_after:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((tmp_path / "b" / "latest" / STATE_META).read_text())["loop"]
+    assert max(logged) >= kill_after and state["step"] >= max(logged) - 1  # rows are logged just before the save
+    subprocess.run(_t2_train(tmp_path / "b", data, tiny_model_dir, "--resume"), check=True, env=env, capture_output=True)
+    for part in ("latest", "best"):
+        a = load_file(tmp_path / "a" / part / "expert.safetensors")
+        b = load_file(tmp_path / "b" / part / "expert.safetensors")
+        assert all(torch.equal(a[t], b[t]) for t in a), part
+    rows_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in rows]  # noqa: E731
+    assert strip(rows_a) == strip(rows_b)
+
+
+def test_config_checks_and_flags(tmp_path):
+    cfg = load_config(TrainConfig, flags=["--batch-size", "32", "--kl", "0.1", "--subset", "category=STEM"])
+    assert (cfg.batch_size, cfg.kl, cfg.subset) == (32, 0.1, "category=STEM")
+    with pytest.raises(ConfigError, match="micro_batch_size 64 > batch_size 32"):
+        replace(cfg, micro_batch_size=64)
+    with pytest.raises(ConfigError, match="unknown key 'lr_rate'"):
+        load_config(TrainConfig, flags=["--lr-rate", "1"])
+
+
+def test_every_shipped_recipe_loads():
+    files = sorted((REPO / "recipes").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert path.read_text(encoding="utf-8").startswith("#"), f"{path} must open with a comment"
+        load_config(TrainConfig, path)
