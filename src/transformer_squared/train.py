@@ -52,7 +52,7 @@ class TrainConfig:
     dtype: str = "float32"  # model dtype
     targets: str = "mlp"  # which Linear weights get an SVF vector: mlp, attn, all or a regex
     parametrisation: str = "sigmoid"  # z = f(p): sigmoid (reference) or linear
-    mode: Literal["merged", "factored"] = "factored"  # how W' runs in training steps (factored measured faster)
+    mode: Literal["merged", "factored"] = "factored"  # how W' runs in training steps (results/train_step.txt)
     steps: int = 100  # optimisation steps
     batch_size: int = 256  # global batch: prompts per optimisation step (paper: 256)
     micro_batch_size: int = 8  # prompts per forward/backward; gradients accumulate to the global batch
@@ -314,8 +314,9 @@ class Recipe:
     def train(self) -> dict[str, Any]:
         """The loop: validate at step 0 and every eval_every steps; checkpoint every step; early stopping."""
         cfg = self.cfg
+        self.last_val = float("nan")
         if self.step == 0 and self.loop["best_val"] is None:
-            self._evaluate()
+            self.last_val = self._evaluate()
             self.save_checkpoint("latest")
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.meta.label}")
         while self.step < cfg.steps and not self.loop["stopped_early"]:
@@ -324,14 +325,14 @@ class Recipe:
             self.step += 1
             row = {"step": self.step, **stats, "seconds": round(time.perf_counter() - t0, 3)}
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                row["val_acc"] = self._evaluate()
+                row["val_acc"] = self.last_val = self._evaluate()
                 if cfg.patience and self.loop["bad_evals"] >= cfg.patience:
                     self.loop["stopped_early"] = True
             self._log({k: v for k, v in row.items() if k != "val_acc"})  # before the save: resume trims rows past it
             self.save_checkpoint("latest")
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward']:+.3f}", loss=f"{stats['loss']:.4f}", kl=f"{stats['kl']:.2e}",
-                            val=f"{self.loop['best_val']:.3f}")
+                            val=f"{self.last_val:.3f}", best=f"{self.loop['best_val']:.3f}")
         bar.close()
         return self.finish()
 

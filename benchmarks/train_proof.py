@@ -1,0 +1,96 @@
+"""Base model vs trained expert on each run's held-out questions, with a paired 95 % CI of the difference.
+
+For every run folder: the `holdout` part of its split.json (never used for training nor for picking
+best/), scored with the base weights and with `best/` merged. MCQ: both protocols from one forward
+pass, `letter` (argmax over the option letters, what the trainer optimises) and `generate` (the
+greedy next token read as the letter, VMLU's official protocol). Statistics: paired bootstrap
+(10,000 resamples of questions, seeded) and McNemar's exact test on the discordant pairs.
+
+    python benchmarks/train_proof.py runs/proof/* --out results/train_proof.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from transformer_squared import engine, splits
+from transformer_squared.atomic import write_json
+from transformer_squared.expert import Expert, attach
+from transformer_squared.models import load_model
+from transformer_squared.tasks import get_task
+
+
+def paired_stats(base: list[bool], expert: list[bool], n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Accuracies, difference, paired-bootstrap 95 % CI and McNemar exact p-value."""
+    n = len(base)
+    b = torch.tensor(base, dtype=torch.float64)
+    e = torch.tensor(expert, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)  # (n_boot, n)
+    diffs = (e[idx] - b[idx]).mean(1)  # (n_boot,)
+    lo, hi = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    only_b = int(((b == 1) & (e == 0)).sum())
+    only_e = int(((b == 0) & (e == 1)).sum())
+    k, m = min(only_b, only_e), only_b + only_e
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    return {"n": n, "acc_base": b.mean().item(), "acc_expert": e.mean().item(), "diff": (e - b).mean().item(),
+            "ci95": [lo, hi], "base_only_right": only_b, "expert_only_right": only_e, "mcnemar_p": p,
+            "significant": lo > 0 or hi < 0}
+
+
+def score(model, tok, task, examples, chat: bool) -> dict[str, list[bool]]:
+    prompts = task.format(examples, tok, chat=chat)
+    greedy, logp = engine.score_letters(model, tok, prompts, [e.letters for e in examples], batch_size=16)
+    letter = [e.letters[int(lp.argmax())] for e, lp in zip(examples, logp)]
+    return {"letter": task.score(examples, letter), "generate": task.score(examples, task.parse(examples, greedy))}
+
+
+def evaluate_run(run: Path, limit: int) -> dict:
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
+    record = splits.load_split(run)
+    task = get_task(cfg["task"])
+    pool = [e for s in record["splits"] for e in task.load(cfg["data"], s)]
+    held = splits.restrict(pool, record, "holdout")[: limit or None]
+    train_ids = set(record["ids"]["train"]) | set(record["ids"]["val"])
+    assert not train_ids & {e.id for e in held}, "holdout overlaps training or validation"
+    model, tok = load_model(cfg["model"], device="cpu")
+    expert = Expert.load(run / "best")
+    svf = attach(model, [expert])
+    base = score(model, tok, task, held, cfg["chat"])
+    with torch.no_grad(), svf.merged(expert.z()):
+        adapted = score(model, tok, task, held, cfg["chat"])
+    return {"run": str(run), "task": cfg["task"], "subset": cfg["subset"], "model": cfg["model"],
+            "best_step": expert.meta.metrics.get("best_step"), "best_val": expert.meta.metrics.get("best_val"),
+            "steps_done": expert.meta.metrics.get("steps_done"), "n_train": record["counts"]["train"],
+            "n_val_used": min(record["counts"]["val"], cfg["max_val"] or record["counts"]["val"]),
+            "config": cfg, **{p: paired_stats(base[p], adapted[p]) for p in ("letter", "generate")}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--limit", type=int, default=0, help="at most N holdout questions per run (0: all)")
+    ap.add_argument("--out", type=Path, default=Path("results/train_proof.json"))
+    args = ap.parse_args()
+    results = []
+    for run in args.runs:
+        if not (run / "best").is_dir():
+            print(f"skip {run}: no best/", file=sys.stderr)
+            continue
+        results.append(evaluate_run(run, args.limit))
+        r = results[-1]
+        for p in ("letter", "generate"):
+            s = r[p]
+            print(f"{run.name:<24}{p:<9} n={s['n']:<4} base {s['acc_base']:.3f} expert {s['acc_expert']:.3f} "
+                  f"diff {s['diff']:+.3f} CI95 [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] McNemar p={s['mcnemar_p']:.3g}")
+        write_json(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
