@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def evaluate_run(run: Path, limit: int) -> dict:
     record = splits.load_split(run)
     task = get_task(cfg["task"])
     pool = [e for s in record["splits"] for e in task.load(cfg["data"], s)]
-    held = splits.restrict(pool, record, "holdout")[: limit or None]
+    held = splits.restrict(pool, record, "holdout")
+    held = random.Random(0).sample(held, min(limit, len(held))) if limit else held  # every subject alike
     train_ids = set(record["ids"]["train"]) | set(record["ids"]["val"])
     assert not train_ids & {e.id for e in held}, "holdout overlaps training or validation"
     model, tok = load_model(cfg["model"], device="cpu")

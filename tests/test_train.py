@@ -346,3 +346,12 @@ def test_sampled_letters_objective_runs_and_needs_temperature(tmp_path, tiny_mod
     assert -1.0 <= stats["reward"] <= 1.0 and stats["grad_norm"] > 0
     with pytest.raises(ConfigError, match="temperature > 0"):
         Recipe(_cfg(tiny_model_dir, objective="sample"), tmp_path / "y", TinyMCQ()).setup()
+
+
+def test_missing_logger_is_a_config_error(tmp_path, monkeypatch):
+    from transformer_squared.sinks import MetricsSink
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install 'transformer-squared\\[wandb\\]'"):
+        MetricsSink("wandb", tmp_path, {})
+    MetricsSink("none", tmp_path, {}).close()

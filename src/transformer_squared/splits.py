@@ -79,6 +79,8 @@ def stratified_split(
         parts["val"] += group[:n_val]
         parts["holdout"] += group[n_val : n_val + n_hold]
         parts["train"] += group[n_val + n_hold :]
+    for p in PARTS:  # mix subjects, so the first N of a part (max_val) samples every subject alike
+        rng.shuffle(parts[p])
     return parts
 
 

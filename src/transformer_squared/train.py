@@ -27,6 +27,7 @@ from .config import dump_config
 from .errors import ConfigError, DataError
 from .expert import Expert, attach
 from .models import DEFAULT_MODEL, load_model, model_id
+from .sinks import MetricsSink
 from .svf import PARAMETRISATIONS
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class Recipe:
         else:
             (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
         dump_config(cfg, self.out / "config.yaml")
-        self.sink = _Sink(cfg.logger, self.out, asdict(cfg))
+        self.sink = MetricsSink(cfg.logger, self.out, asdict(cfg))
 
     def _make_split(self, resume: bool) -> dict[str, list[Any]]:
         cfg = self.cfg
@@ -141,14 +142,15 @@ class Recipe:
         if unlabelled:
             raise DataError(f"task '{cfg.task}' splits {names}: {len(unlabelled)} question(s) without answers "
                             f"(first: {unlabelled[0]}); train only on labelled splits")
+        path = self.out / splits.SPLIT_FILE
+        if resume and path.is_file():  # the saved ids, in their saved order
+            record = splits.load_split(path)
+            return {p: splits.restrict(pool, record, p) for p in splits.PARTS}
         pool = splits.select(pool, cfg.subset)
         parts = splits.stratified_split(pool, cfg.val_fraction, cfg.holdout_fraction, cfg.seed)
         record = splits.split_record(parts, task=cfg.task, data=cfg.data, splits=names, subset=cfg.subset,
                                      seed=cfg.seed, val_fraction=cfg.val_fraction,
                                      holdout_fraction=cfg.holdout_fraction)
-        path = self.out / splits.SPLIT_FILE
-        if resume and path.is_file() and splits.load_split(path)["ids"] != record["ids"]:
-            raise DataError(f"{path}: the data or split settings changed since the run started; cannot resume")
         if not parts["train"]:
             raise DataError(f"task '{cfg.task}' subset '{cfg.subset}': no training questions left after the split")
         splits.save_split(record, self.out)
@@ -354,36 +356,6 @@ class Recipe:
         self.sink.close()
         if hasattr(self, "svf"):
             self.svf.restore()
-
-
-class _Sink:
-    """TensorBoard or Weights & Biases, when installed and asked for."""
-
-    def __init__(self, kind: str, out: Path, config: dict[str, Any]) -> None:
-        self.kind, self.writer = kind, None
-        try:
-            if kind == "tensorboard":
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out / "tensorboard"))
-            elif kind == "wandb":
-                import wandb
-
-                self.writer = wandb.init(project="transformer-squared", dir=str(out), config=config)
-        except ImportError:
-            raise ConfigError(f"logger '{kind}' is not installed: pip install 'transformer-squared[{kind}]'") from None
-
-    def log(self, row: dict[str, Any]) -> None:
-        values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
-        if self.kind == "tensorboard":
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, row["step"])
-        elif self.kind == "wandb":
-            self.writer.log(values, step=row["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            (self.writer.close if self.kind == "tensorboard" else self.writer.finish)()
 
 
 def _step_seed(seed: int, step: int) -> int:
