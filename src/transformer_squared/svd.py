@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -119,14 +120,25 @@ def decompose(
                                      "fingerprint": fp, "targets": {}, "t2_version": __version__}
     todo = [n for n in names if n not in index["targets"] or not (folder / index["targets"][n]["file"]).is_file()]
     dev = torch.device(device) if device else None
-    for name in tqdm(todo, desc="decompose", disable=not progress or not todo):
-        f = svd_one(model.get_submodule(name).weight, dev)
+
+    def save(name: str, f: Factors, shape: list[int]) -> None:  # runs on the writer thread
         file = f"{name}.safetensors"
         tensors = {f"{name}.{k}": getattr(f, k).to(DTYPES[dtype]).contiguous() for k in ("U", "S", "V")}
         write_safetensors(tensors, folder / file)
-        index["targets"][name] = {"file": file, "shape": list(model.get_submodule(name).weight.shape),
-                                  "rank": int(f.S.numel()), "dtype": dtype}
-        write_json(index, folder / INDEX)
+        index["targets"][name] = {"file": file, "shape": shape, "rank": int(f.S.numel()), "dtype": dtype}
+        write_json(index, folder / INDEX)  # a target counts as done only once its file is complete
+
+    # Writing target i overlaps the SVD of target i+1; one writer keeps the index in order.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for name in tqdm(todo, desc="decompose", disable=not progress or not todo):
+            weight = model.get_submodule(name).weight
+            f = svd_one(weight, dev)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(save, name, f, list(weight.shape))
+        if pending is not None:
+            pending.result()
     write_json(index, folder / INDEX)
     return folder
 
