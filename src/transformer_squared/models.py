@@ -180,15 +180,14 @@ def load_model(
     """(model, tokenizer) for a built-in name, a local folder or a hub id; model in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    torch_dtype, dev = _dtype(dtype), pick_device(device)  # check arguments before any loading
     path = resolve_model(name)
     tok = load_tokenizer(name, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(_load_failure(name, e)) from None
-    model.to(pick_device(device)).eval()
+    model.to(dev).eval()
     model.config.name_or_path = name
     return model, tok
 
