@@ -79,6 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
+    args.git = _git_hash()  # the code that ran, not HEAD at the end
 
     model, tok = load_model(args.model, device="cpu")
     expert = Expert.load(args.expert) if args.expert else synthetic_expert(model, args.seed)
@@ -123,7 +124,7 @@ def write_report(args, expert: Expert, gold, base_pred, exp_pred, table, seconds
     lines = ["# Expert → LoRA export: error and accuracy by rank", "",
              f"- command: `{' '.join(['python'] + sys.argv)}`",
              f"- machine: {platform.machine()} CPU, {torch.get_num_threads()} threads (2-core shared box), "
-             f"torch {torch.__version__}, git {_git_hash()}, {seconds:.0f} s",
+             f"torch {torch.__version__}, git {args.git}, {seconds:.0f} s",
              f"- model: `{args.model}` (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to float32); "
              f"targets: {len(expert.meta.targets)} MLP matrices, each of rank 576",
              f"- expert: " + ("**SYNTHETIC** — reference init plus seeded N(0, 1) noise on p (seed "
