@@ -52,7 +52,7 @@ def score(model, tok, task, examples, chat: bool) -> dict[str, list[bool]]:
     return {"letter": task.score(examples, letter), "generate": task.score(examples, task.parse(examples, greedy))}
 
 
-def evaluate_run(run: Path, limit: int) -> dict:
+def evaluate_run(run: Path, limit: int, which: str = "best") -> dict:
     cfg = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
     record = splits.load_split(run)
     task = get_task(cfg["task"])
@@ -62,12 +62,12 @@ def evaluate_run(run: Path, limit: int) -> dict:
     train_ids = set(record["ids"]["train"]) | set(record["ids"]["val"])
     assert not train_ids & {e.id for e in held}, "holdout overlaps training or validation"
     model, tok = load_model(cfg["model"], device="cpu")
-    expert = Expert.load(run / "best")
+    expert = Expert.load(run / which)
     svf = attach(model, [expert])
     base = score(model, tok, task, held, cfg["chat"])
     with torch.no_grad(), svf.merged(expert.z()):
         adapted = score(model, tok, task, held, cfg["chat"])
-    return {"run": str(run), "task": cfg["task"], "subset": cfg["subset"], "model": cfg["model"],
+    return {"run": str(run), "expert": which, "expert_step": expert.meta.metrics.get("step"), "task": cfg["task"], "subset": cfg["subset"], "model": cfg["model"],
             "best_step": expert.meta.metrics.get("best_step"), "best_val": expert.meta.metrics.get("best_val"),
             "steps_done": expert.meta.metrics.get("steps_done"), "n_train": record["counts"]["train"],
             "n_val_used": min(record["counts"]["val"], cfg["max_val"] or record["counts"]["val"]),
@@ -78,14 +78,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--limit", type=int, default=0, help="at most N holdout questions per run (0: all)")
+    ap.add_argument("--which", default="best", help="best or latest (the last step's expert)")
     ap.add_argument("--out", type=Path, default=Path("results/train_proof.json"))
     args = ap.parse_args()
     results = []
     for run in args.runs:
-        if not (run / "best").is_dir():
-            print(f"skip {run}: no best/", file=sys.stderr)
+        if not (run / args.which).is_dir():
+            print(f"skip {run}: no {args.which}/", file=sys.stderr)
             continue
-        results.append(evaluate_run(run, args.limit))
+        results.append(evaluate_run(run, args.limit, args.which))
         r = results[-1]
         for p in ("letter", "generate"):
             s = r[p]
