@@ -355,3 +355,11 @@ def test_missing_logger_is_a_config_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="pip install 'transformer-squared\\[wandb\\]'"):
         MetricsSink("wandb", tmp_path, {})
     MetricsSink("none", tmp_path, {}).close()
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, tiny_model_dir):
+    from transformer_squared.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--task", "mcq", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2

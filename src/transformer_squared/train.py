@@ -353,7 +353,9 @@ class Recipe:
         self.sink.log(row)
 
     def cleanup(self) -> None:
-        self.sink.close()
+        """Close the metrics sink and put the base weights back; safe after a failed setup."""
+        if hasattr(self, "sink"):
+            self.sink.close()
         if hasattr(self, "svf"):
             self.svf.restore()
 
