@@ -85,18 +85,22 @@ def fresh_home(user_home: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--repeats", type=int, default=2, help="alternate the ways this many times; keep each one's fastest")
     args = ap.parse_args()
     from transformer_squared.models import resolve_model, t2_home
 
     resolve_model(args.model)  # convert the built-in model once, outside the timings
     user_home = t2_home()
-    results = {}
-    for way in ("floor", "ours", "ours-bf16", "reference"):
-        home = fresh_home(user_home)
-        try:
-            results[way] = run_way(way, args.model, home)
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
+    results: dict[str, dict] = {}
+    for _ in range(args.repeats):  # interleaved, so background load hits every way alike
+        for way in ("floor", "ours", "ours-bf16", "reference"):
+            home = fresh_home(user_home)
+            try:
+                r = run_way(way, args.model, home)
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
+            if way not in results or r["seconds"] < results[way]["seconds"]:
+                results[way] = r
     home = fresh_home(user_home)
     t0 = time.perf_counter()
     t2 = Path(sys.executable).with_name("t2")
@@ -107,7 +111,8 @@ def main() -> None:
 
     o, bf, ref, fl = (results[k] for k in ("ours", "ours-bf16", "reference", "floor"))
     mb = 1 / 2**20
-    print(f"model {args.model}, {o['n_targets']} MLP targets, {os.cpu_count()} CPU cores, torch threads default")
+    print(f"model {args.model}, {o['n_targets']} MLP targets, {os.cpu_count()} CPU cores, torch threads default, "
+          f"fastest of {args.repeats} interleaved runs per way")
     print(f"{'way':<11}{'seconds':>9}{'disk MB':>10}{'peak RSS MB':>13}{'RSS growth MB':>15}")
     for k, r in results.items():
         print(f"{k:<11}{r['seconds']:>9.2f}{r['disk'] * mb:>10.1f}{r['peak'] * mb:>13.0f}{(r['peak'] - r['rss0']) * mb:>15.0f}")

