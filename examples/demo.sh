@@ -19,18 +19,22 @@ $T2 train --model $M --task mmlu --subset category=STEM --out "$OUT/stem" --step
     --micro-batch-size 8 --lr 2e-2 --eval-every 4 --max-val 32 --label STEM \
     --description "Science, technology, engineering and mathematics questions." $RESUME
 
-echo "== 3. evaluate base and expert on 100 held-out-by-construction questions (VMLU valid if present, else MMLU)"
-if [ -f "$VMLU/valid.jsonl" ]; then TASK="--task vmlu --data $VMLU --split valid"; else TASK="--task mmlu --split test"; fi
+# best/ is chosen by validation accuracy and may be the step-0 expert after so short a run;
+# the demo shows the trained weights of the last step, latest/.
+E="$OUT/stem/latest"
+echo "== 3. evaluate base and expert on 100 questions the expert never saw (VMLU valid if present, else MMLU test)"
+if [ -f "$VMLU/valid.jsonl" ]; then TASK="--task vmlu --data $VMLU --split valid"
+else TASK="--task mmlu --split test --exclude-run $OUT/stem"; fi  # skip the questions training used
 $T2 eval --model $M $TASK --limit 100 --sample stratified --protocol both --out "$OUT/eval_base.json"
-$T2 eval --model $M $TASK --limit 100 --sample stratified --protocol both --expert "$OUT/stem/best" \
+$T2 eval --model $M $TASK --limit 100 --sample stratified --protocol both --expert "$E" \
     --out "$OUT/eval_expert.json"
 
 echo "== 4. generate with the base model, then with the expert applied"
 Q="What is the capital of France?"
 $T2 generate "$Q" --model $M --max-new-tokens 24
-$T2 generate "$Q" --model $M --expert "$OUT/stem/best" --max-new-tokens 24
+$T2 generate "$Q" --model $M --expert "$E" --max-new-tokens 24
 
 echo "== 5. export: a standalone HF checkpoint and a rank-16 PEFT LoRA adapter"
-$T2 export merged --model $M --expert "$OUT/stem/best" --out "$OUT/merged" --overwrite
-$T2 export lora --model $M --expert "$OUT/stem/best" --rank 16 --out "$OUT/lora" --overwrite
+$T2 export merged --model $M --expert "$E" --out "$OUT/merged" --overwrite
+$T2 export lora --model $M --expert "$E" --rank 16 --out "$OUT/lora" --overwrite
 echo "done: $OUT"

@@ -184,3 +184,19 @@ def test_generative_task_generates_parses_and_scores(tiny, tmp_path):
 def test_bad_config_values_are_reported_together():
     with pytest.raises(ConfigError, match="protocol 'x'.*batch_size 0"):
         EvalConfig(protocol="x", batch_size=0)
+
+
+def test_subset_and_exclude_run_keep_training_questions_out(tiny, vmlu_dir, tmp_path):
+    model, tok = tiny
+    am = AdaptedModel(model, tok)
+    everything = [r["id"] for r in evaluate(am, _cfg(vmlu_dir))["predictions"]]
+    used = {"train": everything[:4], "val": everything[4:6], "holdout": everything[6:8]}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text(json.dumps({"ids": used}))
+    kept = [r["id"] for r in evaluate(am, _cfg(vmlu_dir, exclude_run=str(run)))["predictions"]]
+    assert kept == everything[6:]  # independent: all ids minus train and val, in data order
+    cat = next(iter(CATEGORY.values()))
+    only = evaluate(am, _cfg(vmlu_dir, subset=f"category={cat}"))["predictions"]
+    assert only and all(r["category"] == cat for r in only)
+    assert len(only) == sum(1 for r in evaluate(am, _cfg(vmlu_dir))["predictions"] if r["category"] == cat)

@@ -96,6 +96,8 @@ def eval_(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation budget of generative tasks."),
     submission: Optional[Path] = typer.Option(None, "--submission", help="Write the id,answer CSV (unlabelled test split)."),
     submission_protocol: str = typer.Option("letter", "--submission-protocol", help="generate or letter."),
+    subset: str = typer.Option("", "--subset", help="Only these questions: category=STEM, subject=28,29, ..."),
+    exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run used (train and val)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
@@ -109,7 +111,8 @@ def eval_(
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     submission_protocol=submission_protocol)
+                     submission_protocol=submission_protocol, subset=subset,
+                     exclude_run=None if exclude_run is None else str(exclude_run))
     am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, engine
+from . import __version__, engine, splits
 from .adapted import AdaptedModel
 from .atomic import write_json
 from .errors import ConfigError
@@ -47,6 +47,8 @@ class EvalConfig:
     max_new_tokens: int = 512  # generation budget of generative tasks, in tokens
     save_every: int = 8  # batches between saves of the partial results (resume)
     submission_protocol: str = "letter"  # predictions written to the submission CSV
+    subset: str = ""  # filter before `limit`: "category=STEM", "subject=28,29" ('' keeps all)
+    exclude_run: str | None = None  # a training run folder (or its split.json): skip its train and val ids
 
     def __post_init__(self) -> None:
         problems = []
@@ -206,7 +208,14 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     protocols = cfg.protocols(task)
     if submission_path is not None and task.kind != "mcq":
         raise ConfigError(f"--submission: only multiple-choice tasks have an id,answer submission ('{task.name}' is generative)")
-    examples = select(task.load(cfg.data, cfg.split), cfg.limit, cfg.sample, cfg.seed)
+    examples = task.load(cfg.data, cfg.split)
+    if cfg.subset:
+        examples = splits.select(examples, cfg.subset)
+    if cfg.exclude_run:
+        examples = splits.exclude_used(examples, splits.load_split(cfg.exclude_run))
+        if not examples:
+            raise ConfigError(f"--exclude-run {cfg.exclude_run}: the run used every question of this split")
+    examples = select(examples, cfg.limit, cfg.sample, cfg.seed)
     if total is not None:
         total(len(examples))
     out = Path(out_path) if out_path is not None else None

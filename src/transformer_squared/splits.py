@@ -124,3 +124,9 @@ def restrict(examples: list[Example], record: dict[str, Any], part: str) -> list
     if missing:
         raise DataError(f"split part '{part}' names id '{missing[0]}' that the data lacks ({len(missing)} missing)")
     return [by_id[i] for i in wanted]
+
+
+def exclude_used(examples: list[Example], record: dict[str, Any]) -> list[Example]:
+    """The examples a training run never used: drops the ids of its 'train' and 'val' parts."""
+    used = set(record["ids"].get("train", [])) | set(record["ids"].get("val", []))
+    return [e for e in examples if e.id not in used]
