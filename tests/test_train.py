@@ -211,6 +211,7 @@ def test_run_folder_and_split_file(tmp_path, tiny_model_dir):
     best = Expert.load(run / "best")
     assert best.meta.label == "demo" and best.meta.task == "tiny-mcq" and best.meta.description
     assert best.meta.provenance["split"]["ids"] == record["ids"] and best.meta.metrics["best_val"] == summary["best_val"]
+    assert best.meta.metrics["step"] == summary["best_step"]  # best/ names the step its weights come from
     assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows if "loss" in x] == [1, 2] and sum("val_acc" in x for x in rows) == 3

@@ -342,7 +342,8 @@ class Recipe:
         """Rewrite best/ with the final metrics (its p unchanged); returns the summary."""
         best = load_expert(self.out / "best")
         summary = {"steps_done": self.step, **self.loop}
-        self.meta.metrics = {**self.expert().meta.metrics, **summary}
+        # best/ holds the weights of best_step, so its metadata names that step, not the last one
+        self.meta.metrics = {**self.expert().meta.metrics, **summary, "step": self.loop["best_step"]}
         write_folder(self.out / "best", lambda tmp: Expert(best.p, self.meta).save(tmp))
         return summary | {"out": str(self.out)}
 
