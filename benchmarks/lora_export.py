@@ -127,7 +127,7 @@ def write_report(args, expert: Expert, gold, base_pred, exp_pred, table, seconds
              f"torch {torch.__version__}, git {args.git}, {seconds:.0f} s",
              f"- model: `{args.model}` (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to float32); "
              f"targets: {len(expert.meta.targets)} MLP matrices, each of rank 576",
-             f"- expert: " + ("**SYNTHETIC** — reference init plus seeded N(0, 1) noise on p (seed "
+             "- expert: " + ("**SYNTHETIC** — reference init plus seeded N(0, 1) noise on p (seed "
                               f"{args.seed}); not trained, so accuracy differences say nothing about SVF "
                               "training, only about how faithfully the adapter reproduces the expert"
                               if synthetic else f"`{args.expert}` (task {expert.meta.task or '?'})"),

@@ -30,7 +30,9 @@ def test_eval_writes_a_submission_for_the_test_split(tiny_model_dir, tmp_path):
     data = write_vmlu(tmp_path / "vmlu", per_subject=2)
     sub = tmp_path / "sub.csv"
     main(["eval", "--model", str(tiny_model_dir), "--task", "vmlu", "--data", str(data), "--split", "test",
-          "--protocol", "letter", "--device", "cpu", "--submission", str(sub), "--out", str(tmp_path / "t.json")])
+          "--protocol", "letter", "--device", "cpu", "--submission", str(sub), "--out", str(tmp_path / "t.json"),
+          "--markdown", str(tmp_path / "t.md")])
+    assert "| Average (weighted) |" in (tmp_path / "t.md").read_text(encoding="utf-8")
     with open(sub, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["id", "answer"] and len(rows) - 1 == len({r[0] for r in rows[1:]}) == 2 * len(SUBJECTS)

@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from transformer_squared import engine, rollout, splits
+from transformer_squared import rollout, splits
 from transformer_squared.checkpoint import STATE_META, load_trainer_state
 from transformer_squared.config import load_config
 from transformer_squared.errors import ConfigError

@@ -98,6 +98,7 @@ def eval_(
     submission_protocol: str = typer.Option("letter", "--submission-protocol", help="generate or letter."),
     subset: str = typer.Option("", "--subset", help="Only these questions: category=STEM, subject=28,29, ..."),
     exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run used (train and val)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the category table as Markdown."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
@@ -107,7 +108,8 @@ def eval_(
 
     from .adapted import load_adapted
     from .evaluate import EvalConfig, evaluate
-    from .report import eval_table
+    from .atomic import write_text
+    from .report import eval_markdown, eval_table
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -121,6 +123,8 @@ def eval_(
         results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
                            total=lambda n: bar.update(job, total=n))
     console.print(eval_table(results))
+    if markdown is not None:
+        write_text(eval_markdown(results), markdown)
     console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
 
 

@@ -10,7 +10,6 @@ lora_alpha = r so PEFT's scale is 1 and W + B·A = W + ΔW_R.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -209,11 +208,3 @@ def export_lora(
         push_folder(out_dir, push_to_hub, private)
     return report
 
-
-def read_export_meta(folder: str | Path) -> dict:
-    """The `t2_export.json` written beside an export."""
-    path = Path(folder) / EXPORT_META
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: not a transformer-squared export ({e})") from None

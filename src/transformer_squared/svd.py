@@ -28,7 +28,6 @@ from .models import DTYPES, model_id, t2_home
 
 log = logging.getLogger(__name__)
 
-TARGET_SETS = ("mlp", "attn", "all")
 _MLP_PARENTS = re.compile(r"(^|\.)(mlp|feed_forward|ffn|ff|moe|experts?)(\.|$)")
 _ATTN_PARENTS = re.compile(r"(^|\.)(self_attn|attn|attention|self_attention)(\.|$)")
 INDEX = "index.json"
