@@ -27,7 +27,7 @@ import torch
 
 from transformer_squared import engine
 from transformer_squared.expert import Expert, attach
-from transformer_squared.export import export_lora
+from transformer_squared.interop.export import export_lora
 from transformer_squared.models import load_model, model_id, resolve_model
 from transformer_squared.svf import mix
 

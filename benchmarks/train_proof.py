@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from transformer_squared import engine, splits
+from transformer_squared import engine
+from transformer_squared.training import splits
 from transformer_squared.atomic import write_json
 from transformer_squared.expert import Expert, attach
 from transformer_squared.models import load_model

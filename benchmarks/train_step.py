@@ -30,7 +30,7 @@ def _peak_mib() -> float:
 
 def _svf(mode: str, batch: int, steps: int) -> dict:
     from transformer_squared.tasks import get_task
-    from transformer_squared.train import Recipe, TrainConfig
+    from transformer_squared.training.train import Recipe, TrainConfig
 
     cfg = TrainConfig(task="mmlu", subset="category=STEM", steps=steps + 1, batch_size=batch, micro_batch_size=batch,
                       mode=mode, val_fraction=0.0, seed=0)
@@ -52,7 +52,7 @@ def _lora(batch: int, steps: int) -> dict:
     from transformer_squared import engine
     from transformer_squared.models import load_model
     from transformer_squared.tasks import get_task
-    from transformer_squared.train import Recipe, TrainConfig
+    from transformer_squared.training.train import Recipe, TrainConfig
 
     cfg = TrainConfig(task="mmlu", subset="category=STEM", batch_size=batch, micro_batch_size=batch,
                       val_fraction=0.0, seed=0)

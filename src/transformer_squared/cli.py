@@ -149,7 +149,7 @@ def train_(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/latest with optimizer and RNG state."),
 ) -> None:
     """Train an SVF expert with REINFORCE; any other TrainConfig key works as --key value."""
-    from .train import configure, run
+    from .training.train import configure, run
 
     named = {"task": task, "model": model, "data": data, "subset": subset, "steps": steps, "batch_size": batch_size,
              "micro_batch_size": micro_batch_size, "lr": lr, "kl": kl, "seed": seed, "eval_every": eval_every,
@@ -212,7 +212,7 @@ def export_merged(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """A standalone Hugging Face checkpoint with the experts' W' merged in, plus a model card."""
-    from .export import export_merged as run
+    from .interop.export import export_merged as run
 
     folder = run(model, expert or [], alpha, out, push_to_hub, dtype=dtype, overwrite=overwrite)
     console.print(f"merged checkpoint: {folder}" + (f" (pushed to {push_to_hub})" if push_to_hub else ""))
@@ -229,7 +229,7 @@ def export_lora(
 ) -> None:
     """The expert's best rank-R update ΔW per target, as a PEFT LoRA adapter."""
     from .errors import ConfigError
-    from .export import export_lora as run
+    from .interop.export import export_lora as run
 
     if rank != "full" and not rank.isdigit():
         raise ConfigError(f"--rank {rank}: a positive integer or 'full'")
@@ -258,7 +258,7 @@ def lm_eval(
 ) -> None:
     """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
     from .atomic import write_text
-    from .lm_eval_adapter import evaluate
+    from .interop.lm_eval_adapter import evaluate
 
     names = [t for spec in tasks for t in spec.split(",") if t]
     n = None if limit is None else (int(limit) if limit >= 1 else limit)

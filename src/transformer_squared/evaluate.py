@@ -18,13 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, engine, splits
+from . import __version__, engine
 from .adapted import AdaptedModel
 from .atomic import write_json
 from .errors import ConfigError
 from .metrics import accuracy_metrics
 from .models import model_id
 from .tasks import Example, Task, get_task
+from .training import splits
 
 PROTOCOLS = ("generate", "letter")
 FORMAT_VERSION = 1

@@ -18,11 +18,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from . import engine
-from .errors import ConfigError, ExpertError
-from .expert import Expert, attach
-from .models import load_model, resolve_model
-from .svf import SVFModel, delta_w
+from .. import engine
+from ..errors import ConfigError, ExpertError
+from ..expert import Expert, attach
+from ..models import load_model, resolve_model
+from ..svf import SVFModel, delta_w
 
 
 def _load_into(model: Any, weights: list[tuple[str, Tensor]]) -> None:

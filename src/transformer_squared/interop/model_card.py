@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .models import BUILTINS
+from ..models import BUILTINS
 
 # The hub checkpoint each built-in model was quantised from (the card names it as the base).
 BUILTIN_ORIGIN = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}

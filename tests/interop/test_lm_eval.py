@@ -47,7 +47,7 @@ def _run(lm, task_dir, tasks):
 
 
 def test_local_tasks_run_with_an_expert(tiny, tiny_model_dir, task_dir, tmp_path):
-    from transformer_squared.lm_eval_adapter import evaluate
+    from transformer_squared.interop.lm_eval_adapter import evaluate
 
     model, _ = tiny
     path = make_expert(model).save(tmp_path / "expert")
@@ -59,7 +59,7 @@ def test_local_tasks_run_with_an_expert(tiny, tiny_model_dir, task_dir, tmp_path
 
 
 def test_expert_changes_loglikelihoods_and_mixture_hook_groups_documents(tiny_model_dir, task_dir, tmp_path):
-    from transformer_squared.lm_eval_adapter import T2LM
+    from transformer_squared.interop.lm_eval_adapter import T2LM
 
     am = load_adapted(str(tiny_model_dir), device="cpu")
     path = make_expert(am.model, scale=2.0).save(tmp_path / "expert")

@@ -17,16 +17,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from transformer_squared import rollout, splits
-from transformer_squared.checkpoint import STATE_META, load_trainer_state
+from transformer_squared.training import rollout, splits
+from transformer_squared.training.checkpoint import STATE_META, load_trainer_state
 from transformer_squared.config import load_config
 from transformer_squared.errors import ConfigError
 from transformer_squared.expert import Expert, attach
 from transformer_squared.svd import Factors
 from transformer_squared.tasks.base import Example
-from transformer_squared.train import Recipe, TrainConfig
+from transformer_squared.training.train import Recipe, TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LETTERS = ("A", "B", "C")
 
 
@@ -227,7 +227,7 @@ def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
     def crash(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("transformer_squared.train.save_trainer_state", crash)
+    monkeypatch.setattr("transformer_squared.training.train.save_trainer_state", crash)
     with pytest.raises(OSError):
         r.save_checkpoint("latest")
     latest = tmp_path / "run" / "latest"
@@ -350,7 +350,7 @@ def test_sampled_letters_objective_runs_and_needs_temperature(tmp_path, tiny_mod
 
 
 def test_missing_logger_is_a_config_error(tmp_path, monkeypatch):
-    from transformer_squared.sinks import MetricsSink
+    from transformer_squared.training.sinks import MetricsSink
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(ConfigError, match="pip install 'transformer-squared\\[wandb\\]'"):

@@ -9,7 +9,7 @@ import torch
 
 from transformer_squared.errors import ConfigError, ExportError
 from transformer_squared.expert import Expert, attach
-from transformer_squared.export import export_lora, export_merged, lora_factors, push_folder
+from transformer_squared.interop.export import export_lora, export_merged, lora_factors, push_folder
 from transformer_squared.models import model_id
 from transformer_squared.svd import Factors
 

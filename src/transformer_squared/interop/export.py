@@ -22,14 +22,14 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from . import __version__
-from .atomic import write_json, write_safetensors, write_text
-from .errors import ConfigError, ExportError
-from .expert import Expert, attach
+from .. import __version__
+from ..atomic import write_json, write_safetensors, write_text
+from ..errors import ConfigError, ExportError
+from ..expert import Expert, attach
+from ..models import BUILTINS, load_model, resolve_model
+from ..svd import Factors
+from ..svf import adapted_s, mix
 from .model_card import lora_card, merged_card
-from .models import BUILTINS, load_model, resolve_model
-from .svd import Factors
-from .svf import adapted_s, mix
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -17,10 +17,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .adapted import AdaptedModel, load_adapted
-from .errors import ConfigError
-from .models import DEFAULT_MODEL
-from .svf import mix
+from ..adapted import AdaptedModel, load_adapted
+from ..errors import ConfigError
+from ..models import DEFAULT_MODEL
+from ..svf import mix
 
 try:
     from lm_eval.api.registry import register_model

@@ -21,14 +21,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import engine, rollout, splits
+from .. import engine
+from ..config import dump_config
+from ..errors import ConfigError, DataError
+from ..expert import Expert, attach
+from ..models import DEFAULT_MODEL, load_model, model_id
+from ..svf import PARAMETRISATIONS
+from . import rollout, splits
 from .checkpoint import load_expert, load_trainer_state, recover, save_trainer_state, write_folder
-from .config import dump_config
-from .errors import ConfigError, DataError
-from .expert import Expert, attach
-from .models import DEFAULT_MODEL, load_model, model_id
 from .sinks import MetricsSink
-from .svf import PARAMETRISATIONS
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Recipe:
         cfg = self.cfg
         _seed_all(cfg.seed)
         if self.task is None:
-            from .tasks import get_task
+            from ..tasks import get_task
 
             self.task = get_task(cfg.task)
         self.kind = self.task.kind
@@ -386,7 +387,7 @@ def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[s
     """TrainConfig from (on resume) the run's saved config.yaml, then a YAML file, then named and --key flags."""
     import yaml
 
-    from .config import load_config
+    from ..config import load_config
 
     base = None
     saved = Path(out_dir) / "config.yaml"

@@ -18,7 +18,7 @@ from test_export import make_expert
 from transformer_squared import engine
 from transformer_squared.expert import attach
 from transformer_squared.svf import mix
-from transformer_squared.vllm_backend import VLLMBackend
+from transformer_squared.interop.vllm_backend import VLLMBackend
 
 
 @dataclass

@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json
-from .errors import ConfigError, DataError
-from .tasks.base import Example
+from ..atomic import write_json
+from ..errors import ConfigError, DataError
+from ..tasks.base import Example
 
 SUBSET_KEYS = ("category", "subject", "id")
 PARTS = ("train", "val", "holdout")

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .atomic import write_json, write_safetensors
-from .errors import ExpertError
-from .expert import Expert
+from ..atomic import write_json, write_safetensors
+from ..errors import ExpertError
+from ..expert import Expert
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_META = "trainer_state.json"
