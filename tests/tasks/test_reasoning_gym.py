@@ -8,7 +8,7 @@ pytest.importorskip("reasoning_gym")
 
 from transformer_squared.errors import ConfigError  # noqa: E402
 from transformer_squared.tasks import get_task  # noqa: E402
-from transformer_squared.tasks.reasoning_gym import extract_answer  # noqa: E402
+from transformer_squared.tasks.reasoning_gym import extract_answer, parse_data  # noqa: E402
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -47,5 +47,38 @@ def test_bad_arguments():
         task.load("basic_arithmetic", "dev")
     with pytest.raises(ConfigError, match="positive integer"):
         task.load("basic_arithmetic:many", "test")
+    with pytest.raises(ConfigError, match="positive integer"):
+        task.load("basic_arithmetic:0", "test")
     with pytest.raises(ConfigError, match="needs data"):
         task.load(None, "test")
+
+
+def test_generator_parameters_shape_the_questions():
+    import re
+
+    task = get_task("rg")
+    ex = task.load("basic_arithmetic:30:min_terms=2,max_terms=2,min_digits=2,max_digits=2,operators=+|-,"
+                   "allow_parentheses=false,allow_negation=false", "test")
+    for e in ex:  # checked from the text itself: two terms of at most 2 digits joined by + or -
+        m = re.fullmatch(r"Calculate (\d+) ([+-]) (\d+)\.", e.question)
+        assert m and all(len(m[i]) <= 2 for i in (1, 3)), e.question
+        assert int(e.answer) == (int(m[1]) + int(m[3]) if m[2] == "+" else int(m[1]) - int(m[3]))
+    default = task.load("basic_arithmetic:30", "test")  # 2-6 terms, up to 4 digits, × and ÷ too
+    assert sum(not re.fullmatch(r"Calculate -?\d{1,2} [+-] -?\d{1,2}\.", e.question) for e in default) > 20
+
+
+def test_parse_data_types_and_errors():
+    assert parse_data("basic_arithmetic") == ("basic_arithmetic", None, {})
+    assert parse_data("basic_arithmetic:min_terms=3, operators=*,allow_negation=False") == (
+        "basic_arithmetic", None, {"min_terms": 3, "operators": ["*"], "allow_negation": False})
+    assert parse_data("number_sorting:7:max_value=9.5") == ("number_sorting", 7, {"max_value": 9.5})
+    with pytest.raises(ConfigError, match="did you mean 'min_terms'.*known: min_terms, max_terms"):
+        parse_data("basic_arithmetic:min_term=2")
+    with pytest.raises(ConfigError, match="min_terms=two is not a int"):
+        parse_data("basic_arithmetic:min_terms=two")
+    with pytest.raises(ConfigError, match="allow_negation=maybe is not a bool"):
+        parse_data("basic_arithmetic:allow_negation=maybe")
+    with pytest.raises(ConfigError, match="one comma-separated list"):
+        parse_data("basic_arithmetic:min_terms=2:max_terms=2")
+    with pytest.raises(ConfigError, match="max_terms must be >= min_terms"):  # the generator's own check
+        get_task("rg").load("basic_arithmetic:5:min_terms=3,max_terms=2", "test")

@@ -7,14 +7,12 @@ from typing import Any
 
 from ..models import BUILTINS
 
-# The hub checkpoint each built-in model was quantised from (the card names it as the base).
-BUILTIN_ORIGIN = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 REPO_URL = "https://github.com/SakanaAI/self-adaptive-llms"
 
 
 def _hub_base(name: str) -> str | None:
-    if name in BUILTIN_ORIGIN:
-        return BUILTIN_ORIGIN[name]
+    if name in BUILTINS:
+        return BUILTINS[name].origin  # the hub checkpoint the built-in was quantised from
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return name
     return None
@@ -38,8 +36,9 @@ def _base_line(meta: dict) -> str:
     name = meta["base_model"]
     if name in BUILTINS:
         spec = BUILTINS[name]
-        return (f"`{name}`: {BUILTIN_ORIGIN.get(name, name)} as shipped in the `{spec.package}=={spec.version}` "
-                f"package (GGUF `{spec.gguf.rsplit('/', 1)[-1]}`, dequantised to float32)")
+        packages = ", ".join(f"`{p}=={spec.version}`" for p in spec.packages)
+        gguf = f"`{spec.files[0][1].rsplit('/', 1)[-1]}`" if len(spec.files) == 1 else f"in {len(spec.files)} parts"
+        return f"`{name}`: {spec.origin} as shipped in {packages} (GGUF {gguf}, dequantised to float32)"
     return f"`{name}`"
 
 

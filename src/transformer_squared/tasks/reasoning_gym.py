@@ -1,7 +1,9 @@
 """`rg`: procedural, verifiable tasks from `reasoning-gym` (e.g. gsm_symbolic, basic_arithmetic), offline.
 
-`data` names a reasoning-gym dataset, optionally with a size: "gsm_symbolic" or
-"basic_arithmetic:200". Splits never share a question: each question belongs to one split by a
+`data` names a reasoning-gym dataset, optionally with a size and generator parameters (the fields
+of the dataset's config dataclass; `|` separates list items):
+"gsm_symbolic", "basic_arithmetic:200",
+"basic_arithmetic:200:min_terms=2,max_terms=2,max_digits=2,operators=+|-". Splits never share a question: each question belongs to one split by a
 hash of its text (train 60 %, valid 20 %, test 20 %), and each split draws from its own seeds
 until it has `size` distinct questions. Answers go between <answer> tags and are scored with
 the dataset's own `score_answer` (correct only at full score).
@@ -9,6 +11,8 @@ the dataset's own `score_answer` (correct only at full score).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -38,6 +42,59 @@ def extract_answer(completion: str) -> str:
     return lines[-1] if lines else ""
 
 
+def parse_data(data: str) -> tuple[str, int | None, dict[str, Any]]:
+    """"name[:size][:key=value,...]" → (dataset name, size or None, generator parameters as typed values)."""
+    dataset, *fields = str(data).split(":")
+    size, params = None, {}
+    for text in fields:
+        if "=" in text:
+            if params:
+                raise ConfigError(f"rg: '{data}': give the parameters as one comma-separated list")
+            params = _parse_params(data, dataset, text)
+        elif text.isdigit() and int(text) > 0 and size is None:
+            size = int(text)
+        else:
+            raise ConfigError(f"rg: '{data}': '{text}' is neither a positive integer size nor key=value parameters")
+    return dataset, size, params
+
+
+def _parse_params(data: str, dataset: str, text: str) -> dict[str, Any]:
+    rg = _import_rg()
+    if dataset not in rg.factory.DATASETS:
+        raise ConfigError(f"rg: Dataset '{dataset}' not registered")
+    fields = {f.name: f for f in dataclasses.fields(rg.factory.DATASETS[dataset][1]) if f.name not in ("seed", "size")}
+    params: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"rg: '{data}': '{item}' is not key=value with a parameter of {dataset}{hint}; "
+                              f"known: {', '.join(fields)}")
+        params[key] = _typed(data, key, value.strip(), fields[key].default)
+    return params
+
+
+def _typed(data: str, key: str, value: str, default: Any) -> Any:
+    """`value` converted like the parameter's default (bool, int, float, list of those, str)."""
+    if isinstance(default, (list, tuple)):
+        sample = default[0] if default else ""
+        return [_typed(data, key, v, sample) for v in value.split("|")]
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"rg: '{data}': {key}={value} is not a {type(default).__name__}") from None
+    return value
+
+
 def _import_rg() -> Any:
     try:
         import reasoning_gym
@@ -62,18 +119,16 @@ class ReasoningGym:
             raise ConfigError("task 'rg' needs data: a reasoning-gym dataset, e.g. gsm_symbolic, basic_arithmetic:200")
         if split not in SPLIT_BUCKETS:
             raise ConfigError(f"rg: unknown split '{split}' (known: {', '.join(SPLIT_BUCKETS)})")
-        dataset, _, size_text = str(data).partition(":")
-        if size_text and not (size_text.isdigit() and int(size_text) > 0):
-            raise ConfigError(f"rg: size in '{data}' must be a positive integer")
-        size = int(size_text) if size_text else self.size
+        dataset, size, params = parse_data(data)
+        size = size or self.size
         rg = _import_rg()
         examples: dict[str, Example] = {}
         for round_ in range(_MAX_ROUNDS):
             seed = (self.seed * 1_000 + round_) * 10 + SPLIT_SEEDS[split]
             try:
-                entries = rg.create_dataset(dataset, size=size, seed=seed)
-            except ValueError as e:
-                raise ConfigError(f"rg: {e}") from None
+                entries = rg.create_dataset(dataset, size=size, seed=seed, **params)
+            except (ValueError, AssertionError) as e:  # unknown dataset; the config's validate() asserts
+                raise ConfigError(f"rg: '{data}': {e}") from None
             for entry in entries:
                 question = entry["question"]
                 if question in examples or bucket(question) not in SPLIT_BUCKETS[split]:
