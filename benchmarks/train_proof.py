@@ -3,7 +3,9 @@
 For every run folder: the `holdout` part of its split.json (never used for training nor for picking
 best/), scored with the base weights and with `best/` merged. MCQ: both protocols from one forward
 pass, `letter` (argmax over the option letters, what the trainer optimises) and `generate` (the
-greedy next token read as the letter, VMLU's official protocol). Statistics: paired bootstrap
+greedy next token read as the letter, VMLU's official protocol). With each: the distribution of
+answered letters, the gold letters, and the accuracy of always answering the training part's majority
+letter and the best constant letter (an expert on a model at chance may only learn one letter). Statistics: paired bootstrap
 (10,000 resamples of questions, seeded) and McNemar's exact test on the discordant pairs.
 
     python benchmarks/train_proof.py runs/proof/* --out results/train_proof.json
@@ -16,6 +18,7 @@ import json
 import math
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -47,10 +50,28 @@ def paired_stats(base: list[bool], expert: list[bool], n_boot: int = 10_000, see
 
 
 def score(model, tok, task, examples, chat: bool) -> dict[str, list[bool]]:
+    """Per protocol: whether each answer is right, and (under "<protocol>_answers") the letters given."""
     prompts = task.format(examples, tok, chat=chat)
     greedy, logp = engine.score_letters(model, tok, prompts, [e.letters for e in examples], batch_size=16)
-    letter = [e.letters[int(lp.argmax())] for e, lp in zip(examples, logp)]
-    return {"letter": task.score(examples, letter), "generate": task.score(examples, task.parse(examples, greedy))}
+    answers = {"letter": [e.letters[int(lp.argmax())] for e, lp in zip(examples, logp)],
+               "generate": task.parse(examples, greedy)}
+    out = {p: task.score(examples, a) for p, a in answers.items()}
+    return out | {f"{p}_answers": a for p, a in answers.items()}
+
+
+def letter_counts(letters: list[str]) -> dict[str, int]:
+    """How often each answer was given ("" = no letter read), most frequent first."""
+    return dict(Counter(letters).most_common())
+
+
+def constant_baselines(train: list, held: list) -> dict:
+    """Accuracy on `held` of always answering the training part's majority letter, and of the best constant letter."""
+    gold = Counter(e.answer for e in held)
+    majority = Counter(e.answer for e in train).most_common(1)[0][0]
+    best = max(sorted(gold), key=lambda k: gold[k])
+    return {"gold_letters": letter_counts([e.answer for e in held]),
+            "train_majority_letter": majority, "train_majority_acc": gold[majority] / len(held),
+            "best_constant_letter": best, "best_constant_acc": gold[best] / len(held)}
 
 
 def evaluate_run(run: Path, limit: int, which: str = "best") -> dict:
@@ -68,7 +89,10 @@ def evaluate_run(run: Path, limit: int, which: str = "best") -> dict:
     base = score(model, tok, task, held, cfg["chat"])
     with torch.no_grad(), svf.merged(expert.z()):
         adapted = score(model, tok, task, held, cfg["chat"])
-    return {"run": str(run), "expert": which, "expert_step": expert.meta.metrics.get("step"), "task": cfg["task"], "subset": cfg["subset"], "model": cfg["model"],
+    train = splits.restrict(pool, record, "train")
+    answers = {f"{who}_{p}_letters": letter_counts(r[f"{p}_answers"]) for who, r in (("base", base), ("expert", adapted))
+               for p in ("letter", "generate")}
+    return {"run": str(run), "expert": which, **constant_baselines(train, held), **answers, "expert_step": expert.meta.metrics.get("step"), "task": cfg["task"], "subset": cfg["subset"], "model": cfg["model"],
             "best_step": expert.meta.metrics.get("best_step"), "best_val": expert.meta.metrics.get("best_val"),
             "steps_done": expert.meta.metrics.get("steps_done"), "n_train": record["counts"]["train"],
             "n_val_used": min(record["counts"]["val"], cfg["max_val"] or record["counts"]["val"]),
@@ -93,6 +117,9 @@ def main() -> None:
             s = r[p]
             print(f"{run.name:<24}{p:<9} n={s['n']:<4} base {s['acc_base']:.3f} expert {s['acc_expert']:.3f} "
                   f"diff {s['diff']:+.3f} CI95 [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] McNemar p={s['mcnemar_p']:.3g}")
+            print(f"{'':<33}letters base {r[f'base_{p}_letters']} expert {r[f'expert_{p}_letters']}")
+        print(f"{'':<24}gold {r['gold_letters']}; training majority '{r['train_majority_letter']}' "
+              f"{r['train_majority_acc']:.3f}, best constant '{r['best_constant_letter']}' {r['best_constant_acc']:.3f}")
         write_json(results, args.out)
 
 

@@ -69,12 +69,13 @@ def right_answer(name: str, e: Example) -> str:
     if e.choices:
         return f" {e.answer}"
     return {"gsm8k": f"#### {e.answer}", "math": f"\\boxed{{{e.answer}}}", "rg": f"<answer>{e.answer}</answer>",
+            "rg-direct": f"<answer>{e.answer}</answer>",
             "mbpp": f"{e.answer}\n[DONE]", "humaneval": e.answer}[name]
 
 
 WRITERS: dict[str, Callable[[Path], tuple[str, str]]] = {
     "vmlu": vmlu, "mmlu": mmlu, "mcq": mcq, "arc": arc, "gsm8k": gsm8k, "math": math, "mbpp": mbpp,
-    "humaneval": humaneval, "rg": rg,
+    "humaneval": humaneval, "rg": rg, "rg-direct": rg,
 }
 
 

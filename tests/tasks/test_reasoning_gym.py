@@ -82,3 +82,24 @@ def test_parse_data_types_and_errors():
         parse_data("basic_arithmetic:min_terms=2:max_terms=2")
     with pytest.raises(ConfigError, match="max_terms must be >= min_terms"):  # the generator's own check
         get_task("rg").load("basic_arithmetic:5:min_terms=3,max_terms=2", "test")
+
+
+def test_several_datasets_make_one_mixed_task():
+    task = get_task("rg")
+    mixed = task.load("basic_arithmetic:4:max_terms=2; spell_backward:3", "test")
+    assert [e.subject for e in mixed] == ["basic_arithmetic"] * 4 + ["spell_backward"] * 3
+    alone = task.load("spell_backward:3", "test")
+    assert [e.question for e in mixed[4:]] == [e.question for e in alone]  # each dataset as if loaded alone
+    right = [f"<answer>{e.answer}</answer>" for e in mixed]
+    assert task.score(mixed, task.parse(mixed, right)) == [True] * 7  # each scored by its own dataset
+    assert len({e.id for e in mixed}) == 7
+    with pytest.raises(ConfigError, match="names a dataset twice"):
+        task.load("spell_backward:3;spell_backward:4", "test")
+
+
+def test_direct_variant_asks_for_the_answer_only():
+    ex = get_task("rg").load("basic_arithmetic:2", "test")
+    direct = get_task("rg-direct")
+    assert [e.question for e in direct.load("basic_arithmetic:2", "test")] == [e.question for e in ex]
+    prompt = direct.format(ex)[0]
+    assert prompt.startswith(ex[0].question) and "no explanation" in prompt and "step by step" not in prompt

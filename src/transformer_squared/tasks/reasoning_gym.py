@@ -2,9 +2,10 @@
 
 `data` names a reasoning-gym dataset, optionally with a size and generator parameters (the fields
 of the dataset's config dataclass; `|` separates list items):
-"gsm_symbolic", "basic_arithmetic:200",
-"basic_arithmetic:200:min_terms=2,max_terms=2,max_digits=2,operators=+|-". Splits never share a question: each question belongs to one split by a
-hash of its text (train 60 %, valid 20 %, test 20 %), and each split draws from its own seeds
+"gsm_symbolic", "basic_arithmetic:200", "basic_arithmetic:200:max_terms=2,max_digits=2,operators=+|-".
+Several datasets joined by ";" make one mixed task (each question's subject is its dataset).
+`rg-direct` asks for the answer without reasoning (short generations on a CPU).
+Splits never share a question: each question belongs to one split by a hash of its text (train 60 %, valid 20 %, test 20 %), and each split draws from its own seeds
 until it has `size` distinct questions. Answers go between <answer> tags and are scored with
 the dataset's own `score_answer` (correct only at full score).
 """
@@ -24,6 +25,7 @@ from .base import TASKS, Example, Kind, chat_format
 SPLIT_BUCKETS = {"train": range(0, 6), "valid": range(6, 8), "test": range(8, 10)}  # of hash % 10
 SPLIT_SEEDS = {"train": 0, "valid": 1, "test": 2}
 INSTRUCTION = "Think step by step, then give only the final answer between <answer> and </answer>."
+DIRECT_INSTRUCTION = "Give only the final answer between <answer> and </answer>, with no explanation."
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _MAX_ROUNDS = 50  # draws of `size` questions before giving up on a split
 
@@ -111,16 +113,24 @@ class ReasoningGym:
     version: str = "1"
     kind: Kind = "generate"
     categories: tuple[str, ...] = ()
+    instruction: str = INSTRUCTION  # appended to every question
     size: int = 500  # questions per split when `data` gives none
     seed: int = 0  # base seed; splits and rounds derive their own
 
     def load(self, data: str | None, split: str) -> list[Example]:
         if not data:
-            raise ConfigError("task 'rg' needs data: a reasoning-gym dataset, e.g. gsm_symbolic, basic_arithmetic:200")
+            raise ConfigError(f"task '{self.name}' needs data: a reasoning-gym dataset, e.g. gsm_symbolic, "
+                              "basic_arithmetic:200")
         if split not in SPLIT_BUCKETS:
-            raise ConfigError(f"rg: unknown split '{split}' (known: {', '.join(SPLIT_BUCKETS)})")
-        dataset, size, params = parse_data(data)
-        size = size or self.size
+            raise ConfigError(f"{self.name}: unknown split '{split}' (known: {', '.join(SPLIT_BUCKETS)})")
+        specs = [parse_data(part.strip()) for part in str(data).split(";")]
+        names = [dataset for dataset, _, _ in specs]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"{self.name}: '{data}' names a dataset twice; give each dataset once")
+        return [e for dataset, size, params in specs for e in self._load_one(dataset, size or self.size, params, split)]
+
+    def _load_one(self, dataset: str, size: int, params: dict[str, Any], split: str) -> list[Example]:
+        """`size` distinct questions of one generator whose text hashes into `split`."""
         rg = _import_rg()
         examples: dict[str, Example] = {}
         for round_ in range(_MAX_ROUNDS):
@@ -128,7 +138,7 @@ class ReasoningGym:
             try:
                 entries = rg.create_dataset(dataset, size=size, seed=seed, **params)
             except (ValueError, AssertionError) as e:  # unknown dataset; the config's validate() asserts
-                raise ConfigError(f"rg: '{data}': {e}") from None
+                raise ConfigError(f"{self.name}: '{dataset}': {e}") from None
             for entry in entries:
                 question = entry["question"]
                 if question in examples or bucket(question) not in SPLIT_BUCKETS[split]:
@@ -139,10 +149,10 @@ class ReasoningGym:
                 )
                 if len(examples) == size:
                     return list(examples.values())
-        raise DataError(f"rg: '{dataset}' gave only {len(examples)} distinct {split} questions of {size} asked")
+        raise DataError(f"{self.name}: '{dataset}' gave only {len(examples)} distinct {split} questions of {size} asked")
 
     def format(self, examples: list[Example], tokenizer: Any = None, chat: bool = False) -> list[str]:
-        return chat_format([f"{e.question}\n\n{INSTRUCTION}" for e in examples], tokenizer, chat)
+        return chat_format([f"{e.question}\n\n{self.instruction}" for e in examples], tokenizer, chat)
 
     def parse(self, examples: list[Example], completions: list[str]) -> list[str]:
         return [extract_answer(c) for _, c in zip(examples, completions, strict=True)]
@@ -159,3 +169,5 @@ class ReasoningGym:
 
 
 TASKS.register("rg", ReasoningGym())
+# The same questions asking for the answer alone: short generations, for CPU training and evaluation.
+TASKS.register("rg-direct", ReasoningGym(name="rg-direct", instruction=DIRECT_INSTRUCTION))
