@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import sys
 from pathlib import Path
 
@@ -41,3 +43,11 @@ def smollm2():
     from transformer_squared.models import load_model
 
     return load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture()
+def kill_rng(request) -> random.Random:
+    """A seeded RNG for kill points: the seed is printed (shown with a failure) and T2_TEST_SEED replays it."""
+    seed = int(os.environ.get("T2_TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"{request.node.name}: random kill points from seed {seed} (replay: T2_TEST_SEED={seed} pytest ...)")
+    return random.Random(seed)

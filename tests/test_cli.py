@@ -43,3 +43,27 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "transformer_squared.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "decompose" in out.stdout
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["eval", "--nosuchflag"], "No such option: --nosuchflag"),
+    (["eval", "--task", "vmlu", "--out", "r.json", "--limit", "abc"], "'--limit'"),
+    (["generate", "hi", "extra"], "unexpected extra argument"),
+    (["generate"], "Missing argument 'prompt'"),
+    (["eval", "--task", "vmlu"], "Missing option '--out'"),
+    (["eval", "--task"], "'--task' requires an argument"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+])
+def test_usage_mistakes_are_one_line_and_exit_code_2(args, culprit, capsys):
+    code, out, err = run(args, capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and culprit in err, err
+    assert "Traceback" not in err and "╭" not in err
+    if args[0] == "eval" and len(args) > 2:
+        assert "try 't2 eval --help'" in err
+
+
+def test_usage_mistake_through_the_console_script_has_no_traceback():
+    out = subprocess.run([sys.executable, "-m", "transformer_squared.cli", "eval", "--nosuchflag"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr == "error: No such option: --nosuchflag (try 't2 eval --help')\n"

@@ -60,3 +60,53 @@ def test_eval_smollm2_twenty_questions(tmp_path, capsys):
         assert m["n"] == 20 and m["weighted_average"] == pytest.approx(hits / 20)
     assert all(r["prediction"]["letter"] in "ABCDE" for r in res["predictions"])
     assert "Average" in capsys.readouterr().out
+
+
+def _fail(args, capsys) -> str:
+    """Run `t2 ARGS`; it must exit 2 with one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail the test if a command loads a model (its arguments already show it cannot finish)."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("transformer_squared.adapted.load_model", refuse)
+
+
+def test_eval_of_an_empty_split_names_the_file(tmp_path, capsys, no_model_load):
+    data = write_vmlu(tmp_path / "vmlu")
+    (data / "valid.jsonl").write_text("", encoding="utf-8")
+    err = _fail(["eval", "--task", "vmlu", "--data", str(data), "--split", "valid", "--out", str(tmp_path / "r.json")],
+                capsys)
+    assert f"{data / 'valid.jsonl'}: no rows" in err and not (tmp_path / "r.json").exists()
+    (data / "valid.jsonl").write_text("\n\n", encoding="utf-8")  # blank lines only: empty as well
+    assert "no rows" in _fail(["eval", "--task", "vmlu", "--data", str(data), "--out", str(tmp_path / "r.json")], capsys)
+
+
+def test_eval_selecting_nothing_fails_before_the_model_loads(tmp_path, capsys, no_model_load):
+    data = write_vmlu(tmp_path / "vmlu")
+    base = ["eval", "--task", "vmlu", "--data", str(data), "--out", str(tmp_path / "r.json")]
+    assert "--subset 'subject=07' selects no example" in _fail(base + ["--subset", "subject=07"], capsys)
+    assert "limit 0: must be at least 1" in _fail(base + ["--limit", "0"], capsys)
+
+
+@pytest.mark.parametrize("flag", ["--out", "--submission", "--markdown"])
+def test_eval_output_paths_are_checked_before_the_model_loads(flag, tmp_path, capsys, no_model_load):
+    data = write_vmlu(tmp_path / "vmlu")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep", encoding="utf-8")
+    base = {"--out": str(tmp_path / "r.json")}
+    for bad, why in ((tmp_path / "no" / "such" / "x.json", "does not exist"), (tmp_path, "is a folder"),
+                     (a_file / "x.json", "is not a folder")):
+        args = ["eval", "--task", "vmlu", "--data", str(data), "--split", "test"] + [
+            x for k, v in (base | {flag: str(bad)}).items() for x in (k, v)]
+        err = _fail(args, capsys)
+        assert f"{flag} {bad}: " in err and why in err
+    assert not (tmp_path / "no").exists() and a_file.read_text(encoding="utf-8") == "keep"

@@ -1,4 +1,8 @@
-"""Atomic writes (temp file in the same folder, then rename): a killed process never leaves half a file."""
+"""Atomic writes (temp file in the same folder, then rename): a killed process never leaves half a file.
+
+`check_file_target` and `check_folder_target` test an output location before any work starts, so a
+command that cannot write its result fails at once instead of after hours of computation.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +39,47 @@ def atomic_path(path: Path) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _probe(folder: Path, what: str) -> None:
+    """Create and remove a temp file in `folder`: the one test that sees permissions, read-only mounts,
+    immutable folders and quotas alike (root passes permission bits but not these)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".t2-probe.", dir=folder)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot write in {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.remove(tmp)
+
+
+def check_file_target(path: str | Path | None, flag: str) -> None:
+    """Fail unless `path` can be written as a file: its folder exists and is writable, and it is no folder."""
+    if path is None:
+        return
+    path = Path(path)
+    what = f"{flag} {path}"
+    if path.is_dir():
+        raise ConfigError(f"{what}: is a folder; give a file path")
+    parent = path.parent
+    if not parent.exists():
+        raise ConfigError(f"{what}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise ConfigError(f"{what}: {parent} is not a folder")
+    _probe(parent, what)
+
+
+def check_folder_target(path: str | Path, flag: str) -> None:
+    """Fail unless `path` can be (or is) a folder we write into; missing parents are created later."""
+    path = Path(path)
+    what = f"{flag} {path}"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what}: is a file, not a folder")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what}: {ancestor} is a file, not a folder")
+    _probe(ancestor, what)
 
 
 def write_json(obj: object, path: Path) -> None:

@@ -16,7 +16,8 @@ from rich.console import Console
 from .errors import T2Error
 from .models import DEFAULT_MODEL
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Transformer²: SVF experts and self-adaptive inference.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transformer²: SVF experts and self-adaptive inference.")
 expert_app = typer.Typer(no_args_is_help=True, help="Create and inspect experts.")
 app.add_typer(expert_app, name="expert")
 export_app = typer.Typer(no_args_is_help=True, help="Export adapted weights: merged HF checkpoint or PEFT LoRA adapter.")
@@ -109,21 +110,22 @@ def eval_(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from .adapted import load_adapted
-    from .evaluate import EvalConfig, evaluate
     from .atomic import write_text
+    from .evaluate import EvalConfig, evaluate, prepare
     from .report import eval_markdown, eval_table
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      submission_protocol=submission_protocol, subset=subset,
                      exclude_run=None if exclude_run is None else str(exclude_run))
+    plan = prepare(cfg, out, submission, markdown)  # outputs, data and selection checked before the model loads
     am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True) as bar:
         job = bar.add_task(f"{task} {split}", total=None)
         results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
-                           total=lambda n: bar.update(job, total=n))
+                           total=lambda n: bar.update(job, total=n), plan=plan)
     console.print(eval_table(results))
     if markdown is not None:
         write_text(eval_markdown(results), markdown)
@@ -175,9 +177,11 @@ def expert_init(
     device: str = DEVICE,
 ) -> None:
     """Write an untrained expert with the reference initialisation."""
+    from .atomic import check_folder_target
     from .expert import Expert, attach
     from .models import load_model, model_id
 
+    check_folder_target(out, "--out")
     m, _ = load_model(model, device=device)
     svf = attach(m, targets=targets)
     e = Expert.init(svf.factors, model_id(m), svf.fingerprint, parametrisation, seed, label, description)
@@ -259,9 +263,10 @@ def lm_eval(
     dtype: str = DTYPE,
 ) -> None:
     """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
-    from .atomic import write_text
+    from .atomic import check_file_target, write_text
     from .interop.lm_eval_adapter import evaluate
 
+    check_file_target(output, "--output")
     names = [t for spec in tasks for t in spec.split(",") if t]
     n = None if limit is None else (int(limit) if limit >= 1 else limit)
     res = evaluate(model, names, expert or [], alpha, limit=n, include_path=include_path,
@@ -278,26 +283,58 @@ def lm_eval(
         console.print(f"results: {output}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning T2Error into one line and exit code 2."""
-    args = sys.argv[1:] if argv is None else argv
+def _click_errors() -> tuple[type[Exception], type[Exception]]:
+    """(ClickException, NoArgsIsHelpError) of the click that typer runs on (typer ≥ 0.22 vendors its own)."""
     try:
-        app(args=args, standalone_mode=False)
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # older typer on plain click
+        from click.exceptions import ClickException, NoArgsIsHelpError
+    return ClickException, NoArgsIsHelpError
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2 (a traceback only with --debug).
+
+    Typed library errors (T2Error) and click usage errors (unknown option, bad value, missing or
+    extra argument) exit 2; an operating-system failure (disk full, permission) exits 1, also in
+    one line; anything else is a bug and keeps its traceback.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    click_error, no_args_help = _click_errors()
+    try:
+        code = app(args=args, prog_name="t2", standalone_mode=False)
     except T2Error as e:
-        if "--debug" in args:
+        if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except no_args_help as e:  # `t2` or `t2 export` alone: the help text
+        e.show()
+        sys.exit(0)
+    except click_error as e:
+        if debug:
+            raise
+        hint = ""
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None:
+            hint = f" (try '{ctx.command_path} --help')"
+        print(f"error: {_one_line(e.format_message()).rstrip('.')}{hint}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2) or 2)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except OSError as e:
+        if debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(n) returns n when not standalone
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 from . import __version__, engine
 from .adapted import AdaptedModel
-from .atomic import write_json
-from .errors import ConfigError
+from .atomic import check_file_target, write_json
+from .errors import ConfigError, DataError
 from .metrics import accuracy_metrics
 from .models import model_id
 from .tasks import Example, Task, get_task
@@ -198,25 +198,50 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
     return records
 
 
-def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = None,
-             submission_path: str | Path | None = None, progress: Progress | None = None,
-             total: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Evaluate `cfg.task` with `am` (its experts applied merged); write results JSON and submission CSV if asked.
+@dataclass
+class Plan:
+    """What an evaluation will run, settled before any model is loaded."""
 
-    `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
+    task: Task
+    examples: list[Example]  # the questions to score, in data order
+
+
+def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
+            markdown_path: str | Path | None = None) -> Plan:
+    """Check the output locations, load and select the questions: everything that needs no model.
+
+    Raises (before any costly work) when an output cannot be written or nothing would be evaluated.
     """
+    for path, flag in ((out_path, "--out"), (submission_path, "--submission"), (markdown_path, "--markdown")):
+        check_file_target(path, flag)
     task = get_task(cfg.task)
-    protocols = cfg.protocols(task)
+    cfg.protocols(task)
     if submission_path is not None and task.kind != "mcq":
         raise ConfigError(f"--submission: only multiple-choice tasks have an id,answer submission ('{task.name}' is generative)")
     examples = task.load(cfg.data, cfg.split)
+    if not examples:
+        source = f" of {cfg.data}" if cfg.data is not None else ""
+        raise DataError(f"task '{task.name}' split '{cfg.split}'{source}: no questions to evaluate")
     if cfg.subset:
         examples = splits.select(examples, cfg.subset)
     if cfg.exclude_run:
         examples = splits.exclude_used(examples, splits.load_split(cfg.exclude_run))
         if not examples:
             raise ConfigError(f"--exclude-run {cfg.exclude_run}: the run used every question of this split")
-    examples = select(examples, cfg.limit, cfg.sample, cfg.seed)
+    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed))
+
+
+def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = None,
+             submission_path: str | Path | None = None, progress: Progress | None = None,
+             total: Callable[[int], None] | None = None, plan: Plan | None = None) -> dict[str, Any]:
+    """Evaluate `cfg.task` with `am` (its experts applied merged); write results JSON and submission CSV if asked.
+
+    `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
+    `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
+    """
+    plan = plan or prepare(cfg, out_path, submission_path)
+    task, examples = plan.task, plan.examples
+    protocols = cfg.protocols(task)
     if total is not None:
         total(len(examples))
     out = Path(out_path) if out_path is not None else None

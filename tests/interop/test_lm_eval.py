@@ -12,6 +12,7 @@ pytest.importorskip("lm_eval")
 from test_export import make_expert  # noqa: E402
 
 from transformer_squared.adapted import load_adapted  # noqa: E402
+from transformer_squared.expert import attach  # noqa: E402
 
 QUESTIONS = [
     ("2 + 2 =", ["3", "4", "5"], 1), ("The sky is", ["blue", "green", "loud"], 0),
@@ -46,16 +47,35 @@ def _run(lm, task_dir, tasks):
                            include_defaults=False), log_samples=True)
 
 
+def _loglikelihood_by_hand(model, tok, context: str, continuation: str) -> float:
+    """Σ log p(continuation tokens | context): one unpadded forward pass over context + continuation."""
+    ctx = tok.encode(context)
+    full = tok.encode(context + continuation)
+    assert full[: len(ctx)] == ctx
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].double(), -1)  # (T, V)
+    return sum(float(logp[i - 1, full[i]]) for i in range(len(ctx), len(full)))
+
+
 def test_local_tasks_run_with_an_expert(tiny, tiny_model_dir, task_dir, tmp_path):
     from transformer_squared.interop.lm_eval_adapter import evaluate
+    from transformer_squared.svf import mix
 
-    model, _ = tiny
-    path = make_expert(model).save(tmp_path / "expert")
+    model, tok = tiny
+    expert = make_expert(model)
+    path = expert.save(tmp_path / "expert")
     res = evaluate(str(tiny_model_dir), ["t2_tiny_mc", "t2_tiny_gen"], experts=[path], include_path=task_dir,
-                   include_defaults=False, device="cpu", limit=4)
-    assert 0.0 <= res["results"]["t2_tiny_mc"]["acc,none"] <= 1.0
+                   include_defaults=False, device="cpu", limit=4, log_samples=True)
     assert "exact_match,none" in res["results"]["t2_tiny_gen"]
     assert res["n-samples"]["t2_tiny_mc"]["effective"] == 4
+    # accuracy recomputed outside lm-eval: the expert merged by hand, each choice scored by one forward pass
+    with attach(model, [expert]).merged({t: z.detach() for t, z in mix([expert.z()], torch.ones(1)).items()}):
+        hand = [[_loglikelihood_by_hand(model, tok, q, " " + c) for c in choices] for q, choices, _ in QUESTIONS[:4]]
+    by_doc = {s["doc_id"]: [r[0][0] for r in s["resps"]] for s in res["samples"]["t2_tiny_mc"]}
+    for d, lls in enumerate(hand):
+        assert by_doc[d] == pytest.approx(lls, abs=2e-3)
+    hits = [max(range(len(lls)), key=lls.__getitem__) == QUESTIONS[d][2] for d, lls in enumerate(hand)]
+    assert res["results"]["t2_tiny_mc"]["acc,none"] == pytest.approx(sum(hits) / 4)
 
 
 def test_expert_changes_loglikelihoods_and_mixture_hook_groups_documents(tiny_model_dir, task_dir, tmp_path):

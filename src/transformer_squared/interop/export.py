@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..atomic import write_json, write_safetensors, write_text
+from ..atomic import check_folder_target, write_json, write_safetensors, write_text
 from ..errors import ConfigError, ExportError
 from ..expert import Expert, attach
 from ..models import BUILTINS, load_model, resolve_model
@@ -77,12 +77,19 @@ def lora_factors(f: Factors, s_new: Tensor, rank: int) -> LoraFactors:
     return LoraFactors(A.contiguous(), B.contiguous(), rel, sq_total, sq_dropped)
 
 
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Fail before any work when `out_dir` cannot become the export folder."""
+    out_dir = Path(out_dir)
+    check_folder_target(out_dir, "--out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir}: already exists and is not empty (pass overwrite / --overwrite to replace it)")
+
+
 @contextmanager
 def _atomic_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temp folder beside `out_dir`; on success it becomes `out_dir` (replacing it if `overwrite`)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise ExportError(f"{out_dir}: already exists and is not empty (pass overwrite / --overwrite to replace it)")
+    check_out_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     old = None
@@ -169,6 +176,7 @@ def export_lora(
     push_to_hub: str | None = None, overwrite: bool = False, private: bool = False,
 ) -> LoraReport:
     """Write the expert's best rank-`rank` ΔW per target as a PEFT LoRA adapter (rank None = exact)."""
+    check_out_dir(Path(out_dir), overwrite)
     (e,) = _load_experts([expert])
     model, _ = load_model(model_name, device="cpu")
     svf = attach(model, [e])

@@ -23,7 +23,8 @@ _FILE_SUFFIXES = (".json", ".jsonl", ".gz")
 
 
 def read_jsonl(path: Path) -> list[Record]:
-    """Rows of a JSONL file (blank lines allowed); a bad line raises DataError naming FILE:LINE."""
+    """Rows of a JSONL file (blank lines allowed); a bad line raises DataError naming FILE:LINE, and so
+    does a file without any row (an empty split would otherwise evaluate or train on nothing)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     records: list[Record] = []
@@ -42,6 +43,8 @@ def read_jsonl(path: Path) -> list[Record]:
                 records.append((where, row))
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
+    if not records:
+        raise DataError(f"{path}: no rows (the file is empty)")
     return records
 
 
@@ -84,6 +87,8 @@ def load_hub(spec: str, split: str, default_config: str | None = None) -> list[R
     except Exception as e:  # offline, unknown id, unknown split: all end here, as one line
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{spec}: cannot load split '{split}' from the Hugging Face hub ({reason})") from None
+    if len(rows) == 0:
+        raise DataError(f"{spec}: split '{split}' on the Hugging Face hub has no rows")
     return [(f"{spec}[{split}] row {i}", dict(row)) for i, row in enumerate(rows, 1)]
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import engine
+from ..atomic import check_folder_target
 from ..config import dump_config
 from ..errors import ConfigError, DataError
 from ..expert import Expert, attach
@@ -115,7 +116,7 @@ class Recipe:
             raise ConfigError("objective 'sample' on a multiple-choice task needs temperature > 0 (e.g. 1.0)")
         if resume and not (self.out / "latest").exists() and not (self.out / ".latest.old").exists():
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_folder_target(self.out, "--out")
         self.parts = self._make_split(resume)
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets)
@@ -146,7 +147,9 @@ class Recipe:
         path = self.out / splits.SPLIT_FILE
         if resume and path.is_file():  # the saved ids, in their saved order
             record = splits.load_split(path)
-            return {p: splits.restrict(pool, record, p) for p in splits.PARTS}
+            parts = {p: splits.restrict(pool, record, p) for p in splits.PARTS}
+            _check_val(parts, pool, cfg.val_fraction)
+            return parts
         pool = splits.select(pool, cfg.subset)
         parts = splits.stratified_split(pool, cfg.val_fraction, cfg.holdout_fraction, cfg.seed)
         record = splits.split_record(parts, task=cfg.task, data=cfg.data, splits=names, subset=cfg.subset,
@@ -154,6 +157,8 @@ class Recipe:
                                      holdout_fraction=cfg.holdout_fraction)
         if not parts["train"]:
             raise DataError(f"task '{cfg.task}' subset '{cfg.subset}': no training questions left after the split")
+        _check_val(parts, pool, cfg.val_fraction)
+        self.out.mkdir(parents=True, exist_ok=True)
         splits.save_split(record, self.out)
         return parts
 
@@ -267,8 +272,7 @@ class Recipe:
     def validate(self) -> float:
         """Accuracy on the validation part with the current z (MCQ: argmax over the letters)."""
         val = self.parts["val"][: self.cfg.max_val or None]
-        if not val:
-            return float("nan")
+        assert val, "setup() guarantees a validation part"
         prompts = self.task.format(val, self.tokenizer, chat=self.cfg.chat)
         with self.svf.merged({t: z.detach() for t, z in self.z().items()}):
             if self.kind == "mcq":
@@ -360,6 +364,16 @@ class Recipe:
             self.sink.close()
         if hasattr(self, "svf"):
             self.svf.restore()
+
+
+def _check_val(parts: dict[str, list[Any]], pool: list[Any], val_fraction: float) -> None:
+    """best/ is chosen by validation accuracy: a run without validation questions is refused up front."""
+    if parts["val"]:
+        return
+    strata = {e.subject or e.category for e in pool}
+    raise ConfigError(f"val_fraction {val_fraction} leaves no validation questions ({len(pool)} questions in "
+                      f"{len(strata)} subject(s), rounded per subject); best/ is chosen by validation accuracy, "
+                      f"so raise val_fraction or give more questions per subject")
 
 
 def _step_seed(seed: int, step: int) -> int:
