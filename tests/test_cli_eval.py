@@ -110,3 +110,21 @@ def test_eval_output_paths_are_checked_before_the_model_loads(flag, tmp_path, ca
         err = _fail(args, capsys)
         assert f"{flag} {bad}: " in err and why in err
     assert not (tmp_path / "no").exists() and a_file.read_text(encoding="utf-8") == "keep"
+
+
+def test_eval_unsafe_exec_reaches_the_config(monkeypatch, tmp_path):
+    import transformer_squared.adapted
+    import transformer_squared.evaluate
+
+    class Stop(Exception):
+        pass
+
+    def fake_evaluate(am, cfg, *args, **kwargs):
+        raise Stop(cfg.unsafe_exec)
+
+    monkeypatch.setattr(transformer_squared.adapted, "load_adapted", lambda *a, **k: None)
+    monkeypatch.setattr(transformer_squared.evaluate, "evaluate", fake_evaluate)
+    for flags, expected in (([], False), (["--unsafe-exec"], True)):
+        with pytest.raises(Stop) as exc:
+            main(["eval", "--task", "humaneval", "--out", str(tmp_path / "r.json"), *flags])
+        assert exc.value.args == (expected,)

@@ -102,6 +102,7 @@ def eval_(
     subset: str = typer.Option("", "--subset", help="Only these questions: category=STEM, subject=28,29, ..."),
     exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run used (train and val)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the category table as Markdown."),
+    unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="Code tasks: run generated code unconfined where bubblewrap cannot."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
@@ -117,7 +118,7 @@ def eval_(
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      submission_protocol=submission_protocol, subset=subset,
-                     exclude_run=None if exclude_run is None else str(exclude_run))
+                     exclude_run=None if exclude_run is None else str(exclude_run), unsafe_exec=unsafe_exec)
     plan = prepare(cfg, out, submission, markdown)  # outputs, data and selection checked before the model loads
     am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)

@@ -50,6 +50,7 @@ class EvalConfig:
     submission_protocol: str = "letter"  # predictions written to the submission CSV
     subset: str = ""  # filter before `limit`: "category=STEM", "subject=28,29" ('' keeps all)
     exclude_run: str | None = None  # a training run folder (or its split.json): skip its train and val ids
+    unsafe_exec: bool = False  # code tasks: where bubblewrap cannot run, run generated code unconfined
 
     def __post_init__(self) -> None:
         problems = []
@@ -214,7 +215,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
     """
     for path, flag in ((out_path, "--out"), (submission_path, "--submission"), (markdown_path, "--markdown")):
         check_file_target(path, flag)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg.unsafe_exec)
     cfg.protocols(task)
     if submission_path is not None and task.kind != "mcq":
         raise ConfigError(f"--submission: only multiple-choice tasks have an id,answer submission ('{task.name}' is generative)")

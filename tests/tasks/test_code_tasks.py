@@ -91,3 +91,35 @@ def test_humaneval_packaged_file():
     ex = get_task("humaneval").load(None, "test")
     assert len(ex) == 164 and ex[0].id == "HumanEval/0"
     assert all(e.meta["entry_point"] in e.question for e in ex)
+
+
+def test_humaneval_test_field_cannot_escape_the_sandbox(tmp_path, jsonl):
+    """Issue 11 (a): a data file's `test` holding `from __future__ import x; code` ran that code as root."""
+    canary = tmp_path / "escaped.txt"
+    row = {**HUMANEVAL_ROW, "test": f"from __future__ import annotations; import _io; _io.open({str(canary)!r}, 'w')"
+                                     f".write('root')\n{HUMANEVAL_ROW['test']}"}
+    task = HumanEval(timeout_s=2)
+    ex = task.load(str(jsonl(tmp_path / "he.jsonl", [row])), "test")
+    assert task.score(ex, ["    return x + 1\n"]) == [False]  # the hoisted line is now a syntax error
+    assert not canary.exists()
+
+
+def test_code_tasks_refuse_without_bubblewrap_unless_unsafe_exec(tmp_path, jsonl, monkeypatch):
+    from transformer_squared.errors import SandboxError
+
+    ex = HumanEval().load(str(jsonl(tmp_path / "he.jsonl", [HUMANEVAL_ROW])), "test")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap
+    with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
+        get_task("humaneval").score(ex, ["    return x + 1\n"])
+    unsafe = get_task("humaneval", unsafe_exec=True)
+    assert unsafe.score(ex, ["    return x + 1\n"]) == [True]
+    assert not get_task("humaneval").unsafe_exec  # the registered task is unchanged
+    assert get_task("mbpp", unsafe_exec=True).unsafe_exec and get_task("gsm8k", unsafe_exec=True) is get_task("gsm8k")
+
+
+def test_unsafe_exec_is_a_train_config_key():
+    from transformer_squared.config import load_config
+    from transformer_squared.train import TrainConfig
+
+    assert load_config(TrainConfig, flags=["--unsafe_exec"]).unsafe_exec is True
+    assert TrainConfig().unsafe_exec is False

@@ -53,6 +53,7 @@ class HumanEval:
     categories: tuple[str, ...] = ()
     timeout_s: float = 5  # per program, in the sandbox
     memory_mb: int = 512  # per program, in the sandbox
+    unsafe_exec: bool = False  # where bubblewrap cannot run, run programs unconfined instead of refusing
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:
         if data is None:
@@ -80,7 +81,7 @@ class HumanEval:
             f"{e.question}{code}\n\n{e.meta['test']}\n\ncheck({e.meta['entry_point']})\n"
             for e, code in zip(examples, predictions, strict=True)
         ]
-        return [r.passed for r in run_many(programs, self.timeout_s, self.memory_mb)]
+        return [r.passed for r in run_many(programs, self.timeout_s, self.memory_mb, unsafe_exec=self.unsafe_exec)]
 
 
 TASKS.register("humaneval", HumanEval())

@@ -74,6 +74,7 @@ class TrainConfig:
     label: str = ""  # expert label (default: the subset's value, else the task name)
     description: str = ""  # one sentence for prompt-based dispatch (default: made from task and subset)
     logger: Literal["none", "tensorboard", "wandb"] = "none"  # extra metrics sink besides metrics.jsonl
+    unsafe_exec: bool = False  # code tasks: where bubblewrap cannot run, run generated code unconfined
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be ≥ 1, got {getattr(self, k)}" for k in
@@ -107,7 +108,7 @@ class Recipe:
         if self.task is None:
             from ..tasks import get_task
 
-            self.task = get_task(cfg.task)
+            self.task = get_task(cfg.task, cfg.unsafe_exec)
         self.kind = self.task.kind
         self.objective = cfg.objective if cfg.objective != "auto" else ("exact" if self.kind == "mcq" else "sample")
         if self.kind != "mcq" and self.objective == "exact":
