@@ -117,7 +117,8 @@ def _argv(tools: _Bwrap, program_fd: int, filter_fd: int | None, extra: list[str
     """The bwrap command line that runs the program read from `program_fd` (`filter_fd`: seccomp, as root)."""
     if tools.setpriv:  # root: no user namespace (it would map nobody to root); setpriv drops to nobody
         isolate = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                   "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+                   "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                   "--cap-add", "CAP_SETPCAP"]
         if filter_fd is not None:
             isolate += ["--seccomp", str(filter_fd)]
         drop = [tools.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
@@ -190,7 +191,7 @@ def _sandbox(unsafe_exec: bool) -> _Bwrap | None:
     elif os.geteuid() == 0 and setpriv is None:
         problem = "as root the sandbox needs setpriv in /usr/bin to become nobody: apt-get install util-linux"
     elif _exposed(_python()):
-        problem = (f"the interpreter's prefix {_exposed(_python())} holds your home folder, which the sandbox "
+        problem = (f"the interpreter's folder {_exposed(_python())} holds your home folder, which the sandbox "
                    "would show to generated code: use a Python installed elsewhere (/usr, pyenv, conda)")
     else:
         tools = _Bwrap(bwrap, setpriv, _python())
@@ -257,6 +258,37 @@ def _status(code: int, timed_out: bool, oom: bool, stderr_tail: str) -> str:
     return "killed" if code < 0 or code > 128 else "failed"  # bwrap reports death by signal N as 128 + N
 
 
+def _start(tools: _Bwrap, program: str, stderr: IO[bytes], stack: ExitStack) -> tuple[subprocess.Popen, int, int, int]:
+    """Start bwrap, halted once the sandbox is set up: (bwrap, its PID 1, a pidfd on it, the fd that lets it go).
+
+    `stack` gets the clean-up: kill PID 1 (and so the run), wait for it, then close the fd, reap bwrap.
+    """
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    program_fd, filter_fd = _input_fds(tools, program)
+    child_fds = tuple(fd for fd in (program_fd, filter_fd, info_w, block_r) if fd is not None)
+    stack.callback(os.close, info_r)
+    stack.callback(os.close, block_w)  # only after PID 1 is dead: EOF would let it run too
+    try:
+        argv = _argv(tools, program_fd, filter_fd, ["--info-fd", str(info_w), "--block-fd", str(block_r)])
+        proc = subprocess.Popen(argv, pass_fds=child_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+    finally:
+        for fd in child_fds:
+            os.close(fd)
+    stack.callback(proc.wait)
+    stack.callback(lambda: proc.poll() is None and proc.kill())
+    pid1 = _read_child_pid(info_r)
+    init = os.pidfd_open(pid1) if pid1 is not None else None
+    if init is not None:
+        stack.callback(os.close, init)
+        stack.callback(_exited, init, 5)  # PID 1 gone means every process of the run is gone
+        stack.callback(_kill, init)
+    if pid1 is None or init is None or _exited(init, 0):
+        raise SandboxError(f"bubblewrap could not start a sandbox: {_tail(stderr).strip()[:300]!r}")
+    return proc, pid1, init, block_w
+
+
 def _run_bwrap(tools: _Bwrap, program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
     """One program in its own sandbox and cgroup; everything it started is gone when this returns."""
     with ExitStack() as stack:
@@ -268,36 +300,14 @@ def _run_bwrap(tools: _Bwrap, program: str, timeout_s: float, memory_mb: int) ->
                      "per run (RLIMIT_NPROC in the run's user namespace)")
             _warn_once(f"sandbox: no writable cgroup: memory is limited per process (RLIMIT_AS), tasks {tasks}")
         stderr = stack.enter_context(tempfile.TemporaryFile())
-        info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        program_fd, filter_fd = _input_fds(tools, program)
-        child_fds = tuple(fd for fd in (program_fd, filter_fd, info_w, block_r) if fd is not None)
-        stack.callback(os.close, info_r)
-        stack.callback(os.close, block_w)  # last, after PID 1 is dead: EOF would also let it run
-        try:
-            argv = _argv(tools, program_fd, filter_fd, ["--info-fd", str(info_w), "--block-fd", str(block_r)])
-            proc = subprocess.Popen(argv, pass_fds=child_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=stderr, start_new_session=True)
-        finally:
-            for fd in child_fds:
-                os.close(fd)
-        stack.callback(proc.wait)
-        stack.callback(lambda: proc.poll() is None and proc.kill())
-        pid1 = _read_child_pid(info_r)
-        init = os.pidfd_open(pid1) if pid1 is not None else None
-        if init is not None:
-            stack.callback(os.close, init)
-            stack.callback(_exited, init, 5)  # PID 1 gone means every process of the run is gone
-            stack.callback(_kill, init)
-        if init is None or _exited(init, 0):
-            raise SandboxError(f"bubblewrap could not start a sandbox: {_tail(stderr).strip()[:300]!r}")
+        proc, pid1, init, go = _start(tools, program, stderr, stack)
         try:
             if group is not None:
                 group.join(pid1)
             n_proc = None if group is not None and group.limits_tasks else N_PROC
             for limit, value in _rlimits(timeout_s, memory_mb, n_proc).items():
                 resource.prlimit(pid1, limit, value)
-            os.write(block_w, b"1")  # go: PID 1 forks the program, which inherits the cgroup and limits
+            os.write(go, b"1")  # PID 1 now forks the program, which inherits the cgroup and the limits
         except OSError as e:
             raise SandboxError(f"sandbox: cannot limit the run ({e})") from None
         done = os.pidfd_open(proc.pid)
