@@ -125,6 +125,20 @@ def test_no_new_user_namespaces():
     assert result.passed, result.stderr_tail
 
 
+def test_no_key_shared_through_the_kernel_keyring():
+    """Every sandbox used to be uid nobody of the machine, sharing one user keyring: a channel between runs."""
+    numbers = {"x86_64": (248, 249), "aarch64": (217, 218)}.get(os.uname().machine)  # add_key, request_key
+    if numbers is None:
+        pytest.skip("no syscall numbers for this machine")
+    add = BYPASS + (f"libc = ctypes.CDLL(None)\nlibc.syscall.restype = ctypes.c_long\n"
+                    f"libc.syscall({numbers[0]}, b'user', b't2-key', b'secret', 6, -4)  # KEY_SPEC_USER_KEYRING\n")
+    find = BYPASS + (f"libc = ctypes.CDLL(None)\nlibc.syscall.restype = ctypes.c_long\n"
+                     f"assert libc.syscall({numbers[1]}, b'user', b't2-key', None, 0) == -1\n")
+    assert run_code(add).status in ("passed", "failed")
+    result = run_code(find)
+    assert result.passed, result.stderr_tail
+
+
 def test_sleep_forever_times_out():
     start = time.monotonic()
     result = run_code("import time\nwhile True:\n    time.sleep(1)", timeout_s=1)
@@ -340,7 +354,7 @@ def test_unsafe_exec_runs_unconfined_with_a_loud_warning(tmp_path, monkeypatch, 
     monkeypatch.setenv("PATH", str(tmp_path))
     sandbox._warn_once.cache_clear()
     with caplog.at_level(logging.WARNING, logger="transformer_squared.sandbox"):
-        results = run_many(["pass", "1/0", "import time\ntime.sleep(60)", f"import os\nassert os.getuid() == {os.getuid()}"],
-                           timeout_s=1, unsafe_exec=True)
+        programs = ["pass", "1/0", "import time\ntime.sleep(60)", f"import os\nassert os.getuid() == {os.getuid()}"]
+        results = run_many(programs, timeout_s=1, unsafe_exec=True)
     assert [r.status for r in results] == ["passed", "failed", "timeout", "passed"]  # limited, but as our own user
     assert any("UNSAFE" in r.message and "not on PATH" in r.message for r in caplog.records)

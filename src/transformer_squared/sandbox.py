@@ -5,7 +5,8 @@ inside `bwrap` with new mount, PID, network, IPC, UTS and cgroup namespaces. It 
 and the interpreter's prefix, a private /tmp (its work folder: program.py, read-only, and whatever it
 writes) and /dev/shm, its own /proc and a minimal /dev; no home, venv, other users' files, network or
 other run. As root, bwrap keeps only CAP_SETUID/SETGID/SETPCAP for `setpriv` to become nobody (65534)
-with no capability left; as a user, a new user namespace (no nested ones) maps the user to 65534.
+with no capability left, under a seccomp filter (seccomp.py); as a user, a new user namespace (no
+nested ones) maps the user to 65534.
 bwrap halts at `--block-fd` once set up; we move its PID 1 into a fresh cgroup (memory and task limits
 for the whole run, cgroup.py) and set rlimits on it (CPU, file size, no core, address space), then let
 it run. On timeout, or when the program ends, we kill that PID 1, which ends everything in the run.
@@ -144,11 +145,12 @@ def _memfd(name: str, data: bytes) -> int:
 
 
 def _input_fds(tools: _Bwrap, program: str) -> tuple[int, int | None]:
-    """The program, and as root the seccomp filter against new user namespaces (None if it cannot be built)."""
+    """The program, and as root the seccomp filter (None where seccomp.py has no table for the machine)."""
     program_fd = _memfd("program.py", program.encode("utf-8", errors="surrogateescape"))
-    bpf = seccomp.no_new_user_namespaces() if tools.setpriv else None
+    bpf = seccomp.root_filter() if tools.setpriv else None
     if tools.setpriv and bpf is None:
-        _warn_once("sandbox: no seccomp table for this machine; programs run as root can create user namespaces")
+        _warn_once("sandbox: no seccomp table for this machine: programs run as root can create user namespaces "
+                   "and use the kernel keyrings")
     return program_fd, None if bpf is None else _memfd("seccomp", bpf)
 
 
