@@ -1,9 +1,10 @@
 """Per-run cgroups for the sandbox: one memory limit and one process limit on everything a program starts.
 
-Each run gets a fresh child of our own cgroup: cgroup v2 where our cgroup hands the memory and pids
-controllers to its children, else the v1 memory and pids hierarchies. The sandbox moves the run's first
-process in before the program starts and removes the cgroup afterwards. Where none can be created (not
-root, a read-only /sys/fs/cgroup) `create` returns None and the sandbox keeps only per-process rlimits.
+Each run gets a fresh cgroup: v2 under the nearest of our cgroup and its ancestors that hands the
+memory and pids controllers to its children, else under our own in the v1 memory and pids hierarchies.
+The sandbox moves the run's first process in before the program starts and removes the cgroup after.
+Where none can be made (not root, a read-only /sys/fs/cgroup) `create` returns None and the sandbox
+keeps only per-process rlimits.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ class Cgroup:
         return True
 
 
-def _mounts() -> list[tuple[str, str, str, set[str]]]:
-    """(fstype, mount root, mount point, super options) of every cgroup mount we can see."""
+def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
+    """(fstype, mount root, mount point, super options) of every cgroup mount in /proc/self/mountinfo."""
     out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if len(fields) >= 5 and len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
@@ -89,10 +90,10 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
     return out
 
 
-def _own_paths() -> dict[str, str]:
-    """Our cgroup path per v1 controller, and under "" the v2 one (from /proc/self/cgroup)."""
+def _own_paths(proc_cgroup: str) -> dict[str, str]:
+    """Our cgroup path per v1 controller, and under "" the v2 one, from /proc/self/cgroup."""
     paths = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in proc_cgroup.splitlines():
         _, controllers, path = line.split(":", 2)
         for c in controllers.split(",") if controllers else [""]:
             paths[c] = path
@@ -104,18 +105,19 @@ def _under(mount_point: str, mount_root: str, path: str) -> Path | None:
     return None if rel.startswith("..") else Path(mount_point) / rel
 
 
-@functools.lru_cache(maxsize=1)
-def _parents() -> tuple[int, tuple[Path, ...]]:
-    """(version, parent folders) under which run cgroups are made; (0, ()) when there are none."""
-    try:
-        mounts, own = _mounts(), _own_paths()
-    except (OSError, ValueError):
-        return 0, ()
+def choose(mountinfo: str, proc_cgroup: str) -> tuple[int, tuple[Path, ...]]:
+    """(version, parent folders) under which run cgroups are made; (0, ()) when there are none.
+
+    v2: the nearest of our cgroup and its ancestors that hands memory and pids to its children (a cgroup
+    with processes, like ours, cannot). v1: our own cgroup in the memory and pids hierarchies.
+    """
+    mounts, own = _mounts(mountinfo), _own_paths(proc_cgroup)
     for fstype, root, point, _ in mounts:
-        if fstype == "cgroup2" and "" in own:
-            parent = _under(point, root, own[""])
-            if parent is not None and _v2_delegates(parent):
+        parent = _under(point, root, own[""]) if fstype == "cgroup2" and "" in own else None
+        while parent is not None and _inside(parent, Path(point)):
+            if _v2_delegates(parent):
                 return 2, (parent,)
+            parent = parent.parent if parent != Path(point) else None
     v1 = []
     for controller in CONTROLLERS:
         for fstype, root, point, options in mounts:
@@ -125,6 +127,18 @@ def _parents() -> tuple[int, tuple[Path, ...]]:
                     v1.append(parent)
                     break
     return (1, tuple(v1)) if v1 else (0, ())
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+@functools.lru_cache(maxsize=1)
+def _parents() -> tuple[int, tuple[Path, ...]]:
+    try:
+        return choose(Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text())
+    except (OSError, ValueError):
+        return 0, ()
 
 
 def _v2_delegates(parent: Path) -> bool:
