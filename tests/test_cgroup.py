@@ -43,12 +43,14 @@ def test_v1_memory_and_pids_under_our_own_cgroups(tmp_path):
 
 @pytest.mark.skipif(not cgroup._parents()[1], reason="no writable cgroup here")
 def test_a_run_cgroup_limits_memory_and_tasks_and_is_removed():
-    group = cgroup.create(memory_mb=64, n_proc=7)
+    group = cgroup.create(memory_mb=64, n_proc=7, n_cpu=0.5)
     assert group is not None and group.limits_tasks
     try:
         limits = {f.name: f.read_text().strip() for d in group.dirs for f in d.iterdir()
-                  if f.name in ("memory.max", "memory.limit_in_bytes", "pids.max")}
+                  if f.name in ("memory.max", "memory.limit_in_bytes", "pids.max", "cpu.max", "cpu.cfs_quota_us")}
         assert limits.get("pids.max") == "7" and str(64 * 2**20) in limits.values()
+        assert limits.get("cpu.max", "50000 100000") == "50000 100000"  # absent where cpu is not ours
+        assert limits.get("cpu.cfs_quota_us", "50000") == "50000"
         child = subprocess.Popen(["sleep", "30"])
         group.join(child.pid)
         assert all(str(child.pid) in (d / "cgroup.procs").read_text().split() for d in group.dirs)

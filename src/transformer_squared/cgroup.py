@@ -1,7 +1,7 @@
-"""Per-run cgroups for the sandbox: one memory limit and one process limit on everything a program starts.
+"""Per-run cgroups for the sandbox: memory, task and CPU limits on everything a program starts, together.
 
 Each run gets a fresh cgroup: v2 under the nearest of our cgroup and its ancestors that hands the
-memory and pids controllers to its children, else under our own in the v1 memory and pids hierarchies.
+memory and pids controllers to its children, else under our own in the v1 memory, pids and cpu ones.
 The sandbox moves the run's first process in before the program starts and removes the cgroup after.
 Where none can be made (not root, a read-only /sys/fs/cgroup) `create` returns None and the sandbox
 keeps only per-process rlimits.
@@ -21,7 +21,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PREFIX = "t2-sandbox-"  # name of every cgroup we create: PREFIX<our pid>-<run number>
-CONTROLLERS = ("memory", "pids")
+CONTROLLERS = ("memory", "pids")  # needed from a v2 cgroup; v1 uses those of them that are writable, and cpu
+PERIOD_US = 100_000  # CPU quota period
 _runs = itertools.count()
 
 
@@ -119,7 +120,7 @@ def choose(mountinfo: str, proc_cgroup: str) -> tuple[int, tuple[Path, ...]]:
                 return 2, (parent,)
             parent = parent.parent if parent != Path(point) else None
     v1 = []
-    for controller in CONTROLLERS:
+    for controller in (*CONTROLLERS, "cpu"):
         for fstype, root, point, options in mounts:
             if fstype == "cgroup" and controller in options and controller in own:
                 parent = _under(point, root, own[controller])
@@ -166,8 +167,9 @@ def _first_use() -> None:
     _remove_stale(_parents()[1])
 
 
-def create(memory_mb: int, n_proc: int) -> Cgroup | None:
-    """A fresh cgroup limited to `memory_mb` MiB (no swap) and `n_proc` tasks; None where cgroups are not writable."""
+def create(memory_mb: int, n_proc: int, n_cpu: float = 1) -> Cgroup | None:
+    """A fresh cgroup limited to `memory_mb` MiB (no swap), `n_proc` tasks and `n_cpu` cores (where the cpu
+    controller is ours); None where cgroups are not writable."""
     _first_use()
     version, parents = _parents()
     name = f"{PREFIX}{os.getpid()}-{next(_runs)}"
@@ -177,7 +179,7 @@ def create(memory_mb: int, n_proc: int) -> Cgroup | None:
             d = parent / name
             d.mkdir()
             made.append(d)
-            _limit(d, version, memory_mb * 1024 * 1024, n_proc)
+            _limit(d, version, memory_mb * 1024 * 1024, n_proc, int(n_cpu * PERIOD_US))
     except OSError as e:
         Cgroup(tuple(made), version).remove()
         log.warning("sandbox: cannot set up cgroup %s (%s); limits hold per process only", name, e)
@@ -185,9 +187,11 @@ def create(memory_mb: int, n_proc: int) -> Cgroup | None:
     return Cgroup(tuple(made), version) if made else None
 
 
-def _limit(d: Path, version: int, memory_bytes: int, n_proc: int) -> None:
-    files = {"memory.max": memory_bytes, "memory.swap.max": 0, "pids.max": n_proc} if version == 2 else {
-        "memory.limit_in_bytes": memory_bytes, "memory.memsw.limit_in_bytes": memory_bytes, "pids.max": n_proc}
+def _limit(d: Path, version: int, memory_bytes: int, n_proc: int, quota_us: int) -> None:
+    files = {"memory.max": memory_bytes, "memory.swap.max": 0, "pids.max": n_proc,
+             "cpu.max": f"{quota_us} {PERIOD_US}"} if version == 2 else {
+        "memory.limit_in_bytes": memory_bytes, "memory.memsw.limit_in_bytes": memory_bytes, "pids.max": n_proc,
+        "cpu.cfs_period_us": PERIOD_US, "cpu.cfs_quota_us": quota_us}
     for name, value in files.items():  # v1: the memory limit must be set before memory+swap
         if (d / name).exists():
             (d / name).write_text(str(value))

@@ -7,8 +7,8 @@ writes) and /dev/shm, its own /proc and a minimal /dev; no home, venv, other use
 other run. As root, bwrap keeps only CAP_SETUID/SETGID/SETPCAP for `setpriv` to become nobody (65534)
 with no capability left, under a seccomp filter (seccomp.py); as a user, a new user namespace (no
 nested ones) maps the user to 65534.
-bwrap halts at `--block-fd` once set up; we move its PID 1 into a fresh cgroup (memory and task limits
-for the whole run, cgroup.py) and set rlimits on it (CPU, file size, no core, address space), then let
+bwrap halts at `--block-fd` once set up; we move its PID 1 into a fresh cgroup (memory, task and CPU
+limits for the whole run, cgroup.py) and set rlimits on it (CPU, file size, no core, address space), then let
 it run. On timeout, or when the program ends, we kill that PID 1, which ends everything in the run.
 With `unsafe_exec`, where bubblewrap is missing or cannot work, a plain limited subprocess runs instead.
 """
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 NOBODY = 65534  # uid and gid the program runs as
 N_PROC = 32  # tasks (processes and threads) per run: the pids cgroup, else RLIMIT_NPROC
+N_CPU = 1  # cores per run, all its processes together (cgroup cpu quota, where we have that controller)
 FILE_MB = 16  # RLIMIT_FSIZE in MiB: largest file, stderr included, the program may write
 TMP_MB = 64  # size in MiB of each private tmpfs (/tmp, /dev/shm); it also counts in the memory cgroup
 STDERR_CHARS = 2000  # how much of the end of stderr a result keeps
@@ -294,7 +295,7 @@ def _start(tools: _Bwrap, program: str, stderr: IO[bytes], stack: ExitStack) -> 
 def _run_bwrap(tools: _Bwrap, program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
     """One program in its own sandbox and cgroup; everything it started is gone when this returns."""
     with ExitStack() as stack:
-        group = cgroup.create(memory_mb, N_PROC)
+        group = cgroup.create(memory_mb, N_PROC, N_CPU)
         if group is not None:
             stack.callback(group.remove)
         else:
