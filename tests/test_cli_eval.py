@@ -126,5 +126,5 @@ def test_eval_unsafe_exec_reaches_the_config(monkeypatch, tmp_path):
     monkeypatch.setattr(transformer_squared.evaluate, "evaluate", fake_evaluate)
     for flags, expected in (([], False), (["--unsafe-exec"], True)):
         with pytest.raises(Stop) as exc:
-            main(["eval", "--task", "humaneval", "--out", str(tmp_path / "r.json"), *flags])
+            main(["eval", "--task", "humaneval", "--split", "test", "--out", str(tmp_path / "r.json"), *flags])
         assert exc.value.args == (expected,)

@@ -119,7 +119,7 @@ def test_code_tasks_refuse_without_bubblewrap_unless_unsafe_exec(tmp_path, jsonl
 
 def test_unsafe_exec_is_a_train_config_key():
     from transformer_squared.config import load_config
-    from transformer_squared.train import TrainConfig
+    from transformer_squared.training.train import TrainConfig
 
     assert load_config(TrainConfig, flags=["--unsafe_exec"]).unsafe_exec is True
     assert TrainConfig().unsafe_exec is False
