@@ -100,7 +100,8 @@ def eval_(
     submission: Optional[Path] = typer.Option(None, "--submission", help="Write the id,answer CSV (unlabelled test split)."),
     submission_protocol: str = typer.Option("letter", "--submission-protocol", help="generate or letter."),
     subset: str = typer.Option("", "--subset", help="Only these questions: category=STEM, subject=28,29, ..."),
-    exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run used (train and val)."),
+    exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run (or an expert) used."),
+    include_seen: bool = typer.Option(False, "--include-seen", help="Also score questions the experts were trained on."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the category table as Markdown."),
     unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="Code tasks: run generated code unconfined where bubblewrap cannot."),
     device: str = DEVICE,
@@ -118,8 +119,14 @@ def eval_(
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      submission_protocol=submission_protocol, subset=subset,
-                     exclude_run=None if exclude_run is None else str(exclude_run), unsafe_exec=unsafe_exec)
-    plan = prepare(cfg, out, submission, markdown)  # outputs, data and selection checked before the model loads
+                     exclude_run=None if exclude_run is None else str(exclude_run), include_seen=include_seen,
+                     unsafe_exec=unsafe_exec)
+    plan = prepare(cfg, out, submission, markdown, expert or [])  # all checked before the model loads
+    if plan.without_record:  # plain print: one line, never wrapped
+        print(f"warning: {', '.join(plan.without_record)}: no record of the questions seen in training "
+              "(made by an older version); they may be scored on them (see --exclude-run)", file=sys.stderr)
+    if plan.excluded:
+        print(f"excluded {len(plan.excluded)} question(s) the expert(s) saw in training (--include-seen scores them)")
     am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -199,7 +206,9 @@ def expert_show(folder: Path = typer.Argument(..., help="Expert folder.")) -> No
     m = e.meta
     console.print(f"label: {m.label}\ndescription: {m.description}\nbase model: {m.base_model} ({m.fingerprint})\n"
                   f"targets: {len(m.targets)}, parameters: {e.n_params:,}, parametrisation: {m.parametrisation}\n"
-                  f"task: {m.task}\nmetrics: {m.metrics}")
+                  f"task: {m.task}\nmetrics: {m.metrics}\n"
+                  + (f"seen: {e.seen.numel():,} question(s) ({', '.join(m.seen.get('parts', [])) or 'none'}), "
+                     "left out of evaluations" if e.seen is not None else "seen: no record (older expert)"))
 
 
 EXPERTS = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder (repeat the flag to mix several).")

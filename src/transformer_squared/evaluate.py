@@ -13,15 +13,16 @@ import json
 import random
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from . import __version__, engine
+from . import __version__, engine, seen
 from .adapted import AdaptedModel
 from .atomic import check_file_target, write_json
 from .errors import ConfigError, DataError
+from .expert import META, Expert, read_seen
 from .metrics import accuracy_metrics
 from .models import model_id
 from .tasks import Example, Task, get_task
@@ -50,6 +51,7 @@ class EvalConfig:
     submission_protocol: str = "letter"  # predictions written to the submission CSV
     subset: str = ""  # filter before `limit`: "category=STEM", "subject=28,29" ('' keeps all)
     exclude_run: str | None = None  # a training run folder (or its split.json): skip its train and val ids
+    include_seen: bool = False  # also score questions the experts in use were trained or selected on
     unsafe_exec: bool = False  # code tasks: where bubblewrap cannot run, run generated code unconfined
 
     def __post_init__(self) -> None:
@@ -205,12 +207,15 @@ class Plan:
 
     task: Task
     examples: list[Example]  # the questions to score, in data order
+    excluded: list[str] = field(default_factory=list)  # ids left out because an expert in use saw them
+    without_record: list[str] = field(default_factory=list)  # experts that do not say what they saw
 
 
 def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
-            markdown_path: str | Path | None = None) -> Plan:
+            markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
 
+    Questions any of `experts` (folders or loaded) saw in training are left out unless `cfg.include_seen`.
     Raises (before any costly work) when an output cannot be written or nothing would be evaluated.
     """
     for path, flag in ((out_path, "--out"), (submission_path, "--submission"), (markdown_path, "--markdown")):
@@ -226,10 +231,30 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
     if cfg.subset:
         examples = splits.select(examples, cfg.subset)
     if cfg.exclude_run:
-        examples = splits.exclude_used(examples, splits.load_split(cfg.exclude_run))
+        examples = _exclude_run(examples, Path(cfg.exclude_run))
+    records = [(e.meta.label, e.seen) if isinstance(e, Expert) else (str(e), read_seen(e)) for e in experts]
+    without = [name for name, keys in records if keys is None]
+    excluded: list[Example] = []
+    if not cfg.include_seen:
+        examples, excluded = seen.split_seen(examples, seen.union([k for _, k in records if k is not None]))
         if not examples:
-            raise ConfigError(f"--exclude-run {cfg.exclude_run}: the run used every question of this split")
-    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed))
+            raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
+                              "evaluate another split, or pass --include-seen to score them anyway")
+    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without)
+
+
+def _exclude_run(examples: list[Example], path: Path) -> list[Example]:
+    """Drop a training run's train and val questions (its split.json), or those an expert folder records."""
+    if (path / META).is_file():
+        keys = read_seen(path)
+        if keys is None:
+            raise ConfigError(f"--exclude-run {path}: this expert has no record of the questions it saw")
+        kept = seen.split_seen(examples, keys)[0]
+    else:
+        kept = splits.exclude_used(examples, splits.load_split(path))
+    if not kept:
+        raise ConfigError(f"--exclude-run {path}: the run used every question of this split")
+    return kept
 
 
 def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = None,
@@ -240,7 +265,7 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
-    plan = plan or prepare(cfg, out_path, submission_path)
+    plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts)
     task, examples = plan.task, plan.examples
     protocols = cfg.protocols(task)
     if total is not None:
@@ -263,6 +288,8 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
         "task": {"name": task.name, "version": task.version, "kind": task.kind, "split": cfg.split,
                  "data": None if cfg.data is None else str(cfg.data)},
         "protocol": list(protocols), "config": asdict(cfg), "git": _git(),
+        "seen": {"include_seen": cfg.include_seen, "n_excluded": len(plan.excluded), "excluded_ids": plan.excluded,
+                 "experts_without_record": plan.without_record},
         "timing": {"seconds": round(seconds, 3), "n_questions": len(examples)},
         "ci_method": "Wilson score interval (95%) per accuracy; normal approximation for category_mean",
         "metrics": {p: accuracy_metrics(rows, p, task.categories) for p in protocols},

@@ -1,9 +1,10 @@
 """The `Expert` type: raw SVF parameters p per target plus metadata; save/load; base-model check.
 
-On disk an expert is a folder with `expert.safetensors` (one tensor per target, the raw p) and
+On disk an expert is a folder with `expert.safetensors` (one tensor per target, the raw p),
+`seen.safetensors` (keys of the questions it was trained or selected on, `seen.py`) and
 `expert.json` (format version, base model and fingerprint, targets, parametrisation, label,
-description, provenance, metrics). Both are written atomically; the JSON records the tensor
-file's SHA-256, so a half-replaced pair is detected on load.
+description, provenance, metrics). Each is written atomically, the JSON last; it records the
+other files' SHA-256, so a half-replaced set is detected on load.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .svf import PARAMETRISATIONS, SVFModel
 FORMAT_VERSION = 1
 TENSORS = "expert.safetensors"
 META = "expert.json"
+SEEN = "seen.safetensors"
 
 
 @dataclass
@@ -44,16 +46,18 @@ class ExpertMeta:
     task: str = ""  # training task name, "" if untrained
     provenance: dict[str, Any] = field(default_factory=dict)  # config, data split, versions
     metrics: dict[str, Any] = field(default_factory=dict)  # measured results
+    seen: dict[str, Any] = field(default_factory=dict)  # about seen.safetensors: {"n", "task", "parts"}; {}: none
     format_version: int = FORMAT_VERSION
     t2_version: str = __version__
 
 
 @dataclass
 class Expert:
-    """One SVF expert: raw parameters p (r,) per target."""
+    """One SVF expert: raw parameters p (r,) per target, and the questions it saw."""
 
     p: dict[str, Tensor]
     meta: ExpertMeta
+    seen: Tensor | None = None  # (n,) int64 keys (seen.question_key) of its training questions; None: no record
 
     def z(self) -> dict[str, Tensor]:
         """Singular-value scales z = f(p) per target."""
@@ -74,8 +78,8 @@ class Expert:
         g = torch.Generator().manual_seed(seed)
         p = {t: f.init(fa.S.numel(), g) for t, fa in factors.items()}
         meta = ExpertMeta(base_model, fingerprint, list(factors), parametrisation, normalise, label,
-                          description, provenance={"init_seed": seed})
-        return cls(p, meta)
+                          description, provenance={"init_seed": seed}, seen={"n": 0, "task": "", "parts": []})
+        return cls(p, meta, torch.empty(0, dtype=torch.int64))  # untrained: it saw no question
 
     def check_base(self, base_model: str, fingerprint: str) -> None:
         """Fail with both names when the expert was made for other base weights."""
@@ -91,7 +95,15 @@ class Expert:
         tensors = {t: p.detach().float().cpu() for t, p in self.p.items()}
         write_safetensors(tensors, folder / TENSORS, metadata={"format": "transformer-squared-expert"})
         meta = asdict(self.meta) | {"tensors_sha256": _sha256(folder / TENSORS)}
-        write_json(meta, folder / META)
+        if self.seen is not None:
+            write_safetensors({"keys": self.seen.to(torch.int64)}, folder / SEEN,
+                              metadata={"format": "transformer-squared-seen"})
+            meta |= {"seen": self.meta.seen | {"n": int(self.seen.numel())}, "seen_sha256": _sha256(folder / SEEN)}
+        else:
+            meta["seen"] = {}
+        write_json(meta, folder / META)  # last: the commit point of the folder
+        if self.seen is None:
+            (folder / SEEN).unlink(missing_ok=True)
         return folder
 
     @classmethod
@@ -101,26 +113,62 @@ class Expert:
         for path in (meta_path, tensor_path):
             if not path.is_file():
                 raise ExpertError(f"{path}: missing; an expert folder holds {META} and {TENSORS}")
-        try:
-            raw = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ExpertError(f"{meta_path}: invalid JSON ({e})") from None
+        raw = _read_meta(meta_path)
         if raw.get("format_version", 0) > FORMAT_VERSION:
             raise ExpertError(f"{meta_path}: format version {raw['format_version']} is newer than this "
                               f"transformer-squared understands ({FORMAT_VERSION}); upgrade the package")
         sha = raw.pop("tensors_sha256", None)
         if sha is not None and sha != _sha256(tensor_path):
             raise ExpertError(f"{tensor_path}: does not match {META} (interrupted write?); re-save the expert")
+        seen = _seen_keys(folder, raw.pop("seen_sha256", None))
         known = {f.name for f in fields(ExpertMeta)}
         missing = {"base_model", "fingerprint", "targets"} - set(raw)
         if missing:
             raise ExpertError(f"{meta_path}: missing key(s) {', '.join(sorted(missing))}")
         meta = ExpertMeta(**{k: v for k, v in raw.items() if k in known})
         PARAMETRISATIONS.get(meta.parametrisation)
-        p = load_file(tensor_path)
+        p = _load_tensors(tensor_path)
         if set(p) != set(meta.targets):
             raise ExpertError(f"{tensor_path}: tensors do not match the targets listed in {META}")
-        return cls({t: p[t] for t in meta.targets}, meta)
+        for t in meta.targets:
+            if p[t].dim() != 1 or not p[t].is_floating_point() or not torch.isfinite(p[t]).all():
+                raise ExpertError(f"{tensor_path}: tensor '{t}' must be a finite float vector (NaN, inf or bad shape)")
+        return cls({t: p[t] for t in meta.targets}, meta, seen)
+
+
+def read_seen(folder: str | Path) -> Tensor | None:
+    """The seen-question keys of the expert in `folder` without loading its parameters; None: no record."""
+    return _seen_keys(Path(folder), _read_meta(Path(folder) / META).get("seen_sha256"))
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExpertError(f"{path}: missing; an expert folder holds {META} and {TENSORS}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExpertError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ExpertError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _seen_keys(folder: Path, sha: str | None) -> Tensor | None:
+    if sha is None:
+        return None
+    path = folder / SEEN
+    if not path.is_file():
+        raise ExpertError(f"{path}: missing, but {META} records it; re-save the expert")
+    if sha != _sha256(path):
+        raise ExpertError(f"{path}: does not match {META} (interrupted write?); re-save the expert")
+    return _load_tensors(path)["keys"]
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error type for truncated or corrupt files
+        raise ExpertError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
 
 
 def attach(model: torch.nn.Module, experts: list[Expert] = (), targets: str | list[str] = "mlp",
@@ -135,9 +183,18 @@ def attach(model: torch.nn.Module, experts: list[Expert] = (), targets: str | li
         for e in experts[1:]:
             if e.meta.targets != targets:
                 raise ExpertError(f"experts '{experts[0].meta.label}' and '{e.meta.label}' adapt different targets")
+        linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        unknown = [t for t in targets if t not in linears]
+        if unknown:
+            raise ExpertError(f"expert '{experts[0].meta.label or '?'}' adapts '{unknown[0]}', which is no Linear "
+                              f"layer of {model_id(model)} ({len(unknown)} unknown target(s))")
     fp, factors = ensure_factors(model, targets, root)
     for e in experts:
         e.check_base(model_id(model), fp)
+        bad = [t for t in e.p if e.p[t].numel() != factors[t].S.numel()]
+        if bad:
+            raise ExpertError(f"expert '{e.meta.label or '?'}': {bad[0]} has {e.p[bad[0]].numel()} values, "
+                              f"the base weight's rank is {factors[bad[0]].S.numel()}")
     normalise = experts[0].meta.normalise if experts else True
     return SVFModel(model, factors, normalise, fp)
 

@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from transformer_squared import seen
 from transformer_squared.training import rollout, splits
 from transformer_squared.training.checkpoint import STATE_META, load_trainer_state
 from transformer_squared.config import load_config
@@ -209,7 +210,12 @@ def test_run_folder_and_split_file(tmp_path, tiny_model_dir):
     assert record["counts"] == {"train": 12, "val": 6, "holdout": 6}
     best = Expert.load(run / "best")
     assert best.meta.label == "demo" and best.meta.task == "tiny-mcq" and best.meta.description
-    assert best.meta.provenance["split"]["ids"] == record["ids"] and best.meta.metrics["best_val"] == summary["best_val"]
+    assert best.meta.metrics["best_val"] == summary["best_val"]
+    by_id = {e.id: e for e in _examples()}
+    saw = [by_id[i] for part in ("train", "val") for i in record["ids"][part]]  # what the run trained and selected on
+    for part in ("best", "latest"):
+        assert torch.equal(Expert.load(run / part).seen, seen.keys(saw)), part
+    assert not set(seen.keys(by_id[i] for i in record["ids"]["holdout"]).tolist()) & set(best.seen.tolist())
     assert best.meta.metrics["step"] == summary["best_step"]  # best/ names the step its weights come from
     assert yaml.safe_load((run / "config.yaml").read_text())["steps"] == 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

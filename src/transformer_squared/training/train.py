@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import engine
+from .. import engine, seen
 from ..atomic import check_folder_target
 from ..config import dump_config
 from ..errors import ConfigError, DataError
@@ -119,6 +119,7 @@ class Recipe:
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
         self.parts = self._make_split(resume)
+        self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every expert it writes
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets)
         self.svf.track_weight_grads(cfg.mode == "merged")
@@ -291,11 +292,11 @@ class Recipe:
         parts = self.parts
         self.meta.task = self.cfg.task
         self.meta.provenance = {"config": asdict(self.cfg), "init_seed": self.cfg.seed,
-                                "split": {"file": splits.SPLIT_FILE, "counts": {k: len(v) for k, v in parts.items()},
-                                          "ids": {k: [e.id for e in v] for k, v in parts.items()}}}
+                                "split": {"file": splits.SPLIT_FILE, "counts": {k: len(v) for k, v in parts.items()}}}
+        self.meta.seen = {"task": self.cfg.task, "parts": ["train", "val"]}  # the questions in seen.safetensors
         self.meta.metrics = {"step": self.step, **self.loop,
                              "val_history": [h for h in self.history if "val_acc" in h]}
-        return Expert({t: v.detach().clone() for t, v in (p or self.p).items()}, self.meta)
+        return Expert({t: v.detach().clone() for t, v in (p or self.p).items()}, self.meta, self.seen)
 
     def save_checkpoint(self, kind: str = "latest") -> Path:
         """Write latest/ (expert + optimizer/RNG/loop state) or best/ (expert only), atomically."""
@@ -350,7 +351,7 @@ class Recipe:
         summary = {"steps_done": self.step, **self.loop}
         # best/ holds the weights of best_step, so its metadata names that step, not the last one
         self.meta.metrics = {**self.expert().meta.metrics, **summary, "step": self.loop["best_step"]}
-        write_folder(self.out / "best", lambda tmp: Expert(best.p, self.meta).save(tmp))
+        write_folder(self.out / "best", lambda tmp: Expert(best.p, self.meta, self.seen).save(tmp))
         return summary | {"out": str(self.out)}
 
     def _log(self, row: dict[str, Any]) -> None:
