@@ -236,8 +236,8 @@ def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
     with pytest.raises(OSError):
         r.save_checkpoint("latest")
     latest = tmp_path / "run" / "latest"
-    assert sorted(p.name for p in latest.iterdir()) == ["expert.json", "expert.safetensors", STATE_META,
-                                                         "trainer_state.safetensors"]
+    assert sorted(p.name for p in latest.iterdir()) == ["expert.json", "expert.safetensors", "seen.safetensors",
+                                                         STATE_META, "trainer_state.safetensors"]
     assert all(torch.equal(Expert.load(latest).p[t], p0[t]) for t in p0)
     assert load_trainer_state(latest, r.optimizer, r.names)["step"] == 0
     # a kill between the two renames of a swap: the old folder comes back on the next read
