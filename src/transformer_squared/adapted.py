@@ -1,64 +1,214 @@
-"""A base model with zero or more experts applied: the Python face of `t2 generate`.
+"""One adapted model: a base model, its experts and a mixture per prompt (paper §3.2, pass 2).
 
-    am = load_adapted("smollm2-135m-instruct", experts=["runs/math/best"])
-    am.generate(["What is 12 * 7?"])
+    am = load_adapted("smollm2-135m-instruct", experts=["runs/math/best", "runs/code/best"])
+    am.generate(["What is 12 * 7?", "Reverse a list in Python."], alpha=torch.tensor([[1., 0.], [0., 1.]]))
+
+α has shape (n_prompts, K) (one weight per expert) or (n_prompts, K, n_targets) (one per expert per
+target, targets in the experts' order); z' = Σₖ αₖ zₖ over post-parametrisation z, and a row of
+zeros means the base weights. Grouped execution (the default) runs the prompts that share a row of
+α with that mixture merged into the weights, one group after another; mixed execution runs every
+batch factored with one mixture per row (`svf.mix_batch`). Both give the same predictions to
+within float rounding. The engine (`engine.HFEngine`, or the vLLM backend) does the batching.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from . import engine
-from .errors import ConfigError
+from . import engine as eng
+from .errors import ConfigError, ExpertError
 from .expert import Expert, attach
 from .models import load_model
-from .svf import SVFModel, mix
+from .svf import SVFModel, mix, mix_batch
+
+Call = Callable[[list[int], "eng.RowZ | None"], list]  # (prompt indices, per-row z or None) → one result per index
+
+
+def load_experts(experts: Sequence[str | Path | Expert]) -> list[Expert]:
+    """Expert objects from folders (objects pass through)."""
+    return [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
+
+
+def fixed_alpha(alpha: Sequence[float] | Tensor | None, n_experts: int, flag: str = "--alpha") -> Tensor:
+    """One mixture for every prompt: (K,) or (K, n_targets) as given, else equal weights 1/K."""
+    if alpha is None:
+        return torch.full((n_experts,), 1.0 / max(n_experts, 1))
+    a = torch.as_tensor(alpha, dtype=torch.float32)
+    if a.dim() == 0 or a.shape[0] != n_experts:
+        raise ConfigError(f"{flag}: {a.shape[0] if a.dim() else 1} value(s) for {n_experts} expert(s)")
+    if not torch.isfinite(a).all():
+        raise ConfigError(f"{flag}: values must be finite")
+    return a
 
 
 @dataclass
 class AdaptedModel:
-    """A model, its tokenizer, and the experts (with mixture weights α) applied when it runs."""
+    """A model and tokenizer, the experts, and how prompts run with mixtures of them."""
 
-    model: Any
+    model: Any  # the Hugging Face model (for vLLM: the CPU copy that holds the base weights)
     tokenizer: Any
-    svf: SVFModel | None = None  # None when no expert is used
+    svf: SVFModel | None = None  # SVF on `model`; None when no expert is used
     experts: list[Expert] = field(default_factory=list)
-    alpha: Tensor | None = None  # (K,) or (K, n_targets); None = equal weights
+    alpha: Tensor | None = None  # default mixture for every prompt: (K,) or (K, n_targets); None = equal weights
+    engine: Any = None  # an engine.Engine; None: engine.HFEngine over `model`
 
-    def z(self) -> dict[str, Tensor] | None:
-        """The mixed z' per target, or None for the base model."""
+    def __post_init__(self) -> None:
+        if self.experts and self.svf is None:
+            raise ExpertError("experts need SVF factors: build with load_adapted or expert.attach")
+        self.zs = [{t: z.detach() for t, z in e.z().items()} for e in self.experts]  # z per expert per target
+        if self.alpha is not None:
+            self.alpha = fixed_alpha(self.alpha, len(self.experts))
+            self._check_alpha(self.alpha[None], "alpha")
+        if self.engine is None:
+            self.engine = eng.HFEngine(self.model, self.tokenizer, self.svf)
+        self._current: Any = None  # key of the weights merged now (None = base)
+        self._holding = False
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.meta.label for e in self.experts]
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.zs[0]) if self.zs else []
+
+    # ---- mixtures -------------------------------------------------------------------------------
+    def _check_alpha(self, alpha: Tensor, where: str) -> None:
+        K, T = len(self.experts), len(self.targets)
+        if tuple(alpha.shape[1:]) not in ((K,), (K, T)) or alpha.dim() not in (2, 3):
+            raise ConfigError(f"{where} has shape {tuple(alpha.shape)}; expected (n, {K}) or (n, {K}, {T})")
+        if not torch.isfinite(alpha).all():
+            raise ConfigError(f"{where}: mixture weights must be finite")
+
+    def alpha_rows(self, n: int, alpha: Tensor | None = None) -> Tensor:
+        """α for n prompts, (n, K) or (n, K, n_targets): `alpha` checked, else the default mixture repeated."""
+        if alpha is None:
+            a = fixed_alpha(self.alpha, len(self.experts))
+            return a[None].expand(n, *a.shape).clone()
+        alpha = torch.as_tensor(alpha, dtype=torch.float32)
+        if alpha.shape[0] != n:
+            raise ConfigError(f"alpha has {alpha.shape[0]} row(s) for {n} prompt(s)")
+        self._check_alpha(alpha, "alpha")
+        return alpha
+
+    def z(self, row: Tensor | None = None) -> dict[str, Tensor] | None:
+        """z' per target for one row of α ((K,) or (K, n_targets); None: the default mixture); None = base."""
         if not self.experts:
             return None
-        K = len(self.experts)
-        alpha = self.alpha if self.alpha is not None else torch.full((K,), 1.0 / K)
-        return mix([e.z() for e in self.experts], alpha)
+        row = fixed_alpha(self.alpha, len(self.experts)) if row is None else row
+        if not bool(row.abs().sum() > 0):
+            return None
+        return mix(self.zs, row)
 
-    def applied(self):
-        """Context in which the model runs with the adapted weights (merged)."""
-        z = self.z()
-        return nullcontext() if z is None else self.svf.merged(z)
+    # ---- running prompts ------------------------------------------------------------------------
+    def _use(self, key: Any, z: dict[str, Tensor] | None) -> None:
+        if key != self._current:
+            self.engine.use(z)
+            self._current = key
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 128, chat: bool = True, **kwargs: Any) -> list[str]:
-        texts = engine.chat_prompts(self.tokenizer, prompts) if chat else prompts
-        with self.applied():
-            return engine.generate(self.model, self.tokenizer, texts, max_new_tokens=max_new_tokens, **kwargs)
+    def _release(self) -> None:
+        if not self._holding:
+            self._use(None, None)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Keep merged weights between calls (one merge per mixture for a whole run); base weights after."""
+        outer, self._holding = self._holding, True
+        try:
+            yield
+        finally:
+            self._holding = outer
+            self._release()
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Context in which `model` itself runs with the default mixture merged (base weights after)."""
+        with self.holding():
+            z = self.z()
+            self._use(None if z is None else "default", z)
+            yield
+
+    def run(self, n: int, call: Call, alpha: Tensor | None = None, mixed: bool = False,
+            z: dict[str, Tensor] | None = None) -> list:
+        """Results of `call` for prompts 0..n-1 in input order, each run with its row of α.
+
+        Grouped (default): prompts with identical rows run together with that mixture merged.
+        `mixed`: all prompts in one call, each batch factored with one mixture per row.
+        `z`: run every prompt with these z per target merged instead (a classification expert).
+        """
+        if n == 0:
+            return []
+        try:
+            if z is not None:
+                self._use(("z", id(z)), z)
+                return call(list(range(n)), None)
+            rows = self.alpha_rows(n, alpha)
+            if mixed and self.experts:
+                if not getattr(self.engine, "supports_factored", False):
+                    raise ConfigError(f"mixed batches need an engine with factored weights; "
+                                      f"{type(self.engine).__name__} runs grouped only")
+                self._use(None, None)
+                return call(list(range(n)), lambda idx: mix_batch(self.zs, rows[idx]))
+            return self._grouped(rows, call)
+        finally:
+            self._release()
+
+    def _grouped(self, rows: Tensor, call: Call) -> list:
+        groups: dict[bytes, list[int]] = {}
+        for i in range(rows.shape[0]):
+            groups.setdefault(rows[i].numpy().tobytes(), []).append(i)
+        if self._current is not None and self._current in groups:  # the mixture merged now goes first
+            groups = {self._current: groups.pop(self._current), **groups}
+        out: list[Any] = [None] * rows.shape[0]
+        for key, idx in groups.items():
+            row = rows[idx[0]]
+            z = self.z(row)
+            self._use(None if z is None else key, z)
+            for i, result in zip(idx, call(idx, None), strict=True):
+                out[i] = result
+        return out
+
+    def score_letters(self, prompts: list[str], letters: list[tuple[str, ...]], alpha: Tensor | None = None,
+                      mixed: bool = False, batch_size: int = 8, progress: eng.Progress | None = None,
+                      z: dict[str, Tensor] | None = None) -> tuple[list[str], list[Tensor]]:
+        """engine.score_letters with a mixture per prompt: greedy next tokens and letter log-probabilities."""
+        def call(idx: list[int], z_rows: eng.RowZ | None) -> list:
+            g, lp = self.engine.score_letters([prompts[i] for i in idx], [letters[i] for i in idx], batch_size,
+                                              progress, z_rows)
+            return list(zip(g, lp))
+
+        pairs = self.run(len(prompts), call, alpha, mixed, z)
+        return [g for g, _ in pairs], [lp for _, lp in pairs]
+
+    def loglikelihood(self, contexts: list[str], continuations: list[str], alpha: Tensor | None = None,
+                      mixed: bool = False, batch_size: int = 8, progress: eng.Progress | None = None,
+                      ) -> list[tuple[float, int]]:
+        """engine.loglikelihood with a mixture per pair."""
+        return self.run(len(contexts), lambda idx, z_rows: self.engine.loglikelihood(
+            [contexts[i] for i in idx], [continuations[i] for i in idx], batch_size, progress, z_rows), alpha, mixed)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 128, alpha: Tensor | None = None,
+                 mixed: bool = False, chat: bool = True, batch_size: int = 8, **kwargs: Any) -> list[str]:
+        """Completions with a mixture per prompt; `chat` wraps each prompt in the chat template first."""
+        texts = eng.chat_prompts(self.tokenizer, prompts) if chat else prompts
+        return self.run(len(texts), lambda idx, z_rows: self.engine.generate(
+            [texts[i] for i in idx], max_new_tokens, batch_size, z_rows=z_rows, **kwargs), alpha, mixed)
 
 
 def load_adapted(
-    model: str, experts: Sequence[str | Path] = (), alpha: Sequence[float] | None = None, device: str = "auto",
-    dtype: str = "float32", trust_remote_code: bool = False,
+    model: str, experts: Sequence[str | Path | Expert] = (), alpha: Sequence[float] | None = None,
+    device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
 ) -> AdaptedModel:
     """Load a base model and the expert folders; checks that each expert fits the base weights."""
+    loaded = load_experts(experts)
+    if alpha is not None:
+        fixed_alpha(alpha, len(loaded))  # fail before loading the model
     m, tok = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    loaded = [Expert.load(e) for e in experts]
-    if alpha is not None and len(alpha) != len(loaded):
-        raise ConfigError(f"--alpha: {len(alpha)} value(s) for {len(loaded)} expert(s)")
     svf = attach(m, loaded) if loaded else None
-    a = torch.tensor(list(alpha), dtype=torch.float32) if alpha is not None else None
-    return AdaptedModel(m, tok, svf, loaded, a)
+    return AdaptedModel(m, tok, svf, loaded, None if alpha is None else torch.tensor(list(alpha), dtype=torch.float32))

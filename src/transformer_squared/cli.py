@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
 
-from .errors import T2Error
+from .errors import ConfigError, T2Error
 from .models import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,6 +31,27 @@ DATA_HELP = ("Local folder/file or Hugging Face dataset id; for rg a generator N
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps.")
 DTYPE = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16.")
 TRUST = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model (off by default).")
+STRATEGY = typer.Option(None, "--strategy", help="Pass-1 strategy choosing a mixture per prompt: prompt, cls, fewshot, "
+                        "oracle, uniform.")
+MULTI_FLAGS = ("--experts", "--expert", "-e")  # flags that take several values: --experts A B C
+
+
+def _expand_multi(args: list[str]) -> list[str]:
+    """`--experts A B C` → `--experts A --experts B --experts C` (values run until the next flag)."""
+    out: list[str] = []
+    flag = None
+    for a in args:
+        if a in MULTI_FLAGS:
+            flag = a
+            out.append(a)
+            continue
+        if flag is not None and not a.startswith("-") and out[-1] != flag:
+            out += [flag, a]
+            continue
+        if a.startswith("-"):
+            flag = None
+        out.append(a)
+    return out
 
 
 @app.callback()
@@ -65,20 +86,39 @@ def decompose(
 def generate(
     prompt: str = typer.Argument(..., help="The user message."),
     model: str = MODEL,
-    expert: Optional[List[Path]] = typer.Option(None, "--expert", "-e", help="Expert folder(s); several are mixed."),
+    expert: Optional[List[Path]] = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder(s); several are mixed."),
     alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
+    strategy: Optional[str] = STRATEGY,
+    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="Classification expert (strategy cls)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
 ) -> None:
-    """Generate an answer with the base model or an adapted one."""
+    """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
     from .adapted import load_adapted
 
+    scfg = _strategy_config(strategy, cls_expert=cls_expert) if strategy else None
+    if scfg is not None and alpha:
+        raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
     am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
-    console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
+    if scfg is None:
+        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
+        return
+    from .adapt import TwoPass
+
+    answer = TwoPass(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0]
+    err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
+    console.print(answer.text)
+
+
+def _strategy_config(name: str, **kw: Any) -> Any:
+    """StrategyConfig from CLI values (None values keep the defaults); checks them before any model loads."""
+    from .adapt import StrategyConfig
+
+    return StrategyConfig(name=name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if v is not None})
 
 
 @app.command("eval")
@@ -88,8 +128,16 @@ def eval_(
     model: str = MODEL,
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     split: str = typer.Option("valid", "--split"),
-    expert: Optional[List[Path]] = typer.Option(None, "--expert", "-e", help="Expert folder(s); several are mixed."),
+    expert: Optional[List[Path]] = typer.Option(None, "--expert", "--experts", "-e",
+                                                help="Expert folder(s): --experts A B C; mixed, or routed by --strategy."),
     alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
+    strategy: Optional[str] = STRATEGY,
+    mixed_batches: bool = typer.Option(False, "--mixed-batches", help="Pass 2 factored in mixed batches (one mixture "
+                                       "per row) instead of merged per group; same predictions."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="fewshot: labelled examples for the α search (default 10)."),
+    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="cls: the classification expert folder."),
+    alpha_per: Optional[str] = typer.Option(None, "--alpha-per", help="fewshot: one α per expert or per target."),
+    alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: reuse the α saved by an earlier run."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N questions."),
     sample: str = typer.Option("first", "--sample", help="How --limit picks: first or stratified (by subject, seeded)."),
     seed: int = typer.Option(0, "--seed"),
@@ -108,19 +156,26 @@ def eval_(
     dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
 ) -> None:
-    """Evaluate a task with the base model, an expert or a fixed mixture."""
+    """Evaluate a task with the base model, an expert, a fixed mixture or a two-pass strategy."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from .adapted import load_adapted
     from .atomic import write_text
     from .evaluate import EvalConfig, evaluate, prepare
-    from .report import eval_markdown, eval_table
+    from .report import confusion_table, eval_markdown, eval_table, routing_lines
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     submission_protocol=submission_protocol, subset=subset,
+                     submission_protocol=submission_protocol, subset=subset, mixed_batches=mixed_batches,
                      exclude_run=None if exclude_run is None else str(exclude_run), include_seen=include_seen,
                      unsafe_exec=unsafe_exec)
+    scfg = None
+    if strategy:
+        scfg = _strategy_config(strategy, shots=shots, cls_expert=cls_expert, alpha_per=alpha_per,
+                                alpha_from=alpha_from, seed=seed, batch_size=batch_size, mixed=mixed_batches,
+                                max_new_tokens=max_new_tokens)
+        if alpha:
+            raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
     plan = prepare(cfg, out, submission, markdown, expert or [])  # all checked before the model loads
     if plan.without_record:  # plain print: one line, never wrapped
         print(f"warning: {', '.join(plan.without_record)}: no record of the questions seen in training "
@@ -133,8 +188,12 @@ def eval_(
                   console=err, transient=True) as bar:
         job = bar.add_task(f"{task} {split}", total=None)
         results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
-                           total=lambda n: bar.update(job, total=n), plan=plan)
+                           total=lambda n: bar.update(job, total=n), plan=plan, strategy=scfg)
     console.print(eval_table(results))
+    if confusion_table(results) is not None:
+        console.print(confusion_table(results))
+    for line in routing_lines(results):
+        console.print(line)
     if markdown is not None:
         write_text(eval_markdown(results), markdown)
     console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
@@ -313,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     extra argument) exit 2; an operating-system failure (disk full, permission) exits 1, also in
     one line; anything else is a bug and keeps its traceback.
     """
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _expand_multi(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args
     click_error, no_args_help = _click_errors()
     try:

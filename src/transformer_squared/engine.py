@@ -1,22 +1,32 @@
-"""Batched scoring and generation with Hugging Face models.
+"""Batched scoring and generation with Hugging Face models, and the `Engine` protocol.
 
 Prompts are tokenized once, sorted by token length (longest first, so an out-of-memory error
 shows up on the first batch), left-padded into batches, and results put back in input order
-(lm-eval's `Collator`). A batch that runs out of memory is halved and retried.
+(lm-eval's `Collator`). A batch that runs out of memory is halved and retried. A `context`
+callable, given the input indices of a batch's prompts, wraps each forward pass (factored SVF
+weights with one mixture per row use it).
+
+`Engine` is the small protocol the adapted model runs pass 2 on: `use` (merged weights for the
+calls that follow), `score_letters`, `loglikelihood` and `generate`, each a list in and a list out.
+`HFEngine` implements it with the functions below; `interop.vllm_backend.VLLMBackend` with vLLM.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Protocol
 
 import torch
+from torch import Tensor
 
-from .errors import ResourceError
+from .errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the number of prompts just finished
+BatchContext = Callable[[list[int]], AbstractContextManager]  # input indices of a batch → context around its forward
+RowZ = Callable[[list[int]], dict[str, Tensor]]  # input indices of a batch → z per target, (B, r) each
 
 
 def chat_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
@@ -55,8 +65,10 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-def run_batches(order: list[int], batch_size: int, fn: Callable[[list[int]], None], progress: Progress | None = None) -> int:
-    """Call `fn` on consecutive slices of `order`; on out-of-memory halve the batch and retry the slice.
+def run_batches(order: list[int], batch_size: int, fn: Callable[[list[int]], None], progress: Progress | None = None,
+                context: BatchContext | None = None) -> int:
+    """Call `fn` on consecutive slices of `order` (inside `context(slice)` if given); on out-of-memory
+    halve the batch and retry the slice.
 
     Returns the batch size that finally worked (callers may reuse it for the next call).
     """
@@ -66,7 +78,8 @@ def run_batches(order: list[int], batch_size: int, fn: Callable[[list[int]], Non
     while start < len(order):
         idx = order[start : start + batch_size]
         try:
-            fn(idx)
+            with context(idx) if context is not None else nullcontext():
+                fn(idx)
         except Exception as e:
             if not _is_oom(e):
                 raise
@@ -100,6 +113,7 @@ def _pad_id(tokenizer: Any) -> int:
 def generate(
     model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8,
     do_sample: bool = False, temperature: float = 1.0, seed: int | None = None, progress: Progress | None = None,
+    context: BatchContext | None = None,
 ) -> list[str]:
     """Completions for already-formatted prompts (greedy unless `do_sample`), in input order."""
     if seed is not None:
@@ -117,7 +131,7 @@ def generate(
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
             out[i] = text
 
-    run_batches(_length_order(ids), batch_size, step, progress)
+    run_batches(_length_order(ids), batch_size, step, progress, context)
     return out
 
 
@@ -156,7 +170,7 @@ def letter_logits(logits: torch.Tensor, ids: list[list[int]]) -> torch.Tensor:
 @torch.no_grad()
 def score_letters(
     model: Any, tokenizer: Any, prompts: list[str], letters: list[tuple[str, ...]], batch_size: int = 8,
-    progress: Progress | None = None,
+    progress: Progress | None = None, context: BatchContext | None = None,
 ) -> tuple[list[str], list[torch.Tensor]]:
     """One forward pass per batch gives both MCQ protocols, in input order:
     the greedy next token's text (`generate` protocol: one greedy token) and the
@@ -176,14 +190,14 @@ def score_letters(
                 id_cache[letters[i]] = letter_token_ids(tokenizer, letters[i])
             logp[i] = torch.log_softmax(letter_logits(logits[row], id_cache[letters[i]]), 0).cpu()
 
-    run_batches(_length_order(ids), batch_size, step, progress)
+    run_batches(_length_order(ids), batch_size, step, progress, context)
     return greedy, logp
 
 
 @torch.no_grad()
 def loglikelihood(
     model: Any, tokenizer: Any, contexts: list[str], continuations: list[str], batch_size: int = 8,
-    progress: Progress | None = None,
+    progress: Progress | None = None, context: BatchContext | None = None,
 ) -> list[tuple[float, int]]:
     """(sum of log p(continuation tokens | context), number of continuation tokens) per pair, in input order."""
     device, pad = _device(model), _pad_id(tokenizer)
@@ -203,5 +217,82 @@ def loglikelihood(
             pred = logp[row, k - 1 - len(c) : k - 1]  # (n, V): positions that predict the continuation
             out[i] = (pred.gather(-1, c[:, None]).sum().item(), len(c))
 
-    run_batches(_length_order(full), batch_size, step, progress)
+    run_batches(_length_order(full), batch_size, step, progress, context)
     return out
+
+
+class Engine(Protocol):
+    """What pass 2 runs on. Prompts are already formatted; every method is a list in, a list out, same order.
+
+    `z_rows`, where given, makes each batch run factored with one z per row (engines that cannot,
+    such as vLLM, raise ConfigError); otherwise the weights set by `use` apply to every prompt.
+    """
+
+    tokenizer: Any
+    supports_factored: bool  # whether `z_rows` (one mixture per batch row) is available
+
+    def use(self, z: dict[str, Tensor] | None) -> None:
+        """Merge W'(z) into the weights for the calls that follow (None: the base weights)."""
+        ...
+
+    def score_letters(self, prompts: list[str], letters: list[tuple[str, ...]], batch_size: int = 8,
+                      progress: Progress | None = None, z_rows: RowZ | None = None) -> tuple[list[str], list[Tensor]]:
+        """Greedy next token's text, and log-probabilities over each prompt's valid letters."""
+        ...
+
+    def loglikelihood(self, contexts: list[str], continuations: list[str], batch_size: int = 8,
+                      progress: Progress | None = None, z_rows: RowZ | None = None) -> list[tuple[float, int]]:
+        """(sum of log p(continuation | context), number of continuation tokens) per pair."""
+        ...
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8, do_sample: bool = False,
+                 temperature: float = 1.0, seed: int | None = None, progress: Progress | None = None,
+                 z_rows: RowZ | None = None) -> list[str]:
+        """Completions (greedy unless `do_sample`)."""
+        ...
+
+
+class HFEngine:
+    """`Engine` over a Hugging Face model (any `nn.Module` causal LM: plain, PEFT-wrapped, ...).
+
+    `svf` (an `svf.SVFModel` on the same model) is needed only for adapted weights: `use` merges
+    through it and `z_rows` swaps its targets for factored layers batch by batch.
+    """
+
+    supports_factored = True
+
+    def __init__(self, model: Any, tokenizer: Any, svf: Any = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.svf = svf
+
+    def use(self, z: dict[str, Tensor] | None) -> None:
+        if self.svf is None:
+            if z is not None:
+                raise ConfigError("adapted weights need SVF factors: build the engine with an SVFModel")
+            return
+        self.svf.restore()
+        if z is not None:
+            self.svf.merge(z)
+
+    def _context(self, z_rows: RowZ | None) -> BatchContext | None:
+        if z_rows is None:
+            return None
+        if self.svf is None:
+            raise ConfigError("mixed batches need SVF factors: build the engine with an SVFModel")
+        return lambda idx: self.svf.factored(z_rows(idx))
+
+    def score_letters(self, prompts: list[str], letters: list[tuple[str, ...]], batch_size: int = 8,
+                      progress: Progress | None = None, z_rows: RowZ | None = None) -> tuple[list[str], list[Tensor]]:
+        return score_letters(self.model, self.tokenizer, prompts, letters, batch_size, progress, self._context(z_rows))
+
+    def loglikelihood(self, contexts: list[str], continuations: list[str], batch_size: int = 8,
+                      progress: Progress | None = None, z_rows: RowZ | None = None) -> list[tuple[float, int]]:
+        return loglikelihood(self.model, self.tokenizer, contexts, continuations, batch_size, progress,
+                             self._context(z_rows))
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8, do_sample: bool = False,
+                 temperature: float = 1.0, seed: int | None = None, progress: Progress | None = None,
+                 z_rows: RowZ | None = None) -> list[str]:
+        return generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, do_sample, temperature, seed,
+                        progress, self._context(z_rows))

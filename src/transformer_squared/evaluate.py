@@ -1,9 +1,13 @@
-"""Run a task with the base model, one expert or a fixed mixture; metrics, results JSON, submission CSV.
+"""Run a task with the base model, one expert, a fixed mixture, or a two-pass strategy (a mixture per
+question chosen in pass 1, paper §3.2); metrics, results JSON, submission CSV.
 
 Multiple choice gets both protocols from one forward pass per batch: `generate` (the greedy next
 token read as the letter, VMLU's official protocol) and `letter` (argmax over the valid letters).
-Generative tasks: generate → task.parse → task.score. An interrupted run resumes from
-`<out>.partial.json`, rewritten atomically every `save_every` batches.
+Generative tasks: generate → task.parse → task.score. With a strategy, pass 1 routes every
+pending question first, then pass 2 runs them grouped by mixture (each merged once) or, with
+`mixed_batches`, factored with one mixture per row; per question the results record the routing
+decision (and α) and the seconds of each pass (its batch's time divided by the batch's size).
+An interrupted run resumes from `<out>.partial.json`, rewritten atomically every `save_every` batches.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__, engine, seen
+import torch
+from torch import Tensor
+
+from . import __version__, seen
+from .adapt import Strategy, StrategyConfig, build_strategy, decisions, request_of
 from .adapted import AdaptedModel
 from .atomic import check_file_target, write_json
 from .errors import ConfigError, DataError
 from .expert import META, Expert, read_seen
-from .metrics import accuracy_metrics
+from .metrics import accuracy_metrics, routing_metrics
 from .models import model_id
 from .tasks import Example, Task, get_task
 from .training import splits
@@ -53,6 +61,7 @@ class EvalConfig:
     exclude_run: str | None = None  # a training run folder (or its split.json): skip its train and val ids
     include_seen: bool = False  # also score questions the experts in use were trained or selected on
     unsafe_exec: bool = False  # code tasks: where bubblewrap cannot run, run generated code unconfined
+    mixed_batches: bool = False  # pass 2 with per-question mixtures: factored mixed batches instead of merged groups
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,29 +130,34 @@ def _experts(am: AdaptedModel) -> list[dict[str, Any]]:
     return out
 
 
-def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task) -> str:
+def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, strategy: Strategy | None = None) -> str:
     """Everything that changes a question's record; a partial file with another key is not resumed.
 
     Records are per question id and hold every protocol, so --limit, --sample and --protocol may change.
     """
     alpha = am.alpha.tolist() if am.alpha is not None else None
-    fields = {k: getattr(cfg, k) for k in ("data", "split", "chat", "max_new_tokens")}
-    ident = [model_id(am.model), str(am.model.dtype), _experts(am), alpha, task.name, task.version, fields]
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    fields = {k: getattr(cfg, k) for k in ("data", "split", "chat", "max_new_tokens", "mixed_batches")}
+    routing = strategy.record() if strategy is not None else None
+    ident = [model_id(am.model), str(am.model.dtype), _experts(am), alpha, task.name, task.version, fields, routing]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def partial_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".partial.json")
 
 
-def _load_partial(path: Path, key: str) -> dict[str, dict[str, Any]]:
-    if not path.is_file():
-        return {}
+def _load_partial(path: Path | None, key: str) -> dict[str, dict[str, Any]]:
+    """{"records": by id, "routing": pass-1 decisions by id} of a partial file with this key, else empty."""
+    empty: dict[str, dict[str, Any]] = {"records": {}, "routing": {}}
+    if path is None or not path.is_file():
+        return empty
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return {}  # an unreadable partial file only costs the work it held
-    return saved.get("records", {}) if saved.get("key") == key else {}
+        return empty  # an unreadable partial file only costs the work it held
+    if saved.get("key") != key:
+        return empty
+    return {"records": saved.get("records", {}), "routing": saved.get("routing", {})}
 
 
 def _score(task: Task, examples: list[Example], preds: dict[str, list[str]]) -> dict[str, list[bool | None]]:
@@ -160,44 +174,91 @@ def _score(task: Task, examples: list[Example], preds: dict[str, list[str]]) -> 
 
 
 def _run_chunk(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], prompts: list[str],
-               progress: Progress | None) -> dict[str, dict[str, Any]]:
-    """Records (prediction and correctness per protocol, raw completion) for one chunk of questions."""
+               alpha: Tensor | None, progress: Progress | None) -> dict[str, dict[str, Any]]:
+    """Records (prediction and correctness per protocol, raw completion, seconds) for one chunk of questions."""
+    t0 = time.perf_counter()
     if task.kind == "mcq":
         letters = [e.letters for e in examples]
-        greedy, logp = engine.score_letters(am.model, am.tokenizer, prompts, letters, cfg.batch_size, progress)
+        greedy, logp = am.score_letters(prompts, letters, alpha, cfg.mixed_batches, cfg.batch_size, progress)
         preds = {"generate": task.parse(examples, greedy),
                  "letter": [e.letters[int(lp.argmax())] for e, lp in zip(examples, logp)]}
         completions = greedy
     else:
-        completions = engine.generate(am.model, am.tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size,
-                                      seed=cfg.seed, progress=progress)
+        completions = am.generate(prompts, cfg.max_new_tokens, alpha, cfg.mixed_batches, chat=False,
+                                  batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
         preds = {"generate": task.parse(examples, completions)}
+    seconds = (time.perf_counter() - t0) / len(examples)
     correct = _score(task, examples, preds)
     return {
         e.id: {"completion": completions[i], "prediction": {k: v[i] for k, v in preds.items()},
-               "correct": {k: v[i] for k, v in correct.items()}}
+               "correct": {k: v[i] for k, v in correct.items()}, "pass2_s": seconds}
         for i, e in enumerate(examples)
     }
 
 
+def _pass1(strategy: Strategy, am: AdaptedModel, task: Task, pending: list[Example], routing: dict[str, Any],
+           step: int, save: Callable[[], None]) -> Tensor:
+    """α of every pending question (n, K) or (n, K, n_targets); decisions and seconds go into `routing` by id.
+
+    Saved decisions with a per-expert α are reused; per-target α are not saved per question, so
+    those questions are routed again (cheap: fewshot's α is one per task)."""
+    rows: dict[str, Tensor] = {e.id: torch.tensor(routing[e.id]["alpha"]) for e in pending
+                               if routing.get(e.id, {}).get("alpha") is not None}
+    todo = [e for e in pending if e.id not in rows]
+    for start in range(0, len(todo), step):
+        chunk = todo[start : start + step]
+        t0 = time.perf_counter()
+        alpha = strategy.mix([request_of(e, task.name) for e in chunk])  # (n, K) or (n, K, n_targets)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for e, a, d in zip(chunk, alpha, decisions(alpha, am.labels)):
+            rows[e.id] = a
+            routing[e.id] = {"decision": d, "alpha": a.tolist() if a.dim() == 1 else None, "pass1_s": seconds}
+        save()
+    return torch.stack([rows[e.id] for e in pending]) if pending else torch.zeros(0, len(am.experts))
+
+
+def _order(prompts: list[str], alpha: Tensor | None, mixed: bool) -> list[int]:
+    """Pass-2 order: longest first (an out-of-memory error shows at once); grouped runs also keep each
+    mixture's questions together, so every mixture is merged once for the whole run."""
+    by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    if alpha is None or mixed:
+        return by_length
+    rank: dict[bytes, int] = {}
+    for i in by_length:
+        rank.setdefault(alpha[i].numpy().tobytes(), len(rank))
+    return sorted(by_length, key=lambda i: rank[alpha[i].numpy().tobytes()])
+
+
 def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], out_path: Path | None = None,
-            progress: Progress | None = None) -> dict[str, dict[str, Any]]:
-    """Records for every example by id, resuming from and saving to `out_path`'s partial file."""
-    key = _run_key(am, cfg, task)
+            progress: Progress | None = None, strategy: Strategy | None = None) -> dict[str, dict[str, Any]]:
+    """Records for every example by id (with pass-1 routing when a strategy is given), resuming
+    from and saving to `out_path`'s partial file."""
+    key = _run_key(am, cfg, task, strategy)
     part = partial_path(out_path) if out_path is not None else None
-    records = _load_partial(part, key) if part is not None else {}
+    saved = _load_partial(part, key)
+    records, routing = saved["records"], saved["routing"]
+
+    def save() -> None:
+        if part is not None:
+            write_json({"key": key, "records": records, "routing": routing}, part)
+
     if progress is not None and records:
         progress(sum(e.id in records for e in examples))
     pending = [e for e in examples if e.id not in records]
-    prompts = task.format(pending, am.tokenizer, cfg.chat)
-    order = sorted(range(len(pending)), key=lambda i: -len(prompts[i]))  # longest first: OOM shows at once
     step = cfg.batch_size * cfg.save_every
-    with am.applied():
+    alpha = _pass1(strategy, am, task, pending, routing, step, save) if strategy is not None else None
+    prompts = task.format(pending, am.tokenizer, cfg.chat)
+    order = _order(prompts, alpha, cfg.mixed_batches)
+    with am.holding():
         for start in range(0, len(order), step):
             idx = order[start : start + step]
-            records.update(_run_chunk(am, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx], progress))
-            if part is not None:
-                write_json({"key": key, "records": records}, part)
+            chunk = _run_chunk(am, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx],
+                               None if alpha is None else alpha[idx], progress)
+            for rid, rec in chunk.items():
+                if strategy is not None:
+                    rec["routing"] = routing[rid]
+            records.update(chunk)
+            save()
     return records
 
 
@@ -209,6 +270,7 @@ class Plan:
     examples: list[Example]  # the questions to score, in data order
     excluded: list[str] = field(default_factory=list)  # ids left out because an expert in use saw them
     without_record: list[str] = field(default_factory=list)  # experts that do not say what they saw
+    pool: list[Example] = field(default_factory=list)  # every question that passed the filters, before --limit (a strategy may fit on some)
 
 
 def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
@@ -240,7 +302,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         if not examples:
             raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
                               "evaluate another split, or pass --include-seen to score them anyway")
-    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without)
+    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples)
 
 
 def _exclude_run(examples: list[Example], path: Path) -> list[Example]:
@@ -257,28 +319,61 @@ def _exclude_run(examples: list[Example], path: Path) -> list[Example]:
     return kept
 
 
+def _fit(strategy: Strategy | None, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], list[str], float]:
+    """The questions to evaluate, the ids a strategy used to fit itself (left out), and the fit's seconds."""
+    if strategy is None:
+        return plan.examples, [], 0.0
+    t0 = time.perf_counter()
+    used = strategy.fit(plan.task, plan.pool)
+    if not used:
+        return plan.examples, [], time.perf_counter() - t0
+    left = [e for e in plan.pool if e.id not in set(used)]
+    if not left:
+        raise ConfigError(f"strategy '{strategy.name}' used every question of this split to fit itself")
+    return select(left, cfg.limit, cfg.sample, cfg.seed), used, time.perf_counter() - t0
+
+
+def routing_seconds(record: dict[str, Any]) -> float:
+    """Pass-1 seconds of a question's record (0 without a strategy)."""
+    return record.get("routing", {}).get("pass1_s", 0.0)
+
+
+def _strategy(am: AdaptedModel, strategy: Strategy | StrategyConfig | str | None) -> Strategy | None:
+    if strategy is None or hasattr(strategy, "mix"):
+        return strategy
+    return build_strategy(am, strategy)
+
+
 def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = None,
              submission_path: str | Path | None = None, progress: Progress | None = None,
-             total: Callable[[int], None] | None = None, plan: Plan | None = None) -> dict[str, Any]:
-    """Evaluate `cfg.task` with `am` (its experts applied merged); write results JSON and submission CSV if asked.
+             total: Callable[[int], None] | None = None, plan: Plan | None = None,
+             strategy: Strategy | StrategyConfig | str | None = None) -> dict[str, Any]:
+    """Evaluate `cfg.task` with `am`: its fixed mixture merged, or with `strategy` a mixture per question
+    chosen in pass 1; write results JSON and submission CSV if asked.
 
     `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
     plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts)
-    task, examples = plan.task, plan.examples
+    task = plan.task
     protocols = cfg.protocols(task)
+    strategy = _strategy(am, strategy)
+    examples, used, fit_seconds = _fit(strategy, plan, cfg)
     if total is not None:
         total(len(examples))
     out = Path(out_path) if out_path is not None else None
     t0 = time.perf_counter()
-    records = predict(am, task, cfg, examples, out, progress)
+    records = predict(am, task, cfg, examples, out, progress, strategy)
     seconds = time.perf_counter() - t0
+    times = {e.id: {"pass1_s": routing_seconds(records[e.id]), "pass2_s": records[e.id]["pass2_s"]} for e in examples}
     rows = [{"id": e.id, "subject": e.subject, "category": e.category, "answer": e.answer,
              "prediction": {p: records[e.id]["prediction"][p] for p in protocols},
              "correct": {p: records[e.id]["correct"][p] for p in protocols},
              "completion": records[e.id]["completion"]}
+            | ({"routing": {k: records[e.id]["routing"][k] for k in ("decision", "alpha")}} if strategy else {})
             for e in examples]
+    pass1 = sum(t["pass1_s"] for t in times.values())
+    pass2 = sum(t["pass2_s"] for t in times.values())
     results = {
         "format_version": FORMAT_VERSION, "t2_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -290,11 +385,18 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
         "protocol": list(protocols), "config": asdict(cfg), "git": _git(),
         "seen": {"include_seen": cfg.include_seen, "n_excluded": len(plan.excluded), "excluded_ids": plan.excluded,
                  "experts_without_record": plan.without_record},
-        "timing": {"seconds": round(seconds, 3), "n_questions": len(examples)},
+        "timing": {"seconds": round(seconds, 3), "n_questions": len(examples), "fit_seconds": round(fit_seconds, 3),
+                   "pass1_seconds": round(pass1, 3), "pass2_seconds": round(pass2, 3),
+                   "pass1_fraction_of_pass2": pass1 / pass2 if pass2 > 0 else None,
+                   "per_question": times},
         "ci_method": "Wilson score interval (95%) per accuracy; normal approximation for category_mean",
         "metrics": {p: accuracy_metrics(rows, p, task.categories) for p in protocols},
         "predictions": rows,
     }
+    if strategy is not None:
+        results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
+                                                   "mixed_batches": cfg.mixed_batches}
+        results["routing"] = routing_metrics(rows, am.labels)
     if submission_path is not None:
         preds = [records[e.id]["prediction"][cfg.submission_protocol] for e in examples]
         results["submission"] = write_submission(submission_path, [e.id for e in examples], preds, cfg.submission_protocol)

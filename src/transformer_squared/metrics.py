@@ -67,3 +67,28 @@ def accuracy_metrics(rows: list[dict[str, Any]], protocol: str, categories: tupl
         "category_mean": mean, "category_mean_ci95": mean_ci,
         "categories": cats, "subjects": subjects,
     }
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())
+
+
+def routing_metrics(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+    """How pass 1 routed: counts per decision, the confusion matrix of true category (rows) against
+    decision (columns), and routing accuracy over the questions whose category is some expert's label
+    (correct = routed to that expert); accuracy is None when no category matches a label."""
+    decided = [r["routing"]["decision"] for r in rows]
+    counts: dict[str, int] = {}
+    for d in decided:
+        counts[d] = counts.get(d, 0) + 1
+    confusion: dict[str, dict[str, int]] = {}
+    for r, d in zip(rows, decided):
+        if r["category"]:
+            row = confusion.setdefault(r["category"], {})
+            row[d] = row.get(d, 0) + 1
+    by_label = {_norm(lab): lab for lab in reversed(labels)}  # two experts with one label: the first
+    matched = [(by_label[_norm(r["category"])], d) for r, d in zip(rows, decided)
+               if r["category"] and _norm(r["category"]) in by_label]
+    k = sum(want == d for want, d in matched)
+    return {"decisions": counts, "confusion": confusion,
+            "accuracy": _acc(k, len(matched)) if matched else None}

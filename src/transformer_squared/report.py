@@ -67,3 +67,34 @@ def eval_markdown(results: dict[str, Any]) -> str:
              "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in eval_rows(results)]
     return "\n".join(lines) + "\n"
+
+
+def routing_lines(results: dict[str, Any]) -> list[str]:
+    """Pass-1 summary of a two-pass results dict: decisions, routing accuracy, time of each pass ([] without)."""
+    r = results.get("routing")
+    if not r:
+        return []
+    t = results["timing"]
+    lines = [f"routing ({results['strategy']['name']}): " + ", ".join(f"{k} {v}" for k, v in r["decisions"].items())]
+    acc = r["accuracy"]
+    if acc:
+        lines.append(f"routing accuracy {_pct(acc['accuracy'])} % {_ci(acc['ci95'])} (n = {acc['n']})")
+    frac = t["pass1_fraction_of_pass2"]
+    lines.append(f"pass 1 {t['pass1_seconds']:.2f} s, pass 2 {t['pass2_seconds']:.2f} s"
+                 + ("" if frac is None else f" (pass 1 = {100 * frac:.1f} % of pass 2)"))
+    return lines
+
+
+def confusion_table(results: dict[str, Any]) -> Table | None:
+    """True category (rows) against routing decision (columns), or None without categories."""
+    conf = (results.get("routing") or {}).get("confusion")
+    if not conf:
+        return None
+    cols = sorted({d for row in conf.values() for d in row})
+    table = Table(title="routing: true category × decision")
+    table.add_column("category")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for cat, row in conf.items():
+        table.add_row(cat, *[str(row.get(c, 0)) for c in cols])
+    return table

@@ -110,17 +110,22 @@ def mix(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
 
 
 def mix_batch(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
-    """Per-row mixtures for factored mode: alpha (B, K) → z (B, r) per target.
+    """Per-row mixtures for factored mode: alpha (B, K), or (B, K, n_targets) for one α per expert
+    per target (targets in the order of zs[0]) → z (B, r) per target.
 
     A row whose α are all zero means "no expert": z = 1, i.e. the base weights.
     """
-    if alpha.dim() != 2 or alpha.shape[1] != len(zs):
-        raise ConfigError(f"alpha has shape {tuple(alpha.shape)}; expected (batch, {len(zs)})")
-    base_rows = (alpha.abs().sum(1) == 0)[:, None]  # (B, 1)
+    names = list(zs[0]) if zs else []
+    shapes = ((len(zs),), (len(zs), len(names)))
+    if alpha.dim() not in (2, 3) or tuple(alpha.shape[1:]) not in shapes:
+        raise ConfigError(f"alpha has shape {tuple(alpha.shape)}; expected (batch, {len(zs)}) "
+                          f"or (batch, {len(zs)}, {len(names)})")
+    base_rows = (alpha.flatten(1).abs().sum(1) == 0)[:, None]  # (B, 1)
     out = {}
-    for t in zs[0]:
+    for i, t in enumerate(names):
         Z = torch.stack([z[t] for z in zs])  # (K, r)
-        zb = alpha.to(Z.dtype) @ Z  # (B, r)
+        a = alpha if alpha.dim() == 2 else alpha[:, :, i]  # (B, K)
+        zb = a.to(Z.dtype) @ Z  # (B, r)
         out[t] = torch.where(base_rows, torch.ones_like(zb), zb)
     return out
 

@@ -24,11 +24,12 @@ from torch import Tensor
 
 from .. import __version__
 from ..atomic import check_folder_target, write_json, write_safetensors, write_text
+from ..adapted import AdaptedModel, fixed_alpha, load_experts
 from ..errors import ConfigError, ExportError
 from ..expert import Expert, attach
 from ..models import BUILTINS, load_model, resolve_model
 from ..svd import Factors
-from ..svf import adapted_s, mix
+from ..svf import adapted_s
 from .model_card import lora_card, merged_card
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -128,28 +129,22 @@ def _base_ref(model_name: str) -> str:
     return model_name
 
 
-def _load_experts(experts: Sequence[str | Path | Expert]) -> list[Expert]:
-    return [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
-
-
 def export_merged(
     model_name: str, experts: Sequence[str | Path | Expert], alpha: Sequence[float] | None, out_dir: str | Path,
     push_to_hub: str | None = None, dtype: str = "float32", overwrite: bool = False, private: bool = False,
 ) -> Path:
     """Write base weights with W' = U·diag(s')·Vᵀ merged in as a standalone HF folder (+ model card)."""
-    loaded = _load_experts(experts)
+    loaded = load_experts(experts)
     if not loaded:
         raise ConfigError("export merged: give at least one expert (--expert)")
-    if alpha is not None and len(alpha) != len(loaded):
-        raise ConfigError(f"--alpha: {len(alpha)} value(s) for {len(loaded)} expert(s)")
-    a = [1.0 / len(loaded)] * len(loaded) if alpha is None else [float(x) for x in alpha]
+    a = fixed_alpha(alpha, len(loaded)).tolist()
     out_dir = Path(out_dir)
     with _atomic_dir(out_dir, overwrite) as tmp:  # fail early if out_dir is taken
         from transformers import AutoTokenizer
 
-        model, _ = load_model(model_name, device="cpu", dtype=dtype)
-        svf = attach(model, loaded)
-        svf.merge({t: z.detach() for t, z in mix([e.z() for e in loaded], torch.tensor(a)).items()})
+        model, tok = load_model(model_name, device="cpu", dtype=dtype)
+        am = AdaptedModel(model, tok, attach(model, loaded), loaded, torch.tensor(a))
+        am.svf.merge(am.z())
         # A standalone folder: no trace of the built-in name or the cache path in its config.
         model.config.name_or_path = out_dir.name
         model.save_pretrained(tmp, safe_serialization=True)
@@ -177,7 +172,7 @@ def export_lora(
 ) -> LoraReport:
     """Write the expert's best rank-`rank` ΔW per target as a PEFT LoRA adapter (rank None = exact)."""
     check_out_dir(Path(out_dir), overwrite)
-    (e,) = _load_experts([expert])
+    (e,) = load_experts([expert])
     model, _ = load_model(model_name, device="cpu")
     svf = attach(model, [e])
     max_r = max(f.S.numel() for f in svf.factors.values())

@@ -3,24 +3,25 @@
     lm_eval --model t2 --model_args pretrained=smollm2-135m-instruct,experts=runs/a|runs/b,alpha=0.7|0.3 ...
     t2 lm-eval --model smollm2-135m-instruct --expert runs/a --tasks arc_easy --limit 50
 
-Per-document adaptation plugs in through `mixture_for(requests) -> alpha (n_requests, K)`: requests
-are grouped by identical rows of α, and each group runs with z' = Σₖ αₖ zₖ merged into the weights
-(a row of zeros runs the base weights). The default returns the fixed α for every request.
+Per-document adaptation plugs in through `mixture_for(requests) -> alpha (n_requests, K)`: with a
+`strategy` (any of `adapt/`: prompt, cls, fewshot, oracle, uniform) it is pass 1 on each request's
+context; without, the fixed α for every request. The adapted model runs the requests grouped by
+identical rows of α, each group with z' = Σₖ αₖ zₖ merged (a row of zeros runs the base weights).
+
+    lm_eval --model t2 --model_args pretrained=...,experts=runs/a|runs/b,strategy=prompt ...
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import Tensor
 
+from ..adapt import Request, Strategy, StrategyConfig, build_strategy
 from ..adapted import AdaptedModel, load_adapted
 from ..errors import ConfigError
 from ..models import DEFAULT_MODEL
-from ..svf import mix
 
 try:
     from lm_eval.api.registry import register_model
@@ -39,12 +40,13 @@ def _split(value: str | Sequence[Any] | None) -> list[Any]:
 
 
 class T2LM(HFLM):
-    """HFLM with SVF experts; `mixture_for` is the hook for per-document (pass-1) mixtures."""
+    """HFLM with SVF experts; `mixture_for` is the pass-1 hook (a strategy, else the fixed α)."""
 
     def __init__(
         self, pretrained: str = DEFAULT_MODEL, experts: str | Sequence[str | Path] | None = None,
         alpha: str | Sequence[float] | None = None, device: str | None = "auto", dtype: str = "float32",
-        trust_remote_code: bool = False, adapted: AdaptedModel | None = None, **kwargs: Any,
+        trust_remote_code: bool = False, adapted: AdaptedModel | None = None,
+        strategy: str | StrategyConfig | Strategy | None = None, **kwargs: Any,
     ) -> None:
         if adapted is None:
             weights = [float(a) for a in _split(alpha)] or None
@@ -52,35 +54,18 @@ class T2LM(HFLM):
                                    trust_remote_code=trust_remote_code)
         super().__init__(pretrained=adapted.model, tokenizer=adapted.tokenizer, **kwargs)
         self.adapted = adapted
-        self._zs = [e.z() for e in adapted.experts]  # z per expert per target, computed once
-        K = len(adapted.experts)
-        self.alpha = adapted.alpha if adapted.alpha is not None else torch.full((K,), 1.0 / max(K, 1))  # (K,)
+        self.strategy = strategy if strategy is None or hasattr(strategy, "mix") else build_strategy(adapted, strategy)
 
     def mixture_for(self, requests: list[Any]) -> Tensor:
-        """α per request (n_requests, K); override for per-document strategies. Default: the fixed α."""
-        return self.alpha[None, :].expand(len(requests), len(self._zs))
-
-    def _weights(self, row: tuple[float, ...]):
-        """Context running the model with mixture `row` merged in (base weights for no experts or all zeros)."""
-        if not self._zs or not any(row):
-            return nullcontext()
-        z = mix(self._zs, torch.tensor(row, dtype=torch.float32))
-        return self.adapted.svf.merged({t: v.detach() for t, v in z.items()})
+        """α per request (n_requests, K): the strategy's pass 1 on each request's context, else the fixed α."""
+        if self.strategy is None:
+            return self.adapted.alpha_rows(len(requests))
+        return self.strategy.mix([Request(str(r.args[0]), task=str(getattr(r, "task_name", "") or ""))
+                                  for r in requests])
 
     def _by_mixture(self, requests: list[Any], run: Callable[[list[Any]], list[Any]]) -> list[Any]:
-        alpha = self.mixture_for(requests)  # (n, K)
-        if tuple(alpha.shape) != (len(requests), len(self._zs)):
-            raise ConfigError(f"mixture_for returned shape {tuple(alpha.shape)}; "
-                              f"expected ({len(requests)}, {len(self._zs)})")
-        groups: dict[tuple[float, ...], list[int]] = {}
-        for i, row in enumerate(alpha.tolist()):
-            groups.setdefault(tuple(row), []).append(i)
-        out: list[Any] = [None] * len(requests)
-        for row, idx in groups.items():
-            with self._weights(row):
-                for i, result in zip(idx, run([requests[i] for i in idx])):
-                    out[i] = result
-        return out
+        alpha = self.mixture_for(requests)  # (n, K) or (n, K, n_targets)
+        return self.adapted.run(len(requests), lambda idx, _: run([requests[i] for i in idx]), alpha)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return self._by_mixture(requests, lambda rs: super(T2LM, self).loglikelihood(rs, disable_tqdm))
@@ -99,7 +84,7 @@ def evaluate(
     model: str, tasks: Sequence[str], experts: Sequence[str | Path] = (), alpha: Sequence[float] | None = None,
     limit: int | float | None = None, include_path: str | Path | None = None, include_defaults: bool = True,
     num_fewshot: int | None = None, batch_size: int = 8, device: str = "auto", dtype: str = "float32",
-    seed: int = 0, **simple_evaluate_kwargs: Any,
+    seed: int = 0, strategy: str | StrategyConfig | None = None, **simple_evaluate_kwargs: Any,
 ) -> dict[str, Any]:
     """`lm_eval.simple_evaluate` with the experts applied; returns lm-eval's results dict."""
     from lm_eval import simple_evaluate
@@ -112,7 +97,8 @@ def evaluate(
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"--tasks: unknown lm-eval task '{unknown[0]}' (see `lm_eval ls tasks`, or --include-path)")
-    lm = T2LM(model, experts=list(experts), alpha=alpha, device=device, dtype=dtype, batch_size=batch_size)
+    lm = T2LM(model, experts=list(experts), alpha=alpha, device=device, dtype=dtype, batch_size=batch_size,
+              strategy=strategy)
     return simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                            fewshot_random_seed=seed, **simple_evaluate_kwargs)

@@ -1,4 +1,5 @@
-"""Optional vLLM backend (extra `vllm`) with engine.py's generate / score_letters / loglikelihood interface.
+"""Optional vLLM backend (extra `vllm`): the `engine.Engine` protocol (use / score_letters /
+loglikelihood / generate) on vLLM, and `load_vllm`, an adapted model that runs pass 2 on it.
 
 Experts run merged: W' = W + U·diag(s' − s)·Vᵀ is pushed into the engine through the model's own
 `load_weights` (HF checkpoint names, so fused layers such as gate_up_proj are filled by vLLM's
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import engine
+from ..adapted import AdaptedModel, fixed_alpha, load_experts
 from ..errors import ConfigError, ExpertError
 from ..expert import Expert, attach
 from ..models import load_model, resolve_model
@@ -30,8 +32,15 @@ def _load_into(model: Any, weights: list[tuple[str, Tensor]]) -> None:
     model.load_weights(weights)
 
 
+def _no_rows(z_rows: Any) -> None:
+    if z_rows is not None:
+        raise ConfigError("the vLLM backend runs one mixture at a time (grouped); mixed batches need the HF engine")
+
+
 class VLLMBackend:
-    """A vLLM `LLM` plus the SVF factors and base weights of its targets."""
+    """A vLLM `LLM` plus the SVF factors and base weights of its targets (an `engine.Engine`, grouped only)."""
+
+    supports_factored = False
 
     def __init__(self, llm: Any, tokenizer: Any, svf: SVFModel, dtype: torch.dtype = torch.bfloat16) -> None:
         self.llm = llm
@@ -52,8 +61,7 @@ class VLLMBackend:
         except ImportError:
             raise ConfigError("the vLLM backend needs vllm: pip install 'transformer-squared[vllm]'") from None
         hf, tok = load_model(model, device="cpu", dtype="float32")
-        loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
-        svf = attach(hf, loaded, targets)
+        svf = attach(hf, load_experts(experts), targets)
         llm = LLM(model=resolve_model(model), dtype=dtype, enable_prefix_caching=True, **llm_kwargs)
         return cls(llm, tok, svf, getattr(torch, dtype))
 
@@ -86,10 +94,12 @@ class VLLMBackend:
     def generate(
         self, prompts: list[str], max_new_tokens: int = 128, batch_size: int | None = None, do_sample: bool = False,
         temperature: float = 1.0, seed: int | None = None, progress: engine.Progress | None = None,
+        z_rows: engine.RowZ | None = None,
     ) -> list[str]:
         """Completions of already-formatted prompts, in input order (vLLM batches by itself)."""
         from vllm import SamplingParams
 
+        _no_rows(z_rows)
         p = SamplingParams(max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0, seed=seed)
         outs = self._run(engine.tokenize(self.tokenizer, prompts), [p] * len(prompts))
         if progress:
@@ -107,11 +117,12 @@ class VLLMBackend:
 
     def score_letters(
         self, prompts: list[str], letters: list[tuple[str, ...]], batch_size: int | None = None,
-        progress: engine.Progress | None = None,
+        progress: engine.Progress | None = None, z_rows: engine.RowZ | None = None,
     ) -> tuple[list[str], list[Tensor]]:
         """engine.score_letters: greedy next token's text and log-probabilities over the valid letters."""
         from vllm import SamplingParams
 
+        _no_rows(z_rows)
         ids = engine.tokenize(self.tokenizer, prompts)
         greedy_outs = self._run(ids, [SamplingParams(max_tokens=1, temperature=0.0)] * len(ids))
         greedy = [self.tokenizer.decode([o.outputs[0].token_ids[0]]) for o in greedy_outs]
@@ -128,9 +139,10 @@ class VLLMBackend:
 
     def loglikelihood(
         self, contexts: list[str], continuations: list[str], batch_size: int | None = None,
-        progress: engine.Progress | None = None,
+        progress: engine.Progress | None = None, z_rows: engine.RowZ | None = None,
     ) -> list[tuple[float, int]]:
         """engine.loglikelihood: (sum of log p(continuation | context), number of continuation tokens)."""
+        _no_rows(z_rows)
         ctx = engine.tokenize(self.tokenizer, contexts)
         cont = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
         if any(not c for c in cont):
@@ -139,3 +151,12 @@ class VLLMBackend:
         if progress:
             progress(len(contexts))
         return [(math.fsum(lp), len(lp)) for lp in lps]
+
+
+def load_vllm(model: str, experts: Sequence[str | Path | Expert] = (), alpha: Sequence[float] | None = None,
+              dtype: str = "bfloat16", **llm_kwargs: Any) -> AdaptedModel:
+    """An adapted model whose pass 2 runs on vLLM (grouped: one mixture merged at a time)."""
+    loaded = load_experts(experts)
+    a = None if alpha is None else fixed_alpha(alpha, len(loaded))
+    backend = VLLMBackend.create(model, loaded, dtype=dtype, **llm_kwargs)
+    return AdaptedModel(backend.svf.model, backend.tokenizer, backend.svf, loaded, a, engine=backend)

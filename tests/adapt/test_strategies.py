@@ -1,0 +1,100 @@
+"""Pass-1 strategies: every registered one honours the contract, and each one's decisions equal
+hand-computed ones on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import pytest
+import torch
+
+from transformer_squared.adapt import (STRATEGIES, Request, StrategyConfig, build_strategy, decisions, one_hot)
+from transformer_squared.errors import ConfigError, RegistryError
+from transformer_squared.tasks import Example, get_task
+
+REQUESTS = [Request("What is the derivative of x^3?", category="STEM"),
+            Request("Who signed the Treaty of Versailles? " * 12, category="Humanities", subject="history"),
+            Request("Plan a birthday party.", category="Other", task="mmlu")]
+
+
+def _prompt(am, tmp_path) -> StrategyConfig:
+    return StrategyConfig("prompt")
+
+
+def _simple(name: str) -> Callable:
+    return lambda am, tmp_path: StrategyConfig(name)
+
+
+SETUPS: dict[str, Callable] = {"prompt": _prompt, "oracle": _simple("oracle"), "uniform": _simple("uniform")}
+
+
+def test_every_registered_strategy_is_covered():
+    assert set(STRATEGIES.names()) == set(SETUPS)
+    with pytest.raises(RegistryError, match="did you mean 'oracle'.*known: .*prompt.*uniform"):
+        StrategyConfig("oracel")
+
+
+@pytest.mark.parametrize("name", sorted(SETUPS))
+def test_strategy_contract(name, adapted, tmp_path):
+    s = build_strategy(adapted, SETUPS[name](adapted, tmp_path))
+    assert s.name == name
+    task = get_task("mcq")
+    used = s.fit(task, [Example(id=str(i), question=f"{i} + 1?", answer="A", choices=(str(i + 1), "0"))
+                        for i in range(12)])
+    assert isinstance(used, list) and all(isinstance(i, str) for i in used)
+    alpha = s.mix(REQUESTS)
+    K, T = len(adapted.experts), len(adapted.targets)
+    assert alpha.dtype == torch.float32 and tuple(alpha.shape) in ((3, K), (3, K, T))
+    assert torch.isfinite(alpha).all() and (alpha >= 0).all() and (alpha <= 1).all()
+    assert torch.equal(s.mix(REQUESTS), alpha)  # deterministic
+    assert s.mix([]).shape[0] == 0
+    json.dumps(s.record())
+    assert s.record()["name"] == name
+
+
+def test_uniform_and_oracle_alpha_are_exact(adapted):
+    assert torch.equal(build_strategy(adapted, "uniform").mix(REQUESTS), torch.full((3, 2), 0.5))
+    oracle = build_strategy(adapted, "oracle").mix(REQUESTS + [Request("x", subject="stem"), Request("x", task="humanities")])
+    assert torch.equal(oracle, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_prompt_strategy_equals_a_direct_forward(adapted):
+    """The routing prompt spelled out by hand, in the chat template, one forward pass per request:
+    log-probabilities of the option letters ("A" or " A" as next token) and their argmax."""
+    s = build_strategy(adapted, StrategyConfig("prompt", max_request_tokens=16))
+    tok, model = adapted.tokenizer, adapted.model
+    scores = s.scores(REQUESTS)
+    for i, r in enumerate(REQUESTS):
+        ids = tok(r.text, add_special_tokens=False)["input_ids"]
+        text = tok.decode(ids[:16]) if len(ids) > 16 else r.text
+        content = ("Choose the expert best suited to answer the request below, by the skill it needs most.\n\n"
+                   "Experts:\nA. STEM: Science, technology, engineering and mathematics questions.\n"
+                   "B. Humanities: History, law and philosophy questions.\n"
+                   "C. other: none of the above; answer with the base model\n\n"
+                   f"Request:\n{text}\n\nReply with the letter of the expert.\nExpert:")
+        chat = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+        with torch.no_grad():
+            logits = model(input_ids=tok(chat, add_special_tokens=False, return_tensors="pt")["input_ids"]).logits[0, -1]
+        per_letter = []
+        for letter in "ABC":
+            variants = {tok.encode(v, add_special_tokens=False)[0] for v in (letter, " " + letter)
+                        if len(tok.encode(v, add_special_tokens=False)) == 1}
+            per_letter.append(torch.logsumexp(logits[sorted(variants)], 0))
+        want = torch.log_softmax(torch.stack(per_letter), 0)
+        torch.testing.assert_close(scores[i], want, rtol=1e-4, atol=1e-4)  # batched, left-padded vs alone
+    choice = scores.argmax(-1).tolist()
+    assert torch.equal(s.mix(REQUESTS), one_hot(choice, 2))
+    long_prompt = s.prompts(REQUESTS[1:2])[0]  # cut to 16 tokens
+    assert REQUESTS[1].text.strip() not in long_prompt and "Request:\nWho signed the Treaty" in long_prompt
+
+
+def test_decisions_and_config_checks():
+    alpha = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    assert decisions(alpha, ["a", "b"]) == ["a", "base", "mixture", "b"]
+    per_target = torch.zeros(2, 2, 3)
+    per_target[0, 1] = 1.0
+    per_target[1, 0, 0] = 0.5
+    assert decisions(per_target, ["a", "b"]) == ["b", "mixture"]
+    with pytest.raises(ConfigError, match="shots 0: must be at least 1; elite 2"):
+        StrategyConfig("prompt", shots=0, elite=2)
