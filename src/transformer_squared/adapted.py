@@ -16,7 +16,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -45,6 +45,14 @@ def fixed_alpha(alpha: Sequence[float] | Tensor | None, n_experts: int, flag: st
     if not torch.isfinite(a).all():
         raise ConfigError(f"{flag}: values must be finite")
     return a
+
+
+def group_rows(alpha: Tensor, order: Iterable[int] | None = None) -> dict[bytes, list[int]]:
+    """Indices of identical rows of α (n, ...), walked in `order` (default 0..n-1); groups keep first appearance."""
+    groups: dict[bytes, list[int]] = {}
+    for i in range(alpha.shape[0]) if order is None else order:
+        groups.setdefault(alpha[i].numpy().tobytes(), []).append(i)
+    return groups
 
 
 @dataclass
@@ -160,9 +168,7 @@ class AdaptedModel:
             self._release()
 
     def _grouped(self, rows: Tensor, call: Call) -> list:
-        groups: dict[bytes, list[int]] = {}
-        for i in range(rows.shape[0]):
-            groups.setdefault(rows[i].numpy().tobytes(), []).append(i)
+        groups = group_rows(rows)
         if self._current is not None and self._current in groups:  # the mixture merged now goes first
             groups = {self._current: groups.pop(self._current), **groups}
         out: list[Any] = [None] * rows.shape[0]

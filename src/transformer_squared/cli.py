@@ -138,6 +138,8 @@ def eval_(
     cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="cls: the classification expert folder."),
     alpha_per: Optional[str] = typer.Option(None, "--alpha-per", help="fewshot: one α per expert or per target."),
     alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: reuse the α saved by an earlier run."),
+    population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
+    generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N questions."),
     sample: str = typer.Option("first", "--sample", help="How --limit picks: first or stratified (by subject, seeded)."),
     seed: int = typer.Option(0, "--seed"),
@@ -172,7 +174,8 @@ def eval_(
     scfg = None
     if strategy:
         scfg = _strategy_config(strategy, shots=shots, cls_expert=cls_expert, alpha_per=alpha_per,
-                                alpha_from=alpha_from, seed=seed, batch_size=batch_size, mixed=mixed_batches,
+                                alpha_from=alpha_from, seed=seed, batch_size=batch_size, task_chat=chat,
+                                population=population, generations=generations,
                                 max_new_tokens=max_new_tokens)
         if alpha:
             raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
@@ -218,10 +221,17 @@ def train_(
     label: Optional[str] = typer.Option(None, "--label"),
     description: Optional[str] = typer.Option(None, "--description", help="One sentence used by dispatch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/latest with optimizer and RNG state."),
+    experts: Optional[List[Path]] = typer.Option(None, "--experts", help="--task route: the expert folders to route "
+                                                 "between (a classification expert for --strategy cls)."),
 ) -> None:
     """Train an SVF expert with REINFORCE; any other TrainConfig key works as --key value."""
     from .training.train import configure, run
 
+    if experts:
+        if task != "route" or data is not None:
+            raise ConfigError("--experts names the experts of --task route (which builds its data from them); "
+                              "use it with --task route and without --data")
+        data = "|".join(str(Path(e).resolve()) for e in experts)
     named = {"task": task, "model": model, "data": data, "subset": subset, "steps": steps, "batch_size": batch_size,
              "micro_batch_size": micro_batch_size, "lr": lr, "kl": kl, "seed": seed, "eval_every": eval_every,
              "label": label, "description": description}

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import __version__, seen
 from .adapt import Strategy, StrategyConfig, build_strategy, decisions, request_of
-from .adapted import AdaptedModel
+from .adapted import AdaptedModel, group_rows
 from .atomic import check_file_target, write_json
 from .errors import ConfigError, DataError
 from .expert import META, Expert, read_seen
@@ -146,6 +146,11 @@ def partial_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".partial.json")
 
 
+def alpha_path(out_path: Path) -> Path:
+    """Where a task-level α found by a strategy (fewshot) is saved beside the results."""
+    return out_path.with_name(out_path.stem + ".alpha.json")
+
+
 def _load_partial(path: Path | None, key: str) -> dict[str, dict[str, Any]]:
     """{"records": by id, "routing": pass-1 decisions by id} of a partial file with this key, else empty."""
     empty: dict[str, dict[str, Any]] = {"records": {}, "routing": {}}
@@ -223,10 +228,7 @@ def _order(prompts: list[str], alpha: Tensor | None, mixed: bool) -> list[int]:
     by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     if alpha is None or mixed:
         return by_length
-    rank: dict[bytes, int] = {}
-    for i in by_length:
-        rank.setdefault(alpha[i].numpy().tobytes(), len(rank))
-    return sorted(by_length, key=lambda i: rank[alpha[i].numpy().tobytes()])
+    return [i for idx in group_rows(alpha, by_length).values() for i in idx]
 
 
 def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], out_path: Path | None = None,
@@ -246,10 +248,10 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
         progress(sum(e.id in records for e in examples))
     pending = [e for e in examples if e.id not in records]
     step = cfg.batch_size * cfg.save_every
-    alpha = _pass1(strategy, am, task, pending, routing, step, save) if strategy is not None else None
-    prompts = task.format(pending, am.tokenizer, cfg.chat)
-    order = _order(prompts, alpha, cfg.mixed_batches)
-    with am.holding():
+    with am.holding():  # weights stay merged between chunks: one merge per mixture (and per classifier) per run
+        alpha = _pass1(strategy, am, task, pending, routing, step, save) if strategy is not None else None
+        prompts = task.format(pending, am.tokenizer, cfg.chat)
+        order = _order(prompts, alpha, cfg.mixed_batches)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
             chunk = _run_chunk(am, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx],
@@ -338,12 +340,6 @@ def routing_seconds(record: dict[str, Any]) -> float:
     return record.get("routing", {}).get("pass1_s", 0.0)
 
 
-def _strategy(am: AdaptedModel, strategy: Strategy | StrategyConfig | str | None) -> Strategy | None:
-    if strategy is None or hasattr(strategy, "mix"):
-        return strategy
-    return build_strategy(am, strategy)
-
-
 def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = None,
              submission_path: str | Path | None = None, progress: Progress | None = None,
              total: Callable[[int], None] | None = None, plan: Plan | None = None,
@@ -357,7 +353,7 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts)
     task = plan.task
     protocols = cfg.protocols(task)
-    strategy = _strategy(am, strategy)
+    strategy = None if strategy is None else build_strategy(am, strategy)
     examples, used, fit_seconds = _fit(strategy, plan, cfg)
     if total is not None:
         total(len(examples))
@@ -397,6 +393,8 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
         results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
                                                    "mixed_batches": cfg.mixed_batches}
         results["routing"] = routing_metrics(rows, am.labels)
+        if out is not None and results["strategy"].get("alpha") is not None:  # fewshot: reusable with --alpha-from
+            write_json(results["strategy"], alpha_path(out))
     if submission_path is not None:
         preds = [records[e.id]["prediction"][cfg.submission_protocol] for e in examples]
         results["submission"] = write_submission(submission_path, [e.id for e in examples], preds, cfg.submission_protocol)

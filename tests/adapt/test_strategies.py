@@ -18,15 +18,13 @@ REQUESTS = [Request("What is the derivative of x^3?", category="STEM"),
             Request("Plan a birthday party.", category="Other", task="mmlu")]
 
 
-def _prompt(am, tmp_path) -> StrategyConfig:
-    return StrategyConfig("prompt")
-
-
-def _simple(name: str) -> Callable:
-    return lambda am, tmp_path: StrategyConfig(name)
-
-
-SETUPS: dict[str, Callable] = {"prompt": _prompt, "oracle": _simple("oracle"), "uniform": _simple("uniform")}
+SETUPS: dict[str, Callable] = {  # name → config from the `routed` fixture (expert folders, classification expert)
+    "prompt": lambda routed: StrategyConfig("prompt"),
+    "cls": lambda routed: StrategyConfig("cls", cls_expert=str(routed[1])),
+    "fewshot": lambda routed: StrategyConfig("fewshot", shots=3, population=10, generations=1),
+    "oracle": lambda routed: StrategyConfig("oracle"),
+    "uniform": lambda routed: StrategyConfig("uniform"),
+}
 
 
 def test_every_registered_strategy_is_covered():
@@ -36,8 +34,8 @@ def test_every_registered_strategy_is_covered():
 
 
 @pytest.mark.parametrize("name", sorted(SETUPS))
-def test_strategy_contract(name, adapted, tmp_path):
-    s = build_strategy(adapted, SETUPS[name](adapted, tmp_path))
+def test_strategy_contract(name, adapted, routed):
+    s = build_strategy(adapted, SETUPS[name](routed))
     assert s.name == name
     task = get_task("mcq")
     used = s.fit(task, [Example(id=str(i), question=f"{i} + 1?", answer="A", choices=(str(i + 1), "0"))
@@ -96,5 +94,5 @@ def test_decisions_and_config_checks():
     per_target[0, 1] = 1.0
     per_target[1, 0, 0] = 0.5
     assert decisions(per_target, ["a", "b"]) == ["b", "mixture"]
-    with pytest.raises(ConfigError, match="shots 0: must be at least 1; elite 2"):
+    with pytest.raises(ConfigError, match="shots 0: must be at least 1; elite 2: a share in \\(0, 1\\)"):
         StrategyConfig("prompt", shots=0, elite=2)

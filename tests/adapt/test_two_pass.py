@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import pytest
 
 from transformer_squared.adapt import StrategyConfig, TwoPass, build_strategy, decisions
@@ -34,3 +37,12 @@ def test_generate_cli_prints_the_chosen_expert(tiny_model_dir, expert_dirs, adap
         main(["generate", "--model", str(tiny_model_dir), "--experts", *map(str, expert_dirs), "--strategy", "prompt",
               "--alpha", "1", "--alpha", "0", "x"])
     assert e.value.code == 2 and "exclude each other" in capsys.readouterr().err
+
+
+def test_example_answers_mixed_prompts_and_shows_the_experts(tiny_model_dir, expert_dirs, adapted, capsys):
+    example = runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "inference.py"))
+    example["main"](["--model", str(tiny_model_dir), "--experts", *map(str, expert_dirs), "--max-new-tokens", "3"])
+    out = capsys.readouterr().out
+    for prompt, expert in zip(example["PROMPTS"], TwoPass(adapted, "prompt").route(example["PROMPTS"])):
+        assert f"[{expert}] {prompt}" in out
+    assert "pass 1" in out and "pass 2" in out

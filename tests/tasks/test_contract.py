@@ -64,6 +64,20 @@ def rg(tmp: Path) -> tuple[str, str]:
     return "basic_arithmetic:2", "test"
 
 
+def route(tmp: Path) -> tuple[str, str]:
+    """Two `t2 train` run folders (metadata and split.json only), two questions each of an mcq file."""
+    data = write_jsonl(tmp / "q.jsonl", [{"id": f"q{i}", "question": f"Q{i}?", "choices": ["x", "y"], "answer": 0}
+                                         for i in range(4)])
+    folders = []
+    for k in range(2):
+        (tmp / f"run{k}" / "best").mkdir(parents=True)
+        (tmp / f"run{k}" / "best" / "expert.json").write_text(json.dumps({"label": f"e{k}", "task": "mcq"}))
+        split = {"task": "mcq", "data": str(data), "splits": ["test"], "ids": {"train": [f"q{2 * k}"], "val": [f"q{2 * k + 1}"]}}
+        (tmp / f"run{k}" / "split.json").write_text(json.dumps(split), encoding="utf-8")
+        folders.append(str(tmp / f"run{k}" / "best"))
+    return "|".join(folders), "train"
+
+
 def right_answer(name: str, e: Example) -> str:
     """A completion the task should score as correct."""
     if e.choices:
@@ -75,7 +89,7 @@ def right_answer(name: str, e: Example) -> str:
 
 WRITERS: dict[str, Callable[[Path], tuple[str, str]]] = {
     "vmlu": vmlu, "mmlu": mmlu, "mcq": mcq, "arc": arc, "gsm8k": gsm8k, "math": math, "mbpp": mbpp,
-    "humaneval": humaneval, "rg": rg, "rg-direct": rg,
+    "humaneval": humaneval, "rg": rg, "rg-direct": rg, "route": route,
 }
 
 

@@ -5,7 +5,7 @@ Importing this package registers them all in `STRATEGIES`.
 
 from __future__ import annotations
 
-from . import oracle, prompt, uniform  # noqa: F401  (they register)
+from . import cls, fewshot, oracle, prompt, uniform  # noqa: F401  (they register)
 from .registry import (BASE, MIXTURE, STRATEGIES, Request, Strategy, StrategyConfig, build_strategy, decisions,
                        one_hot, request_of)
 from .two_pass import Answer, TwoPass

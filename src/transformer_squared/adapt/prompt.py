@@ -31,20 +31,15 @@ class Classifier:
         self.letters = tuple(LETTERS[: len(self.options)])
         has_template = bool(getattr(am.tokenizer, "chat_template", None))
         self.chat = (cfg.chat if cfg.chat is not None else has_template) if chat is None else chat
+        self.source: str | None = None  # folder of the classification expert (cls)
 
     def fit(self, task: Task, examples: list[Example]) -> list[str]:
         return []
 
-    def truncate(self, texts: list[str]) -> list[str]:
-        """Each text cut to its first `max_request_tokens` tokens (shorter texts unchanged)."""
-        ids = self.am.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        n = self.cfg.max_request_tokens
-        return [t if len(x) <= n else self.am.tokenizer.decode(x[:n]) for t, x in zip(texts, ids)]
-
     def prompts(self, requests: list[Request]) -> list[str]:
-        """The classification prompts, as the model sees them."""
-        texts = self.truncate([r.text for r in requests])
-        return routing_prompts(texts, self.options, self.am.tokenizer, self.chat)
+        """The classification prompts, as the model sees them (requests cut to `max_request_tokens`)."""
+        return routing_prompts([r.text for r in requests], self.options, self.am.tokenizer, self.chat,
+                               self.cfg.max_request_tokens)
 
     def scores(self, requests: list[Request]) -> Tensor:
         """Log-probabilities over the options (experts, then "other"), (n, K + 1)."""
@@ -62,7 +57,7 @@ class Classifier:
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "options": self.options, "chat": self.chat,
-                "max_request_tokens": self.cfg.max_request_tokens}
+                "max_request_tokens": self.cfg.max_request_tokens, "cls_expert": self.source}
 
 
 STRATEGIES.register("prompt", Classifier)

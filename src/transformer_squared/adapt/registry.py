@@ -16,7 +16,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..registry import Registry
 from ..tasks.base import Example, Task
-from ..tasks.route import request_text
+from ..tasks.route import MAX_REQUEST_TOKENS, request_text
 
 BASE = "base"  # decision name of a row of zeros
 MIXTURE = "mixture"  # decision name of a row that is neither zero nor one-hot
@@ -43,7 +43,7 @@ class StrategyConfig:
 
     name: str = "uniform"  # registry name: prompt, cls, fewshot, oracle, uniform
     chat: bool | None = None  # prompt: classification prompt in the chat template (None: if the tokenizer has one)
-    max_request_tokens: int = 256  # prompt/cls: requests are cut to this many tokens before classification
+    max_request_tokens: int = MAX_REQUEST_TOKENS  # prompt/cls: requests are cut to this many tokens first
     batch_size: int = 8  # prompt/cls/fewshot: prompts per forward pass
     cls_expert: str | None = None  # cls: folder of the classification expert (`t2 train --task route`)
     shots: int = 10  # fewshot: k labelled examples of the target task (excluded from evaluation)
@@ -53,7 +53,8 @@ class StrategyConfig:
     tol: float = 1e-3  # fewshot: stop when every coordinate's elite standard deviation is below this
     alpha_per: Literal["expert", "target"] = "expert"  # fewshot: one α per expert, or per expert per target
     alpha_from: str | None = None  # fewshot: reuse the α saved by an earlier run (JSON) instead of searching
-    mixed: bool = False  # fewshot: score the population as mixed batches (factored) instead of grouped
+    mixed: bool = True  # fewshot: score the population in mixed batches (factored) where the engine can, else grouped
+    task_chat: bool = False  # fewshot: task prompts in the chat template (as the evaluation's --chat)
     max_new_tokens: int = 128  # fewshot on generative tasks: generation budget per fitness answer
     seed: int = 0  # fewshot: seeds the choice of shots and the search
 
@@ -62,8 +63,8 @@ class StrategyConfig:
         problems = [f"{k} {getattr(self, k)}: must be at least 1" for k in
                     ("max_request_tokens", "batch_size", "shots", "population", "generations", "max_new_tokens")
                     if getattr(self, k) < 1]
-        if not 0 < self.elite < 1 or self.elite * self.population < 1:
-            problems.append(f"elite {self.elite}: a share in (0, 1) that keeps at least one of {self.population}")
+        if not 0 < self.elite < 1:
+            problems.append(f"elite {self.elite}: a share in (0, 1)")
         if self.alpha_per not in ("expert", "target"):
             problems.append(f"alpha_per '{self.alpha_per}': choose expert or target")
         if self.name == "cls" and not self.cls_expert:
@@ -95,8 +96,11 @@ Builder = Callable[[Any, StrategyConfig], Strategy]  # (AdaptedModel, config) �
 STRATEGIES: Registry[Builder] = Registry("strategy")
 
 
-def build_strategy(am: Any, cfg: StrategyConfig | str) -> Strategy:
-    """The strategy `cfg.name` for the adapted model `am` (an unknown name lists the known ones)."""
+def build_strategy(am: Any, cfg: StrategyConfig | str | Strategy) -> Strategy:
+    """The strategy `cfg.name` for the adapted model `am` (an unknown name lists the known ones);
+    a strategy object passes through."""
+    if hasattr(cfg, "mix"):
+        return cfg
     cfg = StrategyConfig(name=cfg) if isinstance(cfg, str) else cfg
     if not am.experts:
         raise ConfigError(f"strategy '{cfg.name}' chooses among experts: give at least one (--experts)")

@@ -37,7 +37,7 @@ class TwoPass:
 
     def __init__(self, am: Any, strategy: Strategy | StrategyConfig | str = "prompt", mixed: bool = False) -> None:
         self.am = am
-        self.strategy = strategy if hasattr(strategy, "mix") else build_strategy(am, strategy)
+        self.strategy = build_strategy(am, strategy)
         self.mixed = mixed
         self.timing = Timing()
 

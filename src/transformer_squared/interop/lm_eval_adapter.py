@@ -54,7 +54,7 @@ class T2LM(HFLM):
                                    trust_remote_code=trust_remote_code)
         super().__init__(pretrained=adapted.model, tokenizer=adapted.tokenizer, **kwargs)
         self.adapted = adapted
-        self.strategy = strategy if strategy is None or hasattr(strategy, "mix") else build_strategy(adapted, strategy)
+        self.strategy = None if strategy is None else build_strategy(adapted, strategy)
 
     def mixture_for(self, requests: list[Any]) -> Tensor:
         """α per request (n_requests, K): the strategy's pass 1 on each request's context, else the fixed α."""

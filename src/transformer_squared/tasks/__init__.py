@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import arc, gsm8k, humaneval, math, mbpp, mcq, mmlu, reasoning_gym, vmlu  # noqa: F401  (they register)
+from . import arc, gsm8k, humaneval, math, mbpp, mcq, mmlu, reasoning_gym, route, vmlu  # noqa: F401  (they register)
 from .base import TASKS, Example, Task
 
 

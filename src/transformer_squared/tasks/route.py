@@ -1,5 +1,7 @@
 """Routing as a task (paper §3.2): which expert should answer a request. The classification prompt
-shared by the `prompt` and `cls` strategies, and `route`, the task a classification expert trains on.
+shared by the `prompt` and `cls` strategies, and `route`, the task a classification expert trains on:
+its questions are each expert's own training and validation questions (from the split.json of the
+expert's `t2 train` run folder), labelled with the expert's letter.
 
 The prompt lists the experts as lettered options ("A. label: description") plus "other" (the base
 weights), then the request; the answer is one letter, read from next-token log-probabilities.
@@ -7,13 +9,20 @@ weights), then the request; the answer is one letter, read from next-token log-p
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .base import Example, chat_format
+from ..errors import ConfigError, DataError
+from .base import TASKS, Example, chat_format
 from .io import LETTERS
+from .mcq import MultipleChoice
 
 OTHER = "other: none of the above; answer with the base model"
 HEADER = "Choose the expert best suited to answer the request below, by the skill it needs most."
+MAX_REQUEST_TOKENS = 256  # requests are cut to this many tokens before classification
+SPLIT_PARTS = {"train": ("train", "val"), "test": ("holdout",)}  # route split → parts of each expert's split
 
 
 def expert_options(labels: list[str], descriptions: list[str]) -> list[str]:
@@ -35,6 +44,93 @@ def routing_prompt(text: str, options: list[str]) -> str:
     return f"{HEADER}\n\nExperts:\n{lines}\n\nRequest:\n{text}\n\nReply with the letter of the expert.\nExpert:"
 
 
-def routing_prompts(texts: list[str], options: list[str], tokenizer: Any = None, chat: bool = False) -> list[str]:
-    """`routing_prompt` for each text, wrapped in the chat template with `chat`."""
-    return chat_format([routing_prompt(t, options) for t in texts], tokenizer, chat)
+def truncate(texts: list[str], tokenizer: Any, max_tokens: int = MAX_REQUEST_TOKENS) -> list[str]:
+    """Each text cut to its first `max_tokens` tokens (shorter texts unchanged; no tokenizer: unchanged)."""
+    if not callable(tokenizer):
+        return list(texts)
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [t if len(x) <= max_tokens else tokenizer.decode(x[:max_tokens]) for t, x in zip(texts, ids)]
+
+
+def routing_prompts(texts: list[str], options: list[str], tokenizer: Any = None, chat: bool = False,
+                    max_tokens: int = MAX_REQUEST_TOKENS) -> list[str]:
+    """`routing_prompt` for each text (cut to `max_tokens` tokens), wrapped in the chat template with `chat`."""
+    return chat_format([routing_prompt(t, options) for t in truncate(texts, tokenizer, max_tokens)], tokenizer, chat)
+
+
+def expert_folders(data: str | list[str] | None) -> list[Path]:
+    """Expert folders from route's `data`: a list, or one string of folders separated by '|'."""
+    items = data if isinstance(data, (list, tuple)) else [d for d in str(data or "").split("|") if d]
+    if len(items) < 1:
+        raise ConfigError("task 'route' needs the experts to route between: t2 train --task route --experts E1 E2 ...")
+    return [Path(x) for x in items]
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """An expert's expert.json (read as data: tasks sit below experts in the data flow)."""
+    path = folder / "expert.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; route needs expert folders written by `t2 train`") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
+
+
+def _sources(folder: Path) -> tuple[str, str | None, list[str], dict[str, list[str]]]:
+    """(task, data, split names, ids per part) of the questions an expert was trained on, from the
+    split.json of its `t2 train` run folder (beside best/ and latest/)."""
+    path = folder.parent / "split.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no {path.name} in its run folder {folder.parent}; route builds its questions "
+                        f"from the split a `t2 train` run writes there") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
+    missing = [k for k in ("task", "splits", "ids") if k not in record]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
+    return record["task"], record.get("data"), list(record["splits"]), record["ids"]
+
+
+@dataclass
+class Route(MultipleChoice):
+    """Which expert trained on a question (letter = expert index); `data` names the expert folders.
+    Parsing and scoring are multiple choice's; the options are the experts and "other"."""
+
+    name: str = "route"
+    version: str = "1"
+
+    def load(self, data: str | list[str] | None, split: str) -> list[Example]:
+        if split not in SPLIT_PARTS:
+            raise ConfigError(f"route: unknown split '{split}' (train = the experts' train and validation "
+                              f"questions, test = their holdout)")
+        folders = expert_folders(data)
+        metas = [read_meta(f) for f in folders]
+        options = tuple(expert_options([m.get("label", "") for m in metas], [m.get("description", "") for m in metas]))
+        owner: dict[str, int] = {}
+        out: list[Example] = []
+        for k, (folder, meta) in enumerate(zip(folders, metas)):
+            task, task_data, names, ids = _sources(folder)
+            by_id = {e.id: e for s in names for e in TASKS.get(task).load(task_data, s)}
+            for part in SPLIT_PARTS[split]:
+                for i in ids.get(part, []):
+                    if i not in by_id:
+                        raise DataError(f"{folder}: question id '{i}' of its '{part}' part is not in {task} {names}")
+                    if i in owner:
+                        raise DataError(f"route: question '{i}' is in the training data of experts "
+                                        f"'{metas[owner[i]].get('label')}' and '{meta.get('label')}'; routing needs "
+                                        f"experts trained on different questions")
+                    owner[i] = k
+                    out.append(Example(id=i, question=request_text(by_id[i]), answer=LETTERS[k], choices=options,
+                                       subject=meta.get("label", ""), meta={"expert": k}))
+        return out
+
+    def format(self, examples: list[Example], tokenizer: Any = None, chat: bool = False) -> list[str]:
+        if not examples:
+            return []
+        return routing_prompts([e.question for e in examples], list(examples[0].choices), tokenizer, chat)
+
+
+TASKS.register("route", Route())

@@ -1,0 +1,44 @@
+"""`cls`: a classification expert chooses the expert (paper §3.2, classification-expert adaptation).
+
+The classification expert is an SVF expert trained with `t2 train --task route --experts E1 E2 ...`
+on the experts' own training questions (label = which expert). Pass 1 runs the same routing
+prompt as `prompt`, with the classification expert's z merged; the letter read from the
+next-token log-probabilities is the expert index ("other" = the base weights).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExpertError
+from ..expert import Expert
+from ..models import model_id
+from ..tasks.route import expert_folders, read_meta
+from .prompt import Classifier
+from .registry import STRATEGIES, StrategyConfig
+
+
+def build(am: Any, cfg: StrategyConfig) -> Classifier:
+    """A Classifier under the classification expert's weights; checks it routes between these experts."""
+    path = Path(str(cfg.cls_expert))
+    e = Expert.load(path)
+    if e.meta.task != "route":
+        raise ExpertError(f"--cls-expert {path}: trained on task '{e.meta.task or 'none'}', not 'route' "
+                          f"(train one with `t2 train --task route --experts ...`)")
+    e.check_base(model_id(am.model), am.svf.fingerprint)
+    if e.meta.targets != am.targets:
+        raise ExpertError(f"--cls-expert {path}: adapts other targets than the experts it routes between")
+    train_cfg = e.meta.provenance.get("config", {})
+    trained_for = [read_meta(f).get("label", "") for f in expert_folders(train_cfg.get("data"))]
+    if trained_for != am.labels:
+        raise ExpertError(f"--cls-expert {path}: trained to route between experts {trained_for}, "
+                          f"not {am.labels} (give --experts in the same order)")
+    z = {t: v.detach() for t, v in e.z().items()}
+    chat = bool(train_cfg.get("chat", False))  # the prompt format it was trained on
+    clf = Classifier(am, cfg, name="cls", z=z, chat=chat)
+    clf.source = str(path)
+    return clf
+
+
+STRATEGIES.register("cls", build)
