@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import engine as eng
 from .errors import ConfigError, ExpertError
-from .expert import Expert, attach
+from .expert import Expert, attach, check_together
 from .models import load_model
 from .svf import SVFModel, mix, mix_batch
 
@@ -215,6 +215,7 @@ def load_adapted(
     loaded = load_experts(experts)
     if alpha is not None:
         fixed_alpha(alpha, len(loaded))  # fail before loading the model
+    check_together(loaded)  # experts used together must share base weights and targets
     m, tok = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     svf = attach(m, loaded) if loaded else None
     return AdaptedModel(m, tok, svf, loaded, None if alpha is None else torch.tensor(list(alpha), dtype=torch.float32))

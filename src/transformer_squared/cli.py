@@ -185,10 +185,10 @@ def eval_(
               "(made by an older version); they may be scored on them (see --exclude-run)", file=sys.stderr)
     if plan.excluded:
         print(f"excluded {len(plan.excluded)} question(s) the expert(s) saw in training (--include-seen scores them)")
-    am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
+    am = load_adapted(model, experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
         job = bar.add_task(f"{task} {split}", total=None)
         results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
                            total=lambda n: bar.update(job, total=n), plan=plan, strategy=scfg)

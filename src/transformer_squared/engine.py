@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, ResourceError
+from .errors import ConfigError, DataError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,20 @@ def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     bos = getattr(tokenizer, "bos_token", None)
     special = not (bos and all(t.startswith(bos) for t in texts))
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
+def check_context(model: Any, tokenizer: Any, prompts: list[str], names: list[str] | None = None,
+                  ids: list[list[int]] | None = None) -> None:
+    """DataError naming the first prompt that leaves no room for one new token in the model's context."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not limit:
+        return
+    ids = tokenize(tokenizer, prompts) if ids is None else ids
+    for i, x in enumerate(ids):
+        if len(x) >= limit:
+            who = names[i] if names else f"prompt {i + 1} of {len(ids)}"
+            raise DataError(f"{who}: {len(x):,} tokens, longer than the model's context of {limit:,} "
+                            "(max_position_embeddings); shorten it or leave it out")
 
 
 def pad_left(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -120,6 +134,7 @@ def generate(
         torch.manual_seed(seed)
     device, pad = _device(model), _pad_id(tokenizer)
     ids = tokenize(tokenizer, prompts)
+    check_context(model, tokenizer, prompts, ids=ids)
     out: list[str] = [""] * len(prompts)
     sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
 
@@ -177,6 +192,7 @@ def score_letters(
     log-probabilities over each prompt's valid letters (`letter` protocol)."""
     device, pad = _device(model), _pad_id(tokenizer)
     ids = tokenize(tokenizer, prompts)
+    check_context(model, tokenizer, prompts, ids=ids)
     greedy: list[str] = [""] * len(prompts)
     logp: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     id_cache: dict[tuple[str, ...], list[list[int]]] = {}

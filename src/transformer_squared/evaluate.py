@@ -30,7 +30,8 @@ from .adapt import Strategy, StrategyConfig, build_strategy, decisions, request_
 from .adapted import AdaptedModel, group_rows
 from .atomic import check_file_target, write_json
 from .errors import ConfigError, DataError
-from .expert import META, Expert, read_seen
+from .engine import check_context
+from .expert import META, Expert, check_together, read_seen
 from .metrics import accuracy_metrics, routing_metrics
 from .models import model_id
 from .tasks import Example, Task, get_task
@@ -248,9 +249,10 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
         progress(sum(e.id in records for e in examples))
     pending = [e for e in examples if e.id not in records]
     step = cfg.batch_size * cfg.save_every
+    prompts = task.format(pending, am.tokenizer, cfg.chat)
+    check_context(am.model, am.tokenizer, prompts, [f"question {e.id}" for e in pending])  # before any pass
     with am.holding():  # weights stay merged between chunks: one merge per mixture (and per classifier) per run
         alpha = _pass1(strategy, am, task, pending, routing, step, save) if strategy is not None else None
-        prompts = task.format(pending, am.tokenizer, cfg.chat)
         order = _order(prompts, alpha, cfg.mixed_batches)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
@@ -273,13 +275,15 @@ class Plan:
     excluded: list[str] = field(default_factory=list)  # ids left out because an expert in use saw them
     without_record: list[str] = field(default_factory=list)  # experts that do not say what they saw
     pool: list[Example] = field(default_factory=list)  # every question that passed the filters, before --limit (a strategy may fit on some)
+    experts: list[Expert] = field(default_factory=list)  # the experts, loaded and checked against each other
 
 
 def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
             markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
 
-    Questions any of `experts` (folders or loaded) saw in training are left out unless `cfg.include_seen`.
+    `experts` (folders or loaded) are loaded and checked here; the questions any of them saw in training are
+    left out unless `cfg.include_seen`.
     Raises (before any costly work) when an output cannot be written or nothing would be evaluated.
     """
     for path, flag in ((out_path, "--out"), (submission_path, "--submission"), (markdown_path, "--markdown")):
@@ -296,7 +300,10 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         examples = splits.select(examples, cfg.subset)
     if cfg.exclude_run:
         examples = _exclude_run(examples, Path(cfg.exclude_run))
-    records = [(e.meta.label, e.seen) if isinstance(e, Expert) else (str(e), read_seen(e)) for e in experts]
+    loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
+    check_together(loaded)
+    names = [e.meta.label if isinstance(e, Expert) else str(e) for e in experts]
+    records = [(name, e.seen) for name, e in zip(names, loaded)]
     without = [name for name, keys in records if keys is None]
     excluded: list[Example] = []
     if not cfg.include_seen:
@@ -304,7 +311,8 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         if not examples:
             raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
                               "evaluate another split, or pass --include-seen to score them anyway")
-    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples)
+    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
+                loaded)
 
 
 def _exclude_run(examples: list[Example], path: Path) -> list[Example]:

@@ -171,6 +171,18 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
         raise ExpertError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
 
 
+def check_together(experts: list[Expert]) -> None:
+    """Experts used together must adapt the same targets of the same base weights (checked without the model)."""
+    for e in experts[1:]:
+        first = experts[0]
+        if e.meta.fingerprint != first.meta.fingerprint:
+            raise ExpertError(f"experts '{first.meta.label or '?'}' and '{e.meta.label or '?'}' were made for different "
+                              f"base models ('{first.meta.base_model}' {first.meta.fingerprint}, "
+                              f"'{e.meta.base_model}' {e.meta.fingerprint})")
+        if e.meta.targets != first.meta.targets:
+            raise ExpertError(f"experts '{first.meta.label or '?'}' and '{e.meta.label or '?'}' adapt different targets")
+
+
 def attach(model: torch.nn.Module, experts: list[Expert] = (), targets: str | list[str] = "mlp",
            root: Path | None = None) -> SVFModel:
     """SVF on `model` for the experts' targets (else `targets`), decomposing once if needed.
@@ -180,9 +192,7 @@ def attach(model: torch.nn.Module, experts: list[Expert] = (), targets: str | li
     experts = list(experts)
     if experts:
         targets = experts[0].meta.targets
-        for e in experts[1:]:
-            if e.meta.targets != targets:
-                raise ExpertError(f"experts '{experts[0].meta.label}' and '{e.meta.label}' adapt different targets")
+        check_together(experts)
         linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         unknown = [t for t in targets if t not in linears]
         if unknown:

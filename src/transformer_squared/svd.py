@@ -138,7 +138,8 @@ def decompose(
             pending = writer.submit(save, name, f, list(weight.shape))
         if pending is not None:
             pending.result()
-    write_json(index, folder / INDEX)
+    if todo or not (folder / INDEX).is_file():  # a complete cache is only read, never rewritten
+        write_json(index, folder / INDEX)
     return folder
 
 
@@ -168,8 +169,14 @@ def load_factors(
         )
     out = {}
     for name in targets:
-        t = load_file(folder / index["targets"][name]["file"], device=str(device))
-        out[name] = Factors(*(t[f"{name}.{k}"].float() for k in ("U", "S", "V")))
+        path = folder / index["targets"][name]["file"]
+        try:
+            t = load_file(path, device=str(device))
+            out[name] = Factors(*(t[f"{name}.{k}"].float() for k in ("U", "S", "V")))
+        except Exception as e:  # truncated, corrupt or foreign file: safetensors has its own error types
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise CacheError(f"{path}: unreadable SVD factors ({reason}); delete the file and run "
+                             f"`t2 decompose` again") from None
     return out
 
 

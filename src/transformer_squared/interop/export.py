@@ -172,6 +172,8 @@ def export_lora(
 ) -> LoraReport:
     """Write the expert's best rank-`rank` ΔW per target as a PEFT LoRA adapter (rank None = exact)."""
     check_out_dir(Path(out_dir), overwrite)
+    if rank is not None and int(rank) < 1:
+        raise ConfigError(f"--rank {rank}: a positive integer or 'full'")
     (e,) = load_experts([expert])
     model, _ = load_model(model_name, device="cpu")
     svf = attach(model, [e])

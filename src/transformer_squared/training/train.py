@@ -131,6 +131,9 @@ class Recipe:
         self.p = {t: v.clone().requires_grad_(True) for t, v in init.p.items()}  # raw parameters (r,)
         self.optimizer = torch.optim.Adam(list(self.p.values()), lr=cfg.lr)
         self.letter_ids = rollout.LetterIds(self.tokenizer)
+        used = self.parts["train"] + self.parts["val"]
+        engine.check_context(self.model, self.tokenizer, self.task.format(used, self.tokenizer, chat=cfg.chat),
+                             [f"question {e.id}" for e in used])
         if resume:
             self._resume()
         else:
