@@ -340,6 +340,21 @@ def _(c):
     return c.eval("--expert", str(e)), "format version 99 is newer than"
 
 
+@case("unknown strategy")
+def _(c):
+    return c.eval("--experts", str(c.ws.expert), "--strategy", "fewshots"), "unknown strategy 'fewshots'"
+
+
+@case("strategy without experts")
+def _(c):
+    return c.eval("--strategy", "prompt"), "strategy 'prompt' chooses among experts: give at least one"
+
+
+@case("cls strategy without its classification expert")
+def _(c):
+    return c.eval("--experts", str(c.ws.expert), "--strategy", "cls"), "strategy cls needs --cls-expert DIR"
+
+
 # ---- SVD cache ----------------------------------------------------------------------------------
 def _cache_copy(c: Ctx) -> Path:
     home = Path(shutil.copytree(c.ws.home, c.tmp / "home"))

@@ -163,7 +163,7 @@ def eval_(
 
     from .adapted import load_adapted
     from .atomic import write_text
-    from .evaluate import EvalConfig, evaluate, prepare
+    from .evaluate import EvalConfig, evaluate, prepare, strategy_experts
     from .report import confusion_table, eval_markdown, eval_table, routing_lines
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
@@ -179,7 +179,9 @@ def eval_(
                                 max_new_tokens=max_new_tokens)
         if alpha:
             raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
-    plan = prepare(cfg, out, submission, markdown, expert or [])  # all checked before the model loads
+    if scfg is not None and not expert:
+        raise ConfigError(f"strategy '{strategy}' chooses among experts: give at least one (--experts)")
+    plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg))  # checked before the model
     if plan.without_record:  # plain print: one line, never wrapped
         print(f"warning: {', '.join(plan.without_record)}: no record of the questions seen in training "
               "(made by an older version); they may be scored on them (see --exclude-run)", file=sys.stderr)

@@ -279,11 +279,13 @@ class Plan:
 
 
 def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
-            markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = ()) -> Plan:
+            markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = (),
+            also_seen: Sequence[str | Path] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
 
     `experts` (folders or loaded) are loaded and checked here; the questions any of them saw in training are
-    left out unless `cfg.include_seen`.
+    left out unless `cfg.include_seen`, and so are those of `also_seen` (folders of experts used otherwise:
+    a strategy's classification expert).
     Raises (before any costly work) when an output cannot be written or nothing would be evaluated.
     """
     for path, flag in ((out_path, "--out"), (submission_path, "--submission"), (markdown_path, "--markdown")):
@@ -303,7 +305,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
     loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
     check_together(loaded)
     names = [e.meta.label if isinstance(e, Expert) else str(e) for e in experts]
-    records = [(name, e.seen) for name, e in zip(names, loaded)]
+    records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), read_seen(f)) for f in also_seen]
     without = [name for name, keys in records if keys is None]
     excluded: list[Example] = []
     if not cfg.include_seen:
@@ -343,6 +345,14 @@ def _fit(strategy: Strategy | None, plan: Plan, cfg: EvalConfig) -> tuple[list[E
     return select(left, cfg.limit, cfg.sample, cfg.seed), used, time.perf_counter() - t0
 
 
+def strategy_experts(strategy: Strategy | StrategyConfig | str | None) -> list[str]:
+    """Expert folders a strategy runs besides the mixed experts (cls: its classification expert)."""
+    if getattr(strategy, "name", None) != "cls":
+        return []
+    folder = getattr(strategy, "cls_expert", None) or getattr(strategy, "source", None)
+    return [str(folder)] if folder else []
+
+
 def routing_seconds(record: dict[str, Any]) -> float:
     """Pass-1 seconds of a question's record (0 without a strategy)."""
     return record.get("routing", {}).get("pass1_s", 0.0)
@@ -358,7 +368,7 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
-    plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts)
+    plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
     task = plan.task
     protocols = cfg.protocols(task)
     strategy = None if strategy is None else build_strategy(am, strategy)

@@ -20,7 +20,13 @@ from .tasks.base import Example
 
 
 def question_key(e: Example) -> int:
-    """A signed 64-bit key of the question's text and options (whitespace runs count as one space)."""
+    """A signed 64-bit key of the question's text and options (whitespace runs count as one space).
+
+    A question derived from another (`route`'s routing prompt over a task question) carries the original
+    in `meta["seen_as"]` and counts as it: a classification expert trained on it has seen that question.
+    """
+    if isinstance(e.meta.get("seen_as"), Example):
+        return question_key(e.meta["seen_as"])
     text = "\x1f".join(" ".join(part.split()) for part in (e.question, *e.choices))
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 

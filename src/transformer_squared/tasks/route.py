@@ -124,7 +124,7 @@ class Route(MultipleChoice):
                                         f"experts trained on different questions")
                     owner[i] = k
                     out.append(Example(id=i, question=request_text(by_id[i]), answer=LETTERS[k], choices=options,
-                                       subject=meta.get("label", ""), meta={"expert": k}))
+                                       subject=meta.get("label", ""), meta={"expert": k, "seen_as": by_id[i]}))
         return out
 
     def format(self, examples: list[Example], tokenizer: Any = None, chat: bool = False) -> list[str]:
