@@ -79,7 +79,12 @@ def has_cgroups() -> bool:
 
 
 def temp_entries() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("t2-*")}
+    """Host temp folders a sandbox run could leave: the old design's work folders, the unsafe mode's.
+
+    Only these prefixes: other t2 processes on the machine (benchmarks, other test runs) make t2-* folders too.
+    """
+    tmp = Path(tempfile.gettempdir())
+    return {p.name for prefix in ("t2-sandbox-", "t2-unsafe-") for p in tmp.glob(prefix + "*")}
 
 
 # ---- behaviour ------------------------------------------------------------------------------------
