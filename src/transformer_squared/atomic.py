@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,39 @@ def atomic_path(path: Path) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def recover_folder(final: Path) -> None:
+    """Finish a folder swap that a kill interrupted: the old folder comes back if the new one never landed."""
+    final = Path(final)
+    old = final.with_name(f".{final.name}.old")
+    if not final.exists() and old.exists():
+        os.replace(old, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(final: Path) -> Iterator[Path]:
+    """Yield a fresh temp folder `.NAME.tmp` beside `final`; on success it replaces `final`.
+
+    The swap is two renames (final → .NAME.old, tmp → final); a kill between them is undone by
+    `recover_folder`, which every call runs first, and a leftover temp folder is cleared on the next call.
+    """
+    final = Path(final)
+    recover_folder(final)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _probe(folder: Path, what: str) -> None:

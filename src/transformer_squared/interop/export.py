@@ -11,9 +11,6 @@ lora_alpha = r so PEFT's scale is 1 and W + B·A = W + ΔW_R.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..atomic import check_folder_target, write_json, write_safetensors, write_text
+from ..atomic import atomic_folder, check_folder_target, write_json, write_safetensors, write_text
 from ..adapted import AdaptedModel, fixed_alpha, load_experts
 from ..errors import ConfigError, ExportError
 from ..expert import Expert, attach
@@ -88,22 +85,14 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 @contextmanager
 def _atomic_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temp folder beside `out_dir`; on success it becomes `out_dir` (replacing it if `overwrite`)."""
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    old = None
-    try:
+    """Yield a temp folder beside `out_dir`; on success it becomes `out_dir` (replacing it if `overwrite`).
+
+    A killed export leaves `out_dir` as it was (or restores it on the next run) and its temp folder is
+    cleared by the next export to the same place.
+    """
+    check_out_dir(Path(out_dir), overwrite)
+    with atomic_folder(Path(out_dir)) as tmp:
         yield tmp
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def push_folder(folder: Path, repo_id: str, private: bool = False, commit_message: str = "") -> str:

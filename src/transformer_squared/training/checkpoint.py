@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..atomic import write_json, write_safetensors
+from ..atomic import atomic_folder, recover_folder as recover, write_json, write_safetensors
 from ..errors import ExpertError
 from ..expert import Expert
 
@@ -28,31 +26,11 @@ STATE_TENSORS = "trainer_state.safetensors"
 STATE_META = "trainer_state.json"
 
 
-def _old(final: Path) -> Path:
-    return final.with_name(f".{final.name}.old")
-
-
-def recover(final: Path) -> None:
-    """Finish a swap that a kill interrupted: the old folder comes back if the new one never landed."""
-    old = _old(final)
-    if not final.exists() and old.exists():
-        os.replace(old, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_folder(final: Path, fill) -> Path:
     """Call fill(tmp_dir) on a fresh temp folder, then swap it into `final` (rename; old one removed)."""
-    final = Path(final)
-    recover(final)
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    fill(tmp)
-    if final.exists():
-        os.replace(final, _old(final))
-    os.replace(tmp, final)
-    shutil.rmtree(_old(final), ignore_errors=True)
-    return final
+    with atomic_folder(Path(final)) as tmp:
+        fill(tmp)
+    return Path(final)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
