@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 T2     := $(VENV)/bin/t2
 STAMP  := $(VENV)/.installed
 DEMO   ?= runs/demo
+DATA   ?=
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast bench clean
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	bash examples/demo.sh $(DEMO)
+	DATA=$(DATA) T2=$(T2) bash examples/demo.sh $(DEMO)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 from collections import Counter
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from transformer_squared import engine
+from transformer_squared import engine, metrics
 from transformer_squared.training import splits
 from transformer_squared.atomic import write_json
 from transformer_squared.expert import Expert, attach
@@ -32,21 +31,9 @@ from transformer_squared.tasks import get_task
 
 
 def paired_stats(base: list[bool], expert: list[bool], n_boot: int = 10_000, seed: int = 0) -> dict:
-    """Accuracies, difference, paired-bootstrap 95 % CI and McNemar exact p-value."""
-    n = len(base)
-    b = torch.tensor(base, dtype=torch.float64)
-    e = torch.tensor(expert, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (n_boot, n), generator=g)  # (n_boot, n)
-    diffs = (e[idx] - b[idx]).mean(1)  # (n_boot,)
-    lo, hi = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    only_b = int(((b == 1) & (e == 0)).sum())
-    only_e = int(((b == 0) & (e == 1)).sum())
-    k, m = min(only_b, only_e), only_b + only_e
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
-    return {"n": n, "acc_base": b.mean().item(), "acc_expert": e.mean().item(), "diff": (e - b).mean().item(),
-            "ci95": [lo, hi], "base_only_right": only_b, "expert_only_right": only_e, "mcnemar_p": p,
-            "significant": lo > 0 or hi < 0}
+    """Accuracies, difference, paired-bootstrap 95 % CI and McNemar exact p-value (keys as first published)."""
+    s = metrics.paired_stats(base, expert, n_boot, seed)
+    return s | {"acc_expert": s.pop("acc_other"), "expert_only_right": s.pop("other_only_right")}
 
 
 def score(model, tok, task, examples, chat: bool) -> dict[str, list[bool]]:

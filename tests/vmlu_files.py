@@ -24,11 +24,15 @@ def _row(subject: str, k: int, n_choices: int, with_answer: bool) -> dict:
     return row
 
 
-def write_vmlu(folder: Path, per_subject: int = 3) -> Path:
-    """dev/valid/test.jsonl with `per_subject` questions per subject (3 to 5 choices; test has no answers)."""
+def write_vmlu(folder: Path, per_subject: int = 3, distinct_ids: bool = False) -> Path:
+    """dev/valid/test.jsonl with `per_subject` questions per subject (3 to 5 choices; test has no answers).
+
+    The three splits hold the same questions unless `distinct_ids` (as in VMLU, where they never overlap).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    for split, with_answer in (("dev", True), ("valid", True), ("test", False)):
-        rows = [_row(s, k, 3 + (k % 3), with_answer) for s in SUBJECTS for k in range(per_subject)]
+    for n, (split, with_answer) in enumerate((("dev", True), ("valid", True), ("test", False))):
+        first = n * per_subject if distinct_ids else 0
+        rows = [_row(s, k, 3 + (k % 3), with_answer) for s in SUBJECTS for k in range(first, first + per_subject)]
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -22,6 +22,8 @@ expert_app = typer.Typer(no_args_is_help=True, help="Create and inspect experts.
 app.add_typer(expert_app, name="expert")
 export_app = typer.Typer(no_args_is_help=True, help="Export adapted weights: merged HF checkpoint or PEFT LoRA adapter.")
 app.add_typer(export_app, name="export")
+recipe_app = typer.Typer(no_args_is_help=True, help="Run a whole comparison (experts, baselines, evaluation, report) from one YAML file.")
+app.add_typer(recipe_app, name="recipe")
 console = Console()
 err = Console(stderr=True)
 
@@ -154,11 +156,16 @@ def eval_(
     include_seen: bool = typer.Option(False, "--include-seen", help="Also score questions the experts were trained on."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the category table as Markdown."),
     unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="Code tasks: run generated code unconfined where bubblewrap cannot."),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="A PEFT adapter folder (t2 baseline's best/) instead of experts."),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="A split.json (or run folder): evaluate one of its parts."),
+    part: str = typer.Option("holdout", "--part", help="With --split-file: train, val or holdout."),
+    label: str = typer.Option("", "--label", help="Row name of this system in reports."),
+    constant_from: Optional[Path] = typer.Option(None, "--constant-from", help="No model: answer with the best constant letter of this split's train part."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     trust_remote_code: bool = TRUST,
 ) -> None:
-    """Evaluate a task with the base model, an expert, a fixed mixture or a two-pass strategy."""
+    """Evaluate a task with the base model, an expert, a fixed mixture, a two-pass strategy or a PEFT adapter."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from .adapted import load_adapted
@@ -170,7 +177,8 @@ def eval_(
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                      submission_protocol=submission_protocol, subset=subset, mixed_batches=mixed_batches,
                      exclude_run=None if exclude_run is None else str(exclude_run), include_seen=include_seen,
-                     unsafe_exec=unsafe_exec)
+                     unsafe_exec=unsafe_exec, split_file=None if split_file is None else str(split_file), part=part,
+                     label=label)
     scfg = None
     if strategy:
         scfg = _strategy_config(strategy, shots=shots, cls_expert=cls_expert, alpha_per=alpha_per,
@@ -181,14 +189,33 @@ def eval_(
             raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
     if scfg is not None and not expert:
         raise ConfigError(f"strategy '{strategy}' chooses among experts: give at least one (--experts)")
-    plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg))  # checked before the model
+    if lora is not None and (expert or constant_from is not None):
+        raise ConfigError("--lora evaluates a PEFT adapter alone: not with --expert, --strategy or --constant-from")
+    adapters = [lora] if lora is not None else []  # their seen questions are left out too
+    plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
     if plan.without_record:  # plain print: one line, never wrapped
         print(f"warning: {', '.join(plan.without_record)}: no record of the questions seen in training "
               "(made by an older version); they may be scored on them (see --exclude-run)", file=sys.stderr)
     if plan.excluded:
         print(f"excluded {len(plan.excluded)} question(s) the expert(s) saw in training (--include-seen scores them)")
-    am = load_adapted(model, experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
-                      trust_remote_code=trust_remote_code)
+    if constant_from is not None:
+        from .reference import evaluate_constant
+
+        results = evaluate_constant(cfg, constant_from, out, submission, plan=plan)
+        console.print(eval_table(results))
+        console.print(f"results: {out}")
+        return
+    if lora is not None:
+        from .adapted import AdaptedModel
+        from .baselines.adapter import adapter_label, attach_adapter
+        from .models import load_model
+
+        base, tok = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        am = AdaptedModel(attach_adapter(base, lora), tok)
+        cfg.label = cfg.label or adapter_label(lora)
+    else:
+        am = load_adapted(model, experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
+                          trust_remote_code=trust_remote_code)
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
         job = bar.add_task(f"{task} {split}", total=None)
@@ -202,6 +229,72 @@ def eval_(
     if markdown is not None:
         write_text(eval_markdown(results), markdown)
     console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
+
+
+@app.command("report")
+def report_(
+    results: List[Path] = typer.Argument(..., help="Results JSON files of t2 eval, one row each, in this order."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.md, report.json and chart.png."),
+    protocol: str = typer.Option("letter", "--protocol", help="Which predictions to compare: letter or generate."),
+    base: str = typer.Option("base", "--base", help="Label of the row that paired differences are taken against."),
+    quote: Optional[str] = typer.Option(None, "--quote", help="Add published numbers as separately marked rows: seed."),
+    chart: bool = typer.Option(True, "--chart/--no-chart", help="Also draw chart.png (needs matplotlib)."),
+) -> None:
+    """Compare systems: Markdown table with 95 % CIs, predicted letters, paired differences, bar chart."""
+    from .comparison import load_results
+    from .report import comparison_table, write_report
+
+    comp = write_report([(str(p), load_results(p)) for p in results], out, protocol, base, quote, chart)
+    console.print(comparison_table(comp))
+    console.print(f"report: {out / 'report.md'}" + (f"\nchart: {out / 'chart.png'}" if chart else ""))
+
+
+def _stage_line(kind: str, stage: str, i: int, n: int, info: dict) -> None:
+    """One line of progress per recipe stage."""
+    if kind == "start":
+        err.print(f"[{i}/{n}] {stage} ...")
+        return
+    if kind == "skip":
+        console.print(f"[{i}/{n}] {stage}: complete, skipped")
+        return
+    got = info.get("info", {})
+    if "counts" in got:
+        detail = " · ".join(f"{k} {v}" for k, v in got["counts"].items())
+    elif "best_val" in got and got["best_val"] is not None:
+        detail = f"best val. acc. {got['best_val']:.3f} (step {got['best_step']}/{got['steps_done']})"
+    elif got.get("accuracy") is not None:
+        detail = f"{100 * got['accuracy']:.1f} % of {got['n']}"
+    else:
+        detail = ""
+    secs = info["seconds"]
+    console.print(f"[{i}/{n}] {stage}: done in {int(secs // 60)}m{secs % 60:04.1f}s" + (f" — {detail}" if detail else ""))
+
+
+@recipe_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def recipe_run(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="Recipe YAML (recipes/vmlu-smollm2.yaml, ...)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data folder/file or hub id (sets data.path)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (default: runs/<name>)."),
+) -> None:
+    """Run every stage not yet complete (a rerun resumes); any recipe key works as --section.key value."""
+    import json
+
+    from .comparison import compare, load_results
+    from .recipe import load_recipe, run_recipe
+    from .report import comparison_table
+
+    cfg = load_recipe(file, list(ctx.args), data, out)
+    done = run_recipe(cfg, _stage_line)
+    named = [(f, load_results(f)) for f in done["report"]["info"]["files"]]  # the same numbers as report.md
+    console.print(comparison_table(compare(named, cfg.eval.protocol, "base", None, cfg.report.n_boot)))
+    gen = cfg.out_dir() / "generations.json"
+    if gen.is_file():
+        for row in json.loads(gen.read_text(encoding="utf-8")):
+            console.print(f"\n[bold]{row['prompt']}[/bold]")
+            for label, text in row["answers"].items():
+                console.print(f"  {label}: {text.strip()!r}")
+    console.print(f"\nreport: {cfg.out_dir() / 'report' / 'report.md'}\nchart: {cfg.out_dir() / 'report' / 'chart.png'}")
 
 
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -242,6 +335,35 @@ def train_(
     console.print(f"best validation accuracy {summary['best_val']:.4f} at step {summary['best_step']} "
                   f"({summary['steps_done']} steps{', stopped early' if summary['stopped_early'] else ''})\n"
                   f"expert: {out / 'best'}")
+
+
+@app.command("baseline", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def baseline_(
+    ctx: typer.Context,
+    method: Optional[str] = typer.Argument(None, help="PEFT method: lora (default) or ia3."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config.yaml, split.json, metrics.jsonl, best/, latest/)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Multiple-choice task (vmlu, mmlu, mcq)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id."),
+    data: Optional[str] = typer.Option(None, "--data", help="Local folder/file or Hugging Face dataset id."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="category=STEM, subject=28,29, ..."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="vmlu (r 8, all projections, lr 2e-4, 5 epochs) or paper (r 16, q/v)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Cap on optimisation steps (quick checks)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of BaselineConfig keys."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/latest with optimizer and RNG state."),
+) -> None:
+    """Train a LoRA or IA3 baseline on the experts' split; any other BaselineConfig key works as --key value."""
+    from .baselines.peft_train import configure, run
+
+    flags = list(ctx.args)
+    given = flags[flags.index("--method") + 1 :][:1] if "--method" in flags else []
+    if method is not None and given and given != [method]:
+        raise ConfigError(f"--method {given[0]} contradicts 't2 baseline {method}'")
+    named = {"method": method, "task": task, "model": model, "data": data, "subset": subset, "preset": preset,
+             "steps": steps}
+    cfg = configure(out, config, named, flags, resume)
+    summary = run(cfg, out, resume=resume)
+    console.print(f"best validation accuracy {summary['best_val']:.4f} at step {summary['best_step']} "
+                  f"({summary['steps_done']} of {summary['total_steps']} steps)\nadapter: {out / 'best'}")
 
 
 @expert_app.command("init")
@@ -315,7 +437,6 @@ def export_lora(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """The expert's best rank-R update ΔW per target, as a PEFT LoRA adapter."""
-    from .errors import ConfigError
     from .interop.export import export_lora as run
 
     if rank != "full" and not rank.isdigit():

@@ -143,6 +143,17 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, flags: list[s
     return obj
 
 
+def configure_run(cls: type[C], out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any],
+                  flags: list[str], resume: bool = False) -> C:
+    """A run's config: (on resume) its saved config.yaml, then a YAML file, then named options and --key flags."""
+    base = None
+    saved = Path(out_dir) / "config.yaml"
+    if resume and saved.is_file():
+        base = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    extra = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
+    return load_config(cls, config_path, extra + list(flags), base=base)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -29,6 +29,7 @@ from . import __version__, seen
 from .adapt import Strategy, StrategyConfig, build_strategy, decisions, request_of
 from .adapted import AdaptedModel, group_rows
 from .atomic import check_file_target, write_json
+from .baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
 from .errors import ConfigError, DataError
 from .engine import check_context
 from .expert import META, Expert, check_together, read_seen
@@ -63,6 +64,9 @@ class EvalConfig:
     include_seen: bool = False  # also score questions the experts in use were trained or selected on
     unsafe_exec: bool = False  # code tasks: where bubblewrap cannot run, run generated code unconfined
     mixed_batches: bool = False  # pass 2 with per-question mixtures: factored mixed batches instead of merged groups
+    split_file: str | None = None  # a split.json (or run folder): evaluate its part `part` instead of `split`
+    part: str = "holdout"  # with split_file: train, val or holdout
+    label: str = ""  # the system's row name in reports ('': base, the adapter's method, the experts or the strategy)
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,6 +74,8 @@ class EvalConfig:
             problems.append(f"protocol '{self.protocol}': choose generate, letter or both")
         if self.submission_protocol not in PROTOCOLS:
             problems.append(f"submission_protocol '{self.submission_protocol}': choose generate or letter")
+        if self.part not in splits.PARTS:
+            problems.append(f"part '{self.part}': choose one of {', '.join(splits.PARTS)}")
         if self.sample not in ("first", "stratified"):
             problems.append(f"sample '{self.sample}': choose first or stratified")
         if self.limit is not None and self.limit < 1:
@@ -131,6 +137,17 @@ def _experts(am: AdaptedModel) -> list[dict[str, Any]]:
     return out
 
 
+def label_of(am: AdaptedModel, adapter: dict[str, Any] | None, strategy: Strategy | None = None) -> str:
+    """The default row name of a system: the strategy, the adapter's method, the experts' labels, or "base"."""
+    if strategy is not None:
+        return f"Transformer² ({strategy.name})"
+    if adapter is not None:
+        return DISPLAY.get(adapter["method"], adapter["method"])
+    if am.experts:
+        return "expert " + "+".join(e.meta.label or "?" for e in am.experts)
+    return "base"
+
+
 def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, strategy: Strategy | None = None) -> str:
     """Everything that changes a question's record; a partial file with another key is not resumed.
 
@@ -140,6 +157,8 @@ def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, strategy: Strategy |
     fields = {k: getattr(cfg, k) for k in ("data", "split", "chat", "max_new_tokens", "mixed_batches")}
     routing = strategy.record() if strategy is not None else None
     ident = [model_id(am.model), str(am.model.dtype), _experts(am), alpha, task.name, task.version, fields, routing]
+    if (adapter := adapter_identity(am.model)) is not None:  # keeps keys of adapter-free runs unchanged
+        ident.append(adapter["sha256"])
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -283,9 +302,10 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
             also_seen: Sequence[str | Path] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
 
-    `experts` (folders or loaded) are loaded and checked here; the questions any of them saw in training are
-    left out unless `cfg.include_seen`, and so are those of `also_seen` (folders of experts used otherwise:
-    a strategy's classification expert).
+    The questions: a split (or one part of a split file), then subset and exclude_run. `experts` (folders or
+    loaded) are loaded and checked here; the questions any of them saw in training are left out unless
+    `cfg.include_seen`, and so are those of `also_seen` (folders of experts used otherwise, a strategy's
+    classification expert, or of PEFT adapters); then limit.
     Raises (before any costly work) when an output cannot be written or nothing would be evaluated.
     """
     for path, flag in ((out_path, "--out"), (submission_path, "--submission"), (markdown_path, "--markdown")):
@@ -294,10 +314,14 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
     cfg.protocols(task)
     if submission_path is not None and task.kind != "mcq":
         raise ConfigError(f"--submission: only multiple-choice tasks have an id,answer submission ('{task.name}' is generative)")
-    examples = task.load(cfg.data, cfg.split)
+    if cfg.split_file:
+        examples = splits.load_part(task, cfg.data, splits.load_split(cfg.split_file), cfg.part)
+    else:
+        examples = task.load(cfg.data, cfg.split)
     if not examples:
         source = f" of {cfg.data}" if cfg.data is not None else ""
-        raise DataError(f"task '{task.name}' split '{cfg.split}'{source}: no questions to evaluate")
+        where = f"part '{cfg.part}' of {cfg.split_file}" if cfg.split_file else f"split '{cfg.split}'{source}"
+        raise DataError(f"task '{task.name}' {where}: no questions to evaluate")
     if cfg.subset:
         examples = splits.select(examples, cfg.subset)
     if cfg.exclude_run:
@@ -305,7 +329,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
     loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
     check_together(loaded)
     names = [e.meta.label if isinstance(e, Expert) else str(e) for e in experts]
-    records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), read_seen(f)) for f in also_seen]
+    records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), _read_seen(Path(f))) for f in also_seen]
     without = [name for name, keys in records if keys is None]
     excluded: list[Example] = []
     if not cfg.include_seen:
@@ -319,8 +343,8 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
 
 def _exclude_run(examples: list[Example], path: Path) -> list[Example]:
     """Drop a training run's train and val questions (its split.json), or those an expert folder records."""
-    if (path / META).is_file():
-        keys = read_seen(path)
+    if (path / META).is_file() or (path / ADAPTER_CONFIG).is_file():
+        keys = _read_seen(path)
         if keys is None:
             raise ConfigError(f"--exclude-run {path}: this expert has no record of the questions it saw")
         kept = seen.split_seen(examples, keys)[0]
@@ -329,6 +353,11 @@ def _exclude_run(examples: list[Example], path: Path) -> list[Example]:
     if not kept:
         raise ConfigError(f"--exclude-run {path}: the run used every question of this split")
     return kept
+
+
+def _read_seen(folder: Path) -> Tensor | None:
+    """The seen-question keys recorded by an expert folder or a PEFT baseline's adapter folder (None: no record)."""
+    return read_seen(folder, ADAPTER_META) if (folder / ADAPTER_CONFIG).is_file() else read_seen(folder)
 
 
 def _fit(strategy: Strategy | None, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], list[str], float]:
@@ -380,39 +409,56 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     records = predict(am, task, cfg, examples, out, progress, strategy)
     seconds = time.perf_counter() - t0
     times = {e.id: {"pass1_s": routing_seconds(records[e.id]), "pass2_s": records[e.id]["pass2_s"]} for e in examples}
+    pass1 = sum(t["pass1_s"] for t in times.values())
+    pass2 = sum(t["pass2_s"] for t in times.values())
+    adapter = adapter_identity(am.model)
+    system = {"label": cfg.label or label_of(am, adapter, strategy), "model": model_id(am.model),
+              "dtype": str(am.model.dtype).removeprefix("torch."), "device": str(next(am.model.parameters()).device),
+              "experts": _experts(am), "alpha": am.alpha.tolist() if am.alpha is not None else None, "adapter": adapter}
+    timing = {"seconds": round(seconds, 3), "n_questions": len(examples), "fit_seconds": round(fit_seconds, 3),
+              "pass1_seconds": round(pass1, 3), "pass2_seconds": round(pass2, 3),
+              "pass1_fraction_of_pass2": pass1 / pass2 if pass2 > 0 else None, "per_question": times}
+    results = assemble(plan, cfg, examples, records, system, timing)
+    if strategy is not None:
+        results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
+                                                   "mixed_batches": cfg.mixed_batches}
+        results["routing"] = routing_metrics(results["predictions"], am.labels)
+        if out is not None and results["strategy"].get("alpha") is not None:  # fewshot: reusable with --alpha-from
+            write_json(results["strategy"], alpha_path(out))
+    return finish(results, cfg, examples, records, out, submission_path)
+
+
+def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
+             system: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
+    """The results dict: the system's fields, task, config, seen questions, timing, metrics, per-question rows."""
+    task = plan.task
+    protocols = cfg.protocols(task)
     rows = [{"id": e.id, "subject": e.subject, "category": e.category, "answer": e.answer,
              "prediction": {p: records[e.id]["prediction"][p] for p in protocols},
              "correct": {p: records[e.id]["correct"][p] for p in protocols},
              "completion": records[e.id]["completion"]}
-            | ({"routing": {k: records[e.id]["routing"][k] for k in ("decision", "alpha")}} if strategy else {})
+            | ({"routing": {k: records[e.id]["routing"][k] for k in ("decision", "alpha")}}
+               if "routing" in records[e.id] else {})
             for e in examples]
-    pass1 = sum(t["pass1_s"] for t in times.values())
-    pass2 = sum(t["pass2_s"] for t in times.values())
-    results = {
-        "format_version": FORMAT_VERSION, "t2_version": __version__,
+    return {
+        "format_version": FORMAT_VERSION, "t2_version": __version__, **system,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": model_id(am.model), "dtype": str(am.model.dtype).removeprefix("torch."),
-        "device": str(next(am.model.parameters()).device),
-        "experts": _experts(am), "alpha": am.alpha.tolist() if am.alpha is not None else None,
         "task": {"name": task.name, "version": task.version, "kind": task.kind, "split": cfg.split,
-                 "data": None if cfg.data is None else str(cfg.data)},
+                 "data": None if cfg.data is None else str(cfg.data),
+                 "part": None if not cfg.split_file else {"file": str(cfg.split_file), "name": cfg.part}},
         "protocol": list(protocols), "config": asdict(cfg), "git": _git(),
         "seen": {"include_seen": cfg.include_seen, "n_excluded": len(plan.excluded), "excluded_ids": plan.excluded,
                  "experts_without_record": plan.without_record},
-        "timing": {"seconds": round(seconds, 3), "n_questions": len(examples), "fit_seconds": round(fit_seconds, 3),
-                   "pass1_seconds": round(pass1, 3), "pass2_seconds": round(pass2, 3),
-                   "pass1_fraction_of_pass2": pass1 / pass2 if pass2 > 0 else None,
-                   "per_question": times},
+        "timing": timing,
         "ci_method": "Wilson score interval (95%) per accuracy; normal approximation for category_mean",
         "metrics": {p: accuracy_metrics(rows, p, task.categories) for p in protocols},
         "predictions": rows,
     }
-    if strategy is not None:
-        results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
-                                                   "mixed_batches": cfg.mixed_batches}
-        results["routing"] = routing_metrics(rows, am.labels)
-        if out is not None and results["strategy"].get("alpha") is not None:  # fewshot: reusable with --alpha-from
-            write_json(results["strategy"], alpha_path(out))
+
+
+def finish(results: dict[str, Any], cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
+           out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
+    """Write the submission CSV and the results JSON (if asked), drop the partial file; returns `results`."""
     if submission_path is not None:
         preds = [records[e.id]["prediction"][cfg.submission_protocol] for e in examples]
         results["submission"] = write_submission(submission_path, [e.id for e in examples], preds, cfg.submission_protocol)

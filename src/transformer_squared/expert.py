@@ -136,9 +136,12 @@ class Expert:
         return cls({t: p[t] for t in meta.targets}, meta, seen)
 
 
-def read_seen(folder: str | Path) -> Tensor | None:
-    """The seen-question keys of the expert in `folder` without loading its parameters; None: no record."""
-    return _seen_keys(Path(folder), _read_meta(Path(folder) / META).get("seen_sha256"))
+def read_seen(folder: str | Path, meta_name: str = META) -> Tensor | None:
+    """The seen-question keys of the expert in `folder` without loading its parameters; None: no record.
+
+    `meta_name`: the JSON file that holds `seen_sha256` (a PEFT baseline's `baseline.json`).
+    """
+    return _seen_keys(Path(folder), _read_meta(Path(folder) / meta_name).get("seen_sha256"))
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 `weighted_average` is correct / n over the whole split (VMLU's official "Average");
 `category_mean` is the plain mean of the per-category accuracies. Intervals: Wilson score for
-each accuracy; a normal approximation for `category_mean` (independent categories).
+each accuracy; a normal approximation for `category_mean` (independent categories). Two systems
+on the same questions: paired bootstrap CI of the difference and McNemar's exact test.
 """
 
 from __future__ import annotations
@@ -92,3 +93,34 @@ def routing_metrics(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, 
     k = sum(want == d for want, d in matched)
     return {"decisions": counts, "confusion": confusion,
             "accuracy": _acc(k, len(matched)) if matched else None}
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs (binomial test at 1/2)."""
+    k, m = min(only_a, only_b), only_a + only_b
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+
+
+def paired_stats(base: list[bool], other: list[bool], n_boot: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Accuracies of two systems on the same questions, their difference (other − base), its paired-bootstrap
+    95 % CI (questions resampled `n_boot` times, seeded) and McNemar's exact p-value."""
+    import torch
+
+    n = len(base)
+    b = torch.tensor(base, dtype=torch.float64)  # (n,)
+    e = torch.tensor(other, dtype=torch.float64)  # (n,)
+    idx = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))  # (n_boot, n)
+    diffs = (e[idx] - b[idx]).mean(1)  # (n_boot,)
+    lo, hi = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    only_b = int(((b == 1) & (e == 0)).sum())
+    only_e = int(((b == 0) & (e == 1)).sum())
+    return {"n": n, "acc_base": b.mean().item(), "acc_other": e.mean().item(), "diff": (e - b).mean().item(),
+            "ci95": [lo, hi], "base_only_right": only_b, "other_only_right": only_e,
+            "mcnemar_p": mcnemar_p(only_b, only_e), "significant": lo > 0 or hi < 0}
+
+
+def entropy_bits(counts: Iterable[int]) -> float:
+    """Shannon entropy (bits) of a distribution given by counts; 0 for one outcome."""
+    counts = [c for c in counts if c > 0]
+    total = sum(counts)
+    return 0.0 - sum(c / total * math.log2(c / total) for c in counts) if total else 0.0  # 0.0 - x: never -0.0

@@ -1,7 +1,13 @@
-"""Tables from results files: a rich table for the terminal and Markdown for READMEs (eval results)."""
+"""Tables from results files: a rich table for the terminal and Markdown for READMEs.
+
+`eval_*`: one results file by category (`t2 eval`). `comparison_*` and `write_report`: the
+comparison of several systems (`t2 report`; the numbers come from `comparison.py`, the chart from
+`chart.py`).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -98,3 +104,108 @@ def confusion_table(results: dict[str, Any]) -> Table | None:
     for cat, row in conf.items():
         table.add_row(cat, *[str(row.get(c, 0)) for c in cols])
     return table
+
+
+# ---- the comparison table of `t2 report` ---------------------------------------------------------
+PROTOCOL_TEXT = {"letter": "letter: argmax of the next-token logits over the option letters",
+                 "generate": "generate: one greedy token read as the letter (VMLU's official reading)"}
+
+
+def _cell(acc: float | None, ci: list[float] | None) -> str:
+    return "—" if acc is None else f"{100 * acc:.1f} {_ci(ci)}"
+
+
+def _name(row: Any) -> str:
+    return f"*{row.label}*" if row.reference else row.label
+
+
+def comparison_rows(comp: Any) -> tuple[list[str], list[list[str]]]:
+    """Header and one line per row of the main table: accuracy % [95 % CI] per column, n, letter entropy."""
+    from .comparison import AVERAGE, MEAN
+
+    cols = [*comp.categories, AVERAGE, MEAN]
+    head = ["system", *cols, "n", "entropy (bits)"]
+    lines = [[_name(r), *(_cell(*r.cells[c]) for c in cols), str(r.n),
+              f"{r.entropy:.2f} [{r.entropy_ci[0]:.2f}, {r.entropy_ci[1]:.2f}]"] for r in comp.rows]
+    return head, lines
+
+
+def _md_table(head: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+            *("| " + " | ".join(x) + " |" for x in lines)]
+
+
+def _letters_table(comp: Any) -> list[str]:
+    letters = sorted({x for r in comp.rows for x in r.letters}, key=lambda x: (x == "", x))
+    head = ["system", *(x or "none" for x in letters)]
+    lines = [[_name(r), *(f"{100 * r.letters.get(x, 0) / r.n:.1f}" if r.n else "—" for x in letters)]
+             for r in comp.rows]
+    return _md_table(head, lines)
+
+
+def _paired_table(comp: Any, base: str) -> list[str]:
+    head = ["system", "n", f"{base} %", "system %", "difference [95 % CI]", f"only {base} right",
+            "only system right", "McNemar p"]
+    lines = [[f"*{p['label']}*" if p["reference"] else p["label"], str(p["n"]), f"{100 * p['acc_base']:.1f}",
+              f"{100 * p['acc_other']:.1f}",
+              f"{'**' if p['significant'] else ''}{100 * p['diff']:+.1f} [{100 * p['ci95'][0]:+.1f}, "
+              f"{100 * p['ci95'][1]:+.1f}]{'**' if p['significant'] else ''}",
+              str(p["base_only_right"]), str(p["other_only_right"]), f"{p['mcnemar_p']:.3g}"] for p in comp.paired]
+    return _md_table(head, lines)
+
+
+def _quotes(comp: Any) -> list[str]:
+    from .comparison import AVERAGE
+
+    out: list[str] = []
+    for q in comp.quotes:
+        cols = [*comp.categories, AVERAGE]
+        lines = [[label, *(f"{v[c]:.2f}" if c in v else "—" for c in cols)] for label, v in q["rows"]]
+        out += ["", f"**Quoted, not measured here** (`--quote {q['name']}`): {q['source']}. {q['note']}", "",
+                *_md_table(["published row", *cols], lines)]
+    return out
+
+
+def comparison_markdown(comp: Any, base: str = "base") -> str:
+    """The report: title naming model, split, protocol and dates; main table; letters; paired differences; quotes."""
+    h = comp.header
+    dates = " to ".join(dict.fromkeys(h["dates"])) or "unknown date"
+    lines = [f"**{h['task']} · {h['split']} · {', '.join(h['models']) or '—'}**", "",
+             f"Protocol {PROTOCOL_TEXT.get(h['protocol'], h['protocol'])}. Measured {dates}"
+             + (f" (git {', '.join(x[:10] for x in h['git'])})" if h["git"] else "") + ". Cells: accuracy % "
+             "[95 % CI] (Wilson; mean of categories: normal approximation); entropy of the predicted letters with a "
+             f"bootstrap CI ({h['n_boot']:,} resamples). Rows in italics are references, not trained systems.", "",
+             *_md_table(*comparison_rows(comp)), "", "Predicted letters (% of the row's answers):", "", *_letters_table(comp)]
+    if comp.paired:
+        lines += ["", f"Paired differences against {base} on the questions both answered (percentage points; "
+                  f"bootstrap 95 % CI; McNemar's exact test; bold: the CI excludes 0):", "", *_paired_table(comp, base)]
+    return "\n".join(lines + _quotes(comp)) + "\n"
+
+
+def comparison_table(comp: Any) -> Table:
+    """The main table for rich to print on the terminal."""
+    head, lines = comparison_rows(comp)
+    h = comp.header
+    table = Table(title=f"{h['task']} · {h['split']} · {', '.join(h['models'])} · protocol {h['protocol']}")
+    for i, x in enumerate(head):
+        table.add_column(x, justify="left" if i == 0 else "right")
+    for line in lines:
+        table.add_row(*(x.strip("*") for x in line))
+    return table
+
+
+def write_report(named: list[tuple[str, dict[str, Any]]], out_dir: Path, protocol: str = "letter", base: str = "base",
+                 quote: str | None = None, chart: bool = True, n_boot: int = 10_000) -> Any:
+    """report.md, report.json and (with `chart`) chart.png in `out_dir`; returns the Comparison."""
+    from .atomic import write_json, write_text
+    from .comparison import compare, to_json
+
+    comp = compare(named, protocol, base, quote, n_boot)
+    out_dir = Path(out_dir)
+    write_text(comparison_markdown(comp, base), out_dir / "report.md")
+    write_json(to_json(comp), out_dir / "report.json")
+    if chart:
+        from .chart import bar_chart
+
+        bar_chart(comp, out_dir / "chart.png")
+    return comp

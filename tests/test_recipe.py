@@ -1,0 +1,89 @@
+"""Recipes: every shipped YAML loads; a tiny recipe runs end to end on the tiny model (shared split, experts,
+baselines, holdout evaluation, submissions, report, generations), a rerun skips it, a changed setting is refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from transformer_squared.cli import main
+from transformer_squared.config import load_config
+from transformer_squared.recipe import RecipeConfig, is_recipe, load_recipe
+from transformer_squared.tasks.vmlu import category_of
+from transformer_squared.training import splits
+from transformer_squared.training.train import TrainConfig
+
+from vmlu_files import SUBJECTS, write_vmlu
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_yaml_loads():
+    files = sorted((REPO / "recipes").glob("*.yaml"))
+    assert any(is_recipe(f) for f in files)
+    for path in files:
+        assert path.read_text(encoding="utf-8").startswith("#"), f"{path} must open with a comment"
+        if is_recipe(path):
+            cfg = load_recipe(path, data="somewhere")
+            assert cfg.data.path == "somewhere" and cfg.out_dir().name
+        else:
+            load_config(TrainConfig, path)
+
+
+TINY = {
+    "name": "tiny",
+    "data": {"task": "vmlu", "val_fraction": 0.25, "holdout_fraction": 0.25, "seed": 3, "test_split": "test"},
+    "experts": {"categories": ["STEM"],
+                "train": {"steps": 1, "batch_size": 4, "micro_batch_size": 4, "eval_every": 1, "lr": 0.01}},
+    "baselines": {"methods": ["lora"], "lora": {"steps": 1, "batch_size": 4, "micro_batch_size": 4}},
+    "eval": {"batch_size": 16},
+    "report": {"n_boot": 200, "generate": ["Hello"], "max_new_tokens": 3},
+}
+
+
+def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_model_dir, capsys):
+    data = write_vmlu(tmp_path / "vmlu", per_subject=4, distinct_ids=True)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("# tiny\n" + yaml.safe_dump(TINY | {"model": {"name": str(tiny_model_dir), "device": "cpu"}}))
+    out = tmp_path / "out"
+    main(["recipe", "run", str(recipe), "--data", str(data), "--out", str(out)])
+    screen = capsys.readouterr().out
+    shared = splits.load_split(out)
+    assert shared["counts"] == {"train": 32, "val": 16, "holdout": 16}  # per subject of 8: 4 train, 2 val, 2 holdout
+    own = splits.load_split(out / "experts" / "stem")  # the expert: the STEM questions of each shared part
+    for part in splits.PARTS:
+        stem = [i for i in shared["ids"][part] if category_of(i) == "STEM"]
+        assert sorted(own["ids"][part]) == sorted(stem) and stem
+    assert splits.load_split(out / "baselines" / "lora")["ids"] == shared["ids"]  # baselines: the whole train part
+    labels = ["base", "best constant", "LoRA", "expert STEM"]
+    for label in labels:
+        slug = label.lower().replace(" ", "-")
+        res = json.loads((out / "eval" / f"{slug}.json").read_text())
+        assert res["label"] == label and sorted(r["id"] for r in res["predictions"]) == sorted(shared["ids"]["holdout"])
+        with open(out / "submissions" / f"{slug}.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["id", "answer"] and len(rows) - 1 == 4 * len(SUBJECTS)
+    report = (out / "report" / "report.md").read_text()
+    assert all(f"| {x} |" in report or f"| *{x}* |" in report for x in labels)
+    assert (out / "report" / "chart.png").is_file() and "expert STEM" in screen
+    gens = json.loads((out / "generations.json").read_text())
+    assert set(gens[0]["answers"]) == {"base", "LoRA", "expert STEM"}
+
+    before = {p: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
+    main(["recipe", "run", str(recipe), "--data", str(data), "--out", str(out)])
+    assert "complete, skipped" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / "stages").iterdir()} == before
+    with pytest.raises(SystemExit) as exc:
+        main(["recipe", "run", str(recipe), "--data", str(data), "--out", str(out), "--experts.train.lr", "0.5"])
+    assert exc.value.code == 2 and "completed with other settings" in capsys.readouterr().err
+
+
+def test_recipe_config_errors():
+    with pytest.raises(Exception, match="unknown key 'experts.trian'"):
+        load_config(RecipeConfig, flags=["--experts.trian.lr", "1"])
+    with pytest.raises(Exception, match="baselines.methods: 'adalora'"):
+        load_config(RecipeConfig, flags=["--baselines.methods", "lora,adalora"])

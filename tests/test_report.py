@@ -1,0 +1,72 @@
+"""`t2 report` on small hand-made results files: every number of the table checked against values
+worked out by hand (Wilson intervals, category means, letter entropy, McNemar), the chart, the quotes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from transformer_squared.cli import main
+from transformer_squared.comparison import compare
+from transformer_squared.errors import ConfigError
+
+CATS = ("STEM", "Social Science", "Humanities", "Other")
+ANSWERS = "ABCDABAC"  # q1..q8, two questions per category in CATS order
+
+
+def _results(label: str, preds: str, reference: bool = False, task_split: str = "valid") -> dict:
+    rows = [{"id": f"q{i + 1}", "subject": f"s{i // 2}", "category": CATS[i // 2], "answer": a,
+             "prediction": {"letter": p}, "correct": {"letter": p == a}, "completion": ""}
+            for i, (a, p) in enumerate(zip(ANSWERS, preds))]
+    return {"label": label, "reference": "constant" if reference else None, "model": "tiny-model",
+            "created": "2025-01-02T03:04:05+00:00", "git": {"hash": "abc123def456"}, "protocol": ["letter"],
+            "task": {"name": "vmlu", "split": task_split, "part": None},
+            "metrics": {"letter": {"categories": {c: {} for c in CATS}}}, "predictions": rows}
+
+
+def _write(tmp_path, name: str, res: dict):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(res))
+    return str(path)
+
+
+def test_report_numbers_match_hand_computation(tmp_path, capsys):
+    files = [_write(tmp_path, "base", _results("base", "AAAAAAAA")),
+             _write(tmp_path, "lora", _results("LoRA", "ABCABBAC")),
+             _write(tmp_path, "const", _results("best constant (A)", "AAAAAAAA", reference=True))]
+    main(["report", *files, "--out", str(tmp_path / "rep"), "--quote", "seed"])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    # base: right on q1, q5, q7 → 3/8; per category 1/2, 0/2, 1/2, 1/2. Wilson 95 %: 1/2 → [9.5, 90.5],
+    # 0/2 → [0.0, 65.8], 3/8 → [13.7, 69.4]; mean of categories 37.5 ± 1.96·√(0.375/16) → [7.5, 67.5]
+    assert ("| base | 50.0 [9.5, 90.5] | 0.0 [0.0, 65.8] | 50.0 [9.5, 90.5] | 50.0 [9.5, 90.5] | 37.5 [13.7, 69.4] "
+            "| 37.5 [7.5, 67.5] | 8 | 0.00 [0.00, 0.00] |") in md
+    # LoRA: right on q1 q2 q3 q6 q7 q8 → 6/8; categories 2/2, 1/2, 1/2, 2/2 (2/2 → [34.2, 100.0]; 6/8 → [40.9, 92.9]);
+    # mean 75.0 ± 1.96·√(0.25/16) → [50.5, 99.5]; letters A 3, B 3, C 2 → entropy 1.56 bits
+    lora = next(x for x in md.splitlines() if x.startswith("| LoRA |"))
+    assert lora.startswith("| LoRA | 100.0 [34.2, 100.0] | 50.0 [9.5, 90.5] | 50.0 [9.5, 90.5] | 100.0 [34.2, 100.0] "
+                           "| 75.0 [40.9, 92.9] | 75.0 [50.5, 99.5] | 8 | 1.56 [")
+    assert "| *best constant (A)* | 50.0 [9.5, 90.5] |" in md  # a reference row, marked
+    assert "| LoRA | 37.5 | 37.5 | 25.0 |" in md and "| base | 100.0 | 0.0 | 0.0 |" in md  # predicted letters, %
+    # paired against base: base alone right on q5, LoRA alone right on q2 q3 q6 q8 → McNemar p = 2·(1+5)/2⁵ = 0.375
+    paired = next(x for x in md.splitlines() if x.startswith("| LoRA | 8 |"))
+    m = re.match(r"\| LoRA \| 8 \| 37\.5 \| 75\.0 \| \+37\.5 \[([+-][\d.]+), ([+-][\d.]+)\] \| 1 \| 4 \| 0\.375 \|", paired)
+    assert m and float(m[1]) <= 37.5 <= float(m[2])
+    assert "vmlu · valid · tiny-model" in md and "2025-01-02" in md and "Protocol letter" in md
+    assert "| LoRA (quoted) | 45.41 | 55.66 | 53.00 | 47.69 | 49.89 |" in md and "3a6f1d3" in md
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["rows"][1]["entropy_bits"] == pytest.approx(-(2 * 3 / 8 * __import__("math").log2(3 / 8) + 0.25 * -2))
+    png = (tmp_path / "rep" / "chart.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    screen = capsys.readouterr().out
+    assert "LoRA" in screen and "75.0" in screen and "[40.9," in screen
+
+
+def test_report_refuses_mixed_splits_and_repeated_labels():
+    with pytest.raises(ConfigError, match="different tasks or splits"):
+        compare([("a", _results("base", "AAAAAAAA")), ("b", _results("LoRA", "AAAAAAAA", task_split="test"))])
+    with pytest.raises(ConfigError, match="label 'base' names several"):
+        compare([("a", _results("base", "AAAAAAAA")), ("b", _results("base", "BBBBBBBB"))])
+    with pytest.raises(ConfigError, match="no 'generate' predictions"):
+        compare([("a", _results("base", "AAAAAAAA"))], protocol="generate")
