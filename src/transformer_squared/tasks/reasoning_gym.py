@@ -74,7 +74,9 @@ def _parse_params(data: str, dataset: str, text: str) -> dict[str, Any]:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"rg: '{data}': '{item}' is not key=value with a parameter of {dataset}{hint}; "
                               f"known: {', '.join(fields)}")
-        params[key] = _typed(data, key, value.strip(), fields[key].default)
+        f = fields[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        params[key] = _typed(data, key, value.strip(), default)
     return params
 
 
