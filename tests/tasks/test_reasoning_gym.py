@@ -72,9 +72,11 @@ def test_parse_data_types_and_errors():
     assert parse_data("basic_arithmetic:min_terms=3, operators=*,allow_negation=False") == (
         "basic_arithmetic", None, {"min_terms": 3, "operators": ["*"], "allow_negation": False})
     assert parse_data("number_sorting:7:max_value=9.5") == ("number_sorting", 7, {"max_value": 9.5})
-    # a field with a default factory (a list of names) is typed like the list it makes
-    assert parse_data("family_relationships:male_names=Bob|Tom") == ("family_relationships", None,
-                                                                      {"male_names": ["Bob", "Tom"]})
+    # typed by the annotations: Optional[list[str]] with one item is still a list; a Literal is checked
+    assert parse_data("calendar_arithmetic:tasks=weekday_of_date") == ("calendar_arithmetic", None,
+                                                                       {"tasks": ["weekday_of_date"]})
+    with pytest.raises(ConfigError, match="format_style=fancy: choose one of simple, natural"):
+        parse_data("basic_arithmetic:format_style=fancy")
     with pytest.raises(ConfigError, match="did you mean 'min_terms'.*known: min_terms, max_terms"):
         parse_data("basic_arithmetic:min_term=2")
     with pytest.raises(ConfigError, match="min_terms=two is not a int"):

@@ -1,7 +1,7 @@
 """`rg`: procedural, verifiable tasks from `reasoning-gym` (e.g. gsm_symbolic, basic_arithmetic), offline.
 
 `data` names a reasoning-gym dataset, optionally with a size and generator parameters (the fields
-of the dataset's config dataclass; `|` separates list items):
+of the dataset's config dataclass, typed by its annotations; `|` separates list items):
 "gsm_symbolic", "basic_arithmetic:200", "basic_arithmetic:200:max_terms=2,max_digits=2,operators=+|-".
 Several datasets joined by ";" make one mixed task (each question's subject is its dataset).
 `rg-direct` asks for the answer without reasoning (short generations on a CPU).
@@ -12,10 +12,13 @@ the dataset's own `score_answer` (correct only at full score).
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import hashlib
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +67,9 @@ def _parse_params(data: str, dataset: str, text: str) -> dict[str, Any]:
     rg = _import_rg()
     if dataset not in rg.factory.DATASETS:
         raise ConfigError(f"rg: Dataset '{dataset}' not registered")
-    fields = {f.name: f for f in dataclasses.fields(rg.factory.DATASETS[dataset][1]) if f.name not in ("seed", "size")}
+    config = rg.factory.DATASETS[dataset][1]
+    hints = typing.get_type_hints(config)  # field → annotated type
+    fields = [f.name for f in dataclasses.fields(config) if f.name not in ("seed", "size")]
     params: dict[str, Any] = {}
     for item in text.split(","):
         key, sep, value = item.partition("=")
@@ -74,28 +79,28 @@ def _parse_params(data: str, dataset: str, text: str) -> dict[str, Any]:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"rg: '{data}': '{item}' is not key=value with a parameter of {dataset}{hint}; "
                               f"known: {', '.join(fields)}")
-        f = fields[key]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        params[key] = _typed(data, key, value.strip(), default)
+        params[key] = _typed(data, key, value.strip(), hints[key])
     return params
 
 
-def _typed(data: str, key: str, value: str, default: Any) -> Any:
-    """`value` converted like the parameter's default (bool, int, float, list of those, str)."""
-    if isinstance(default, (list, tuple)):
-        sample = default[0] if default else ""
-        return [_typed(data, key, v, sample) for v in value.split("|")]
+def _typed(data: str, key: str, value: str, hint: Any) -> Any:
+    """`value` converted to the parameter's annotated type: bool, int, float, a Literal, a list of those, str."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: X
+        return _typed(data, key, value, next(a for a in args if a is not type(None)))
+    if origin in (list, tuple, collections.abc.Sequence):
+        return [_typed(data, key, v, args[0] if args else str) for v in value.split("|")]
+    if origin is typing.Literal and value not in args:
+        raise ConfigError(f"rg: '{data}': {key}={value}: choose one of {', '.join(map(str, args))}")
     try:
-        if isinstance(default, bool):
+        if hint is bool:
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(value)
             return value.lower() in ("true", "1")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
+        if hint in (int, float):
+            return hint(value)
     except ValueError:
-        raise ConfigError(f"rg: '{data}': {key}={value} is not a {type(default).__name__}") from None
+        raise ConfigError(f"rg: '{data}': {key}={value} is not a {hint.__name__}") from None
     return value
 
 
