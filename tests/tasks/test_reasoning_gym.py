@@ -93,6 +93,7 @@ def test_several_datasets_make_one_mixed_task():
     task = get_task("rg")
     mixed = task.load("basic_arithmetic:4:max_terms=2; spell_backward:3", "test")
     assert [e.subject for e in mixed] == ["basic_arithmetic"] * 4 + ["spell_backward"] * 3
+    assert [e.category for e in mixed] == [e.subject for e in mixed]
     alone = task.load("spell_backward:3", "test")
     assert [e.question for e in mixed[4:]] == [e.question for e in alone]  # each dataset as if loaded alone
     right = [f"<answer>{e.answer}</answer>" for e in mixed]

@@ -3,7 +3,8 @@
 `data` names a reasoning-gym dataset, optionally with a size and generator parameters (the fields
 of the dataset's config dataclass, typed by its annotations; `|` separates list items):
 "gsm_symbolic", "basic_arithmetic:200", "basic_arithmetic:200:max_terms=2,max_digits=2,operators=+|-".
-Several datasets joined by ";" make one mixed task (each question's subject is its dataset).
+Several datasets joined by ";" make one mixed task (each question's subject and category is its
+dataset, so results break down by dataset and the `oracle` strategy routes by it).
 `rg-direct` asks for the answer without reasoning (short generations on a CPU).
 Splits never share a question: each question belongs to one split by a hash of its text (train 60 %, valid 20 %, test 20 %), and each split draws from its own seeds
 until it has `size` distinct questions. Answers go between <answer> tags and are scored with
@@ -152,7 +153,7 @@ class ReasoningGym:
                     continue
                 examples[question] = Example(
                     id=f"{dataset}-{split}-{len(examples):05d}", question=question, answer=str(entry["answer"]),
-                    subject=dataset, meta={"entry": entry},
+                    subject=dataset, category=dataset, meta={"entry": entry},
                 )
                 if len(examples) == size:
                     return list(examples.values())
