@@ -1,0 +1,32 @@
+"""metrics.paired_stats (paired difference of two accuracies: bootstrap CI and McNemar's exact test) against
+hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from transformer_squared.metrics import paired_stats
+
+
+def test_mcnemar_and_ci_by_hand():
+    # 9 questions only the other system gets right, none only the base: p = 2 · (1/2)^9
+    base, other = [False] * 9 + [True] * 11, [True] * 20
+    r = paired_stats(base, other)
+    assert r["diff"] == pytest.approx(9 / 20) and (r["base_only_right"], r["other_only_right"]) == (0, 9)
+    assert (r["acc_base"], r["acc_other"]) == (pytest.approx(11 / 20), 1.0)
+    assert r["mcnemar_p"] == pytest.approx(2 / 2**9) and r["significant"]
+    # each resample's difference is (gains drawn) / 20 ~ binomial(20, 9/20) / 20: 2.5 % / 97.5 % points 0.25 / 0.65
+    lo, hi = r["ci95"]
+    assert 0.2 <= lo <= 0.3 and 0.6 <= hi <= 0.7
+
+
+def test_no_difference_and_symmetry():
+    same = [True, False] * 10
+    r = paired_stats(same, same)
+    assert r["ci95"] == [0.0, 0.0] and r["mcnemar_p"] == 1.0 and not r["significant"]
+    a, b = [True] * 6 + [False] * 14, [False] * 6 + [True] * 4 + [False] * 10
+    ab, ba = paired_stats(a, b), paired_stats(b, a)
+    assert ab["mcnemar_p"] == ba["mcnemar_p"] == pytest.approx(2 * sum(math.comb(10, i) for i in range(5)) / 2**10)
+    assert ab["diff"] == -ba["diff"] == pytest.approx(-0.1)
