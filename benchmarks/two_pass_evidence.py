@@ -58,24 +58,34 @@ class Family:
     def run(self) -> Path:
         return RUNS / self.label
 
+    @property
+    def expert(self) -> Path:
+        """The expert evaluated: the run's last step (no selection on validation at this budget)."""
+        return self.run / "latest"
+
 
 ARITH = "basic_arithmetic:{n}:min_terms=2,max_terms=2,max_digits=2,operators=+|-"
 NEEDLE = "needle_haystack:{n}:max_num_statements=10"
 FAMILY = "family_relationships:{n}:max_family_size=4"
 GENERATE = ("--chat", "true", "--max-new-tokens", "16")
+N_TEST = 40  # held-out questions per family (CPU budget: see the README's "Evidence on CPU")
+# Sized for a shared 2-core CPU (a batch-16 step took ~400 s under load): 5 steps of 8 questions at lr 1e-2,
+# validation (16 questions) only before the first and after the last step; the experts used are `latest`.
+SHARED_TRAIN = ("--steps", "5", "--batch-size", "8", "--micro-batch-size", "8", "--lr", "1e-2", "--kl", "0",
+                "--eval-every", "100", "--max-val", "16", "--eval-batch-size", "16", "--seed", "0")
+# basic_arithmetic was trained first with a larger budget (batch 16, lr 5e-3), stopped at step 7 of 12 for time.
+ARITH_TRAIN = ("--steps", "7", "--batch-size", "16", "--lr", "5e-3", "--eval-every", "4", "--max-val", "32")
 FAMILIES = (
     Family("basic_arithmetic", "adds and subtracts integers, answering with a number", "rg-direct",
-           ARITH.format(n=400), ARITH.format(n=100), 100, GENERATE),
+           ARITH.format(n=400), ARITH.format(n=N_TEST), N_TEST, GENERATE + ARITH_TRAIN),
     Family("needle_haystack", "finds who likes or dislikes something in a list of statements, answering with a name",
-           "rg-direct", NEEDLE.format(n=400), NEEDLE.format(n=100), 100, GENERATE),
+           "rg-direct", NEEDLE.format(n=400), NEEDLE.format(n=N_TEST), N_TEST, GENERATE),
     Family("family_relationships", "works out how two people in a family are related, answering with one word "
-           "such as wife, son or mother-in-law", "rg-direct", FAMILY.format(n=400), FAMILY.format(n=100), 100, GENERATE),
+           "such as wife, son or mother-in-law", "rg-direct", FAMILY.format(n=400), FAMILY.format(n=N_TEST), N_TEST,
+           GENERATE),
 )
-# Sized for a shared 2-core CPU: 12 steps of 16 questions, validation on 32 questions every 4 steps.
-# The paper's CEM (population 32, up to 50 generations) is days of generation on this CPU; this is its budget here.
-FEWSHOT = ("--shots", "10", "--population", "8", "--generations", "3")
-SHARED_TRAIN = ("--steps", "12", "--batch-size", "16", "--micro-batch-size", "8", "--lr", "5e-3", "--kl", "0",
-                "--eval-every", "4", "--max-val", "32", "--eval-batch-size", "16", "--seed", "0")
+# The paper's CEM (population 32, up to 50 generations, 10 shots) is days of generation on this CPU; this is its budget here.
+FEWSHOT = ("--shots", "5", "--population", "4", "--generations", "2")
 
 
 def t2(*args: str, log: Path | None = None) -> None:
@@ -102,7 +112,7 @@ def train(families: tuple[Family, ...]) -> None:
 def train_cls(families: tuple[Family, ...]) -> None:
     run = RUNS / "route"
     resume = ("--resume",) if (run / "latest").is_dir() else ()
-    experts = [str(f.run / "best") for f in families]
+    experts = [str(f.expert) for f in families]
     t2("train", "--model", MODEL, "--task", "route", "--experts", *experts, "--out", str(run), *SHARED_TRAIN,
        "--chat", "true", *resume, log=RUNS / "route.log")
 
@@ -119,12 +129,12 @@ def eval_args(f: Family) -> list[str]:
 def row_args(row: str, f: Family) -> list[list[str]]:
     """(row name, extra t2 eval flags) for one row on family `f`; `expert` expands to one row per expert.
     Strategies always route among every family's expert."""
-    experts = [str(g.run / "best") for g in FAMILIES]
+    experts = [str(g.expert) for g in FAMILIES]
     if row == "base":
         return [["base"]]
     if row in ("expert", "own"):  # own: only the family's own expert (the single-expert table)
-        return [[f"expert:{g.label}", "--expert", str(g.run / "best")] for g in FAMILIES if row == "expert" or g == f]
-    extra = {"cls": ["--cls-expert", str(RUNS / "route" / "best")], "fewshot": list(FEWSHOT)}.get(row, [])
+        return [[f"expert:{g.label}", "--expert", str(g.expert)] for g in FAMILIES if row == "expert" or g == f]
+    extra = {"cls": ["--cls-expert", str(RUNS / "route" / "latest")], "fewshot": list(FEWSHOT)}.get(row, [])
     return [[row, "--experts", *experts, "--strategy", row, *extra]]
 
 
@@ -183,7 +193,7 @@ def single_expert_rows(families: tuple[Family, ...]) -> list[dict]:
             "answers_base": dict(Counter(r["prediction"][p] for r in base["predictions"]).most_common(6)),
             "answers_expert": dict(Counter(by_id[i]["prediction"][p] for i in ids).most_common(6)),
             "gold_answers": dict(gold.most_common(6)),
-            "expert_step": json.loads((f.run / "best" / "expert.json").read_text())["metrics"].get("step"),
+            "expert_step": json.loads((f.expert / "expert.json").read_text())["metrics"].get("step"),
         })
     return out
 
