@@ -2,6 +2,7 @@
 
 `check_file_target` and `check_folder_target` test an output location before any work starts, so a
 command that cannot write its result fails at once instead of after hours of computation.
+`read_json` is the reading side: a missing or broken file is one typed line naming it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import ConfigError
 
@@ -132,3 +133,13 @@ def write_safetensors(tensors: dict[str, "torch.Tensor"], path: Path, metadata: 
 
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def read_json(path: str | Path, error: type[Exception], missing: str = "no such file") -> Any:
+    """The parsed JSON of `path`; a missing file or invalid JSON raises `error` with one line naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON ({e})") from None

@@ -121,3 +121,23 @@ def test_cli_lm_eval(tiny_model_dir, task_dir, tmp_path, capsys):
         main(["lm-eval", "--model", str(tiny_model_dir), "--tasks", "nope", "--include-path", str(task_dir),
               "--no-builtin-tasks"])
     assert e.value.code == 2 and "unknown lm-eval task 'nope'" in capsys.readouterr().err
+
+
+def test_mixture_hook_uses_the_pass1_strategies(tiny_model_dir, task_dir, tmp_path):
+    """`strategy=`: the oracle routes each request by its lm-eval task name to the expert of that label,
+    so its log-likelihoods equal a fixed mixture on that expert; prompt routing gives one row per request."""
+    from transformer_squared.interop.lm_eval_adapter import T2LM
+
+    am = load_adapted(str(tiny_model_dir), device="cpu")
+    paths = [make_expert(am.model, seed=k, scale=2.0, label=label).save(tmp_path / label)
+             for k, label in enumerate(["t2_tiny_mc", "arithmetic"])]
+    routed = _run(T2LM(adapted=load_adapted(str(tiny_model_dir), experts=paths, device="cpu"), strategy="oracle"),
+                  task_dir, ["t2_tiny_mc"])
+    fixed = _run(T2LM(adapted=load_adapted(str(tiny_model_dir), experts=paths, alpha=[1.0, 0.0], device="cpu")),
+                 task_dir, ["t2_tiny_mc"])
+    lls = [{s["doc_id"]: [r[0][0] for r in s["resps"]] for s in res["samples"]["t2_tiny_mc"]} for res in (routed, fixed)]
+    assert lls[0] == lls[1]
+    lm = T2LM(adapted=load_adapted(str(tiny_model_dir), experts=paths, device="cpu"), strategy="prompt")
+    requests = [type("Req", (), {"args": (q, " a"), "task_name": "t2_tiny_mc"})() for q, _, _ in QUESTIONS[:3]]
+    alpha = lm.mixture_for(requests)
+    assert alpha.shape == (3, 2) and set(alpha.sum(1).tolist()) <= {0.0, 1.0}

@@ -134,3 +134,20 @@ def test_real_vllm_swap(tiny_model_dir):
     e = make_expert(be.svf.model, scale=2.0)
     be.use(mix([e.z()], torch.tensor([1.0])))
     assert not torch.allclose(be.score_letters(["The best letter is"], [("A", "B")])[1][0], base)
+
+
+def test_adapted_model_runs_per_prompt_mixtures_on_the_backend(tiny_model_dir, fake_vllm):
+    """The same AdaptedModel calls over the vLLM engine (grouped) and the HF engine agree; mixed batches are refused."""
+    from transformer_squared.adapted import AdaptedModel
+    from transformer_squared.errors import ConfigError
+
+    be, e, _ = _backend(tiny_model_dir)
+    on_vllm = AdaptedModel(be.svf.model, be.tokenizer, be.svf, [e], engine=be)
+    on_hf = AdaptedModel(be.svf.model, be.tokenizer, be.svf, [e])
+    prompts, letters = ["Question: 2+2? Answer:", "The best letter is"], [("A", "B", "C")] * 2
+    alpha = torch.tensor([[1.0], [0.0]])  # the expert, then the base weights
+    for a, b in zip(on_vllm.score_letters(prompts, letters, alpha)[1], on_hf.score_letters(prompts, letters, alpha)[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert be.llm.events[-2:] == ["load", "reset"] and be._loaded is None  # base weights back in the engine
+    with pytest.raises(ConfigError, match="mixed batches"):
+        on_vllm.score_letters(prompts, letters, alpha, mixed=True)

@@ -11,7 +11,6 @@ so evaluation leaves them out. The found α is saved as JSON and reused with `al
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..atomic import read_json
 from ..errors import ConfigError
 from ..tasks.base import Example, Task
 from .cem import CEMConfig, CEMResult, cem
@@ -100,13 +100,8 @@ class FewShot:
         return out
 
     def _load(self, path: Path) -> None:
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"--alpha-from {path}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--alpha-from {path}: invalid JSON ({e})") from None
-        saved = saved.get("strategy", saved)  # a results file holds it under "strategy"
+        saved = read_json(path, ConfigError, "no such file (--alpha-from)")
+        saved = saved.get("strategy", saved) if isinstance(saved, dict) else {}  # a results file: under "strategy"
         if saved.get("format") != FORMAT or saved.get("alpha") is None:
             raise ConfigError(f"--alpha-from {path}: not an α saved by the fewshot strategy")
         alpha = torch.tensor(saved["alpha"], dtype=torch.float32)

@@ -9,11 +9,11 @@ weights), then the request; the answer is one letter, read from next-token log-p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import read_json
 from ..errors import ConfigError, DataError
 from .base import TASKS, Example, chat_format
 from .io import LETTERS
@@ -68,26 +68,15 @@ def expert_folders(data: str | list[str] | None) -> list[Path]:
 
 def read_meta(folder: Path) -> dict[str, Any]:
     """An expert's expert.json (read as data: tasks sit below experts in the data flow)."""
-    path = folder / "expert.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; route needs expert folders written by `t2 train`") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from None
+    return read_json(folder / "expert.json", DataError, "missing; route needs expert folders written by `t2 train`")
 
 
 def _sources(folder: Path) -> tuple[str, str | None, list[str], dict[str, list[str]]]:
     """(task, data, split names, ids per part) of the questions an expert was trained on, from the
     split.json of its `t2 train` run folder (beside best/ and latest/)."""
     path = folder.parent / "split.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{folder}: no {path.name} in its run folder {folder.parent}; route builds its questions "
-                        f"from the split a `t2 train` run writes there") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from None
+    record = read_json(path, DataError, f"missing: the expert {folder} is not in a `t2 train` run folder, whose "
+                                        "split.json names the questions route is built from")
     missing = [k for k in ("task", "splits", "ids") if k not in record]
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}")
