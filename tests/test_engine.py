@@ -116,3 +116,18 @@ def test_run_batches_keeps_other_errors_and_reports_progress():
 
     with pytest.raises(ValueError):
         engine.run_batches([0, 1], 2, boom)
+
+
+def test_shared_prefix_gives_the_logits_of_full_prompts(tiny):
+    """Prompts with a long common prefix: the prefix's KV cache is shared; logits equal full forwards."""
+    model, tok = tiny
+    head = "Choose the expert best suited to answer the request below. " * 4
+    prompts = [head + t for t in ("What is 2 + 2?", "Write a function that sorts a list of numbers.", "Hi")]
+    rows = engine.tokenize(tok, prompts)
+    assert engine.common_prefix(rows) >= engine.MIN_SHARED_PREFIX
+    shared = engine.forward_last_shared(model, rows, tok.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        for i, r in enumerate(rows):
+            alone = model(input_ids=torch.tensor([r])).logits[0, -1]
+            torch.testing.assert_close(shared[i], alone, rtol=1e-4, atol=1e-4)  # cache + padding vs one forward
+    assert engine.common_prefix([[1, 2, 3], [1, 2, 4]]) == 2 and engine.common_prefix([[1, 2], [1, 2, 5]]) == 1

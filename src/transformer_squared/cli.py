@@ -92,6 +92,7 @@ def generate(
     alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
     strategy: Optional[str] = STRATEGY,
     cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="Classification expert (strategy cls)."),
+    alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: the α a `t2 eval` run saved."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
     device: str = DEVICE,
@@ -101,7 +102,7 @@ def generate(
     """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
     from .adapted import load_adapted
 
-    scfg = _strategy_config(strategy, cls_expert=cls_expert) if strategy else None
+    scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from) if strategy else None
     if scfg is not None and alpha:
         raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
     am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,

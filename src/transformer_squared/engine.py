@@ -4,7 +4,9 @@ Prompts are tokenized once, sorted by token length (longest first, so an out-of-
 shows up on the first batch), left-padded into batches, and results put back in input order
 (lm-eval's `Collator`). A batch that runs out of memory is halved and retried. A `context`
 callable, given the input indices of a batch's prompts, wraps each forward pass (factored SVF
-weights with one mixture per row use it).
+weights with one mixture per row use it). In `score_letters`, a batch whose prompts share a long
+token prefix (pass 1's classification prompt: instructions and expert list) computes the prefix
+once and shares its KV cache across the batch (same logits to float rounding, tested).
 
 `Engine` is the small protocol the adapted model runs pass 2 on: `use` (merged weights for the
 calls that follow), `score_letters`, `loglikelihood` and `generate`, each a list in and a list out.
@@ -13,6 +15,7 @@ calls that follow), `score_letters`, `loglikelihood` and `generate`, each a list
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Protocol
@@ -171,6 +174,39 @@ def forward_last(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.logits[:, -1, :].float()  # (B, V)
 
 
+MIN_SHARED_PREFIX = 32  # tokens: a batch whose prompts all start with this many equal tokens runs them once
+
+
+def common_prefix(rows: list[list[int]]) -> int:
+    """Number of leading tokens all rows share, leaving every row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    for i in range(max(n, 0)):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return max(n, 0)
+
+
+def forward_last_shared(model: Any, rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """`forward_last` of token rows; a common prefix of ≥ MIN_SHARED_PREFIX tokens is computed once and
+    its KV cache repeated over the batch, the rest left-padded after it. (B, V), float32."""
+    P = common_prefix(rows) if len(rows) > 1 else 0
+    if P < MIN_SHARED_PREFIX:
+        return forward_last(model, pad_left(rows, pad_id, device))
+    prefix = torch.tensor([rows[0][:P]], dtype=torch.long, device=device)  # (1, P)
+    first = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+    cache = getattr(first, "cache", None) or getattr(first, "past_key_values", None)  # transformers ≥ 5.x: `cache`
+    if not hasattr(cache, "batch_repeat_interleave"):  # a model whose cache cannot be shared: the plain way
+        return forward_last(model, pad_left(rows, pad_id, device))
+    cache.batch_repeat_interleave(len(rows))
+    rest = pad_left([r[P:] for r in rows], pad_id, device)  # (B, S) each
+    ones = torch.ones(len(rows), P, dtype=torch.long, device=device)  # (B, P)
+    mask = torch.cat([ones, rest["attention_mask"]], 1)  # (B, P + S)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=rest["input_ids"], attention_mask=mask, position_ids=rest["position_ids"] + P,
+                use_cache=True, logits_to_keep=1, **{name: cache})
+    return out.logits[:, -1, :].float()  # (B, V)
+
+
 def last_logits(model: Any, tokenizer: Any, texts: list[str]) -> torch.Tensor:
     """Next-token logits after each text, (B, V), in one forward pass (grad flows if enabled)."""
     batch = pad_left(tokenize(tokenizer, texts), _pad_id(tokenizer), _device(model))
@@ -198,7 +234,11 @@ def score_letters(
     id_cache: dict[tuple[str, ...], list[list[int]]] = {}
 
     def step(idx: list[int]) -> None:
-        logits = forward_last(model, pad_left([ids[i] for i in idx], pad, device))  # (B, V)
+        rows = [ids[i] for i in idx]
+        if context is None:
+            logits = forward_last_shared(model, rows, pad, device)  # (B, V)
+        else:  # per-row weights give each row its own prefix keys and values: nothing to share
+            logits = forward_last(model, pad_left(rows, pad, device))  # (B, V)
         top = logits.argmax(-1).tolist()
         for row, i in enumerate(idx):
             greedy[i] = tokenizer.decode([top[row]])

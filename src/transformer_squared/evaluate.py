@@ -22,12 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import Tensor
 
 from . import __version__, seen
-from .adapt import Strategy, StrategyConfig, build_strategy, decisions, request_of
-from .adapted import AdaptedModel, group_rows
+from .adapt import Strategy, StrategyConfig, build_strategy, request_of
+from .adapt.two_pass import pass2_order, route_all
+from .adapted import AdaptedModel
 from .atomic import check_file_target, write_json
 from .baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
 from .errors import ConfigError, DataError
@@ -221,36 +221,6 @@ def _run_chunk(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exa
     }
 
 
-def _pass1(strategy: Strategy, am: AdaptedModel, task: Task, pending: list[Example], routing: dict[str, Any],
-           step: int, save: Callable[[], None]) -> Tensor:
-    """α of every pending question (n, K) or (n, K, n_targets); decisions and seconds go into `routing` by id.
-
-    Saved decisions with a per-expert α are reused; per-target α are not saved per question, so
-    those questions are routed again (cheap: fewshot's α is one per task)."""
-    rows: dict[str, Tensor] = {e.id: torch.tensor(routing[e.id]["alpha"]) for e in pending
-                               if routing.get(e.id, {}).get("alpha") is not None}
-    todo = [e for e in pending if e.id not in rows]
-    for start in range(0, len(todo), step):
-        chunk = todo[start : start + step]
-        t0 = time.perf_counter()
-        alpha = strategy.mix([request_of(e, task.name) for e in chunk])  # (n, K) or (n, K, n_targets)
-        seconds = (time.perf_counter() - t0) / len(chunk)
-        for e, a, d in zip(chunk, alpha, decisions(alpha, am.labels)):
-            rows[e.id] = a
-            routing[e.id] = {"decision": d, "alpha": a.tolist() if a.dim() == 1 else None, "pass1_s": seconds}
-        save()
-    return torch.stack([rows[e.id] for e in pending]) if pending else torch.zeros(0, len(am.experts))
-
-
-def _order(prompts: list[str], alpha: Tensor | None, mixed: bool) -> list[int]:
-    """Pass-2 order: longest first (an out-of-memory error shows at once); grouped runs also keep each
-    mixture's questions together, so every mixture is merged once for the whole run."""
-    by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    if alpha is None or mixed:
-        return by_length
-    return [i for idx in group_rows(alpha, by_length).values() for i in idx]
-
-
 def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], out_path: Path | None = None,
             progress: Progress | None = None, strategy: Strategy | None = None) -> dict[str, dict[str, Any]]:
     """Records for every example by id (with pass-1 routing when a strategy is given), resuming
@@ -271,8 +241,11 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
     prompts = task.format(pending, am.tokenizer, cfg.chat)
     check_context(am.model, am.tokenizer, prompts, [f"question {e.id}" for e in pending])  # before any pass
     with am.holding():  # weights stay merged between chunks: one merge per mixture (and per classifier) per run
-        alpha = _pass1(strategy, am, task, pending, routing, step, save) if strategy is not None else None
-        order = _order(prompts, alpha, cfg.mixed_batches)
+        alpha = None
+        if strategy is not None:
+            requests = {e.id: request_of(e, task.name) for e in pending}
+            alpha = route_all(strategy, am.labels, requests, routing, step, save)
+        order = pass2_order([len(p) for p in prompts], alpha, cfg.mixed_batches)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
             chunk = _run_chunk(am, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx],
