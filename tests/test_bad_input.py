@@ -355,6 +355,18 @@ def _(c):
     return c.eval("--experts", str(c.ws.expert), "--strategy", "cls"), "strategy cls needs --cls-expert DIR"
 
 
+@case("LoRA adapter for another model", early=False)
+def _(c):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    folder = c.tmp / "lora"
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+    return c.eval("--lora", str(folder)), f"--lora {folder}: adapter does not fit model"
+
+
 # ---- SVD cache ----------------------------------------------------------------------------------
 def _cache_copy(c: Ctx) -> Path:
     home = Path(shutil.copytree(c.ws.home, c.tmp / "home"))

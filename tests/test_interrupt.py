@@ -75,16 +75,24 @@ def test_decompose_resumes_after_sigkill(tmp_path, tiny_model_dir, monkeypatch, 
     same_folder(tmp_path / "a", tmp_path / "b")
 
 
-def test_train_resumes_after_sigkill(tmp_path, tiny_model_dir, home, kill_rng):
+def _mcq(tmp_path: Path) -> Path:
     rows = [{"id": f"q{i}", "question": f"What is {i} plus {i % 4}?", "choices": [str(i + 1), str(i + 7), "none"],
              "answer": "ABC"[i % 3], "subject": f"s{i % 3}"} for i in range(24)]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return data
+
+
+@pytest.mark.parametrize("command", ["train", "baseline"])
+def test_training_resumes_after_sigkill(tmp_path, tiny_model_dir, home, kill_rng, command):
+    data = _mcq(tmp_path)
+    how = (["train", "--lr", "0.05"] if command == "train" else
+           ["baseline", "lora", "--r", "2", "--targets", "q_proj,v_proj", "--lr", "0.01"])
 
     def args(out: Path) -> list[str]:
-        return ["train", "--task", "mcq", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out),
-                "--steps", "3", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2", "--lr", "0.05",
-                "--seed", "3", "--device", "cpu"]
+        return [*how, "--task", "mcq", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out),
+                "--steps", "3", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "2", "--seed", "3",
+                "--device", "cpu"]
 
     n = reference(args(tmp_path / "a"), tmp_path / "a")
     killed(args(tmp_path / "b"), tmp_path / "b", n, kill_rng)

@@ -194,14 +194,10 @@ def eval_(
         raise ConfigError("--lora evaluates a PEFT adapter alone: not with --expert, --strategy or --constant-from")
     adapters = [lora] if lora is not None else []  # their seen questions are left out too
     plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
-    if plan.without_record:  # plain print: one line, never wrapped
-        print(f"warning: {', '.join(plan.without_record)}: no record of the questions seen in training "
-              "(made by an older version); they may be scored on them (see --exclude-run)", file=sys.stderr)
-    if plan.excluded:
-        print(f"excluded {len(plan.excluded)} question(s) the expert(s) saw in training (--include-seen scores them)")
     if constant_from is not None:
         from .reference import evaluate_constant
 
+        _announce(plan)
         results = evaluate_constant(cfg, constant_from, out, submission, plan=plan)
         console.print(eval_table(results))
         console.print(f"results: {out}")
@@ -217,6 +213,7 @@ def eval_(
     else:
         am = load_adapted(model, experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
                           trust_remote_code=trust_remote_code)
+    _announce(plan)  # once the run is sure to start, so a failing one prints its error line alone
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal) as bar:
         job = bar.add_task(f"{task} {split}", total=None)
@@ -230,6 +227,15 @@ def eval_(
     if markdown is not None:
         write_text(eval_markdown(results), markdown)
     console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
+
+
+def _announce(plan: Any) -> None:
+    """The run's notes on seen questions, in plain one-line prints (never wrapped)."""
+    if plan.without_record:
+        print(f"warning: {', '.join(plan.without_record)}: no record of the questions seen in training "
+              "(made by an older version); they may be scored on them (see --exclude-run)", file=sys.stderr)
+    if plan.excluded:
+        print(f"excluded {len(plan.excluded)} question(s) the expert(s) saw in training (--include-seen scores them)")
 
 
 @app.command("report")

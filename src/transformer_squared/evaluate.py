@@ -330,7 +330,9 @@ def _exclude_run(examples: list[Example], path: Path) -> list[Example]:
 
 def _read_seen(folder: Path) -> Tensor | None:
     """The seen-question keys recorded by an expert folder or a PEFT baseline's adapter folder (None: no record)."""
-    return read_seen(folder, ADAPTER_META) if (folder / ADAPTER_CONFIG).is_file() else read_seen(folder)
+    if (folder / ADAPTER_CONFIG).is_file():  # an adapter from elsewhere has no baseline.json: no record
+        return read_seen(folder, ADAPTER_META) if (folder / ADAPTER_META).is_file() else None
+    return read_seen(folder)
 
 
 def _fit(strategy: Strategy | None, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], list[str], float]:
