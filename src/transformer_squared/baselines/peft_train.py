@@ -35,7 +35,7 @@ from ..svd import resolve_targets
 from ..training import rollout, splits
 from ..training.checkpoint import load_trainer_state, recover, save_trainer_state, write_folder
 from ..training.train import _seed_all, _step_seed
-from .adapter import DISPLAY, META_FILE, WEIGHTS_FILE, _peft
+from .adapter import CONFIG_FILE, DISPLAY, META_FILE, WEIGHTS_FILE, _peft
 
 # Presets fill every field left at None. `vmlu`: what tuyentn/self-adaptive-llm ran for its VMLU LoRA
 # row; `paper`: the LoRA baseline of the Transformer² paper (rank 16 on the query and value projections).
@@ -246,6 +246,7 @@ class BaselineRun:
 
         def fill(tmp: Path) -> None:
             self.model.save_pretrained(str(tmp))
+            _sort_targets(tmp / CONFIG_FILE)
             write_safetensors({"keys": self.seen}, tmp / SEEN, metadata={"format": "transformer-squared-seen"})
             write_json(meta | {"seen": {"n": int(self.seen.numel()), "task": self.cfg.task, "parts": ["train", "val"]},
                                "seen_sha256": _sha256(tmp / SEEN)}, tmp / META_FILE)
@@ -304,6 +305,15 @@ class BaselineRun:
     def cleanup(self) -> None:
         """Nothing is patched into the base model, so only memory is released."""
         self.model = None
+
+
+def _sort_targets(path: Path) -> None:
+    """PEFT keeps target_modules as a set and saves it in hash order, which varies between processes
+    (PYTHONHASHSEED); sorted, the same run writes the same adapter_config.json every time."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        write_json(config, path)
 
 
 def run(cfg: BaselineConfig, out_dir: str | Path, resume: bool = False, task: Any = None) -> dict[str, Any]:
