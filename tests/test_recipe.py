@@ -12,7 +12,7 @@ import yaml
 
 from transformer_squared.cli import main
 from transformer_squared.config import load_config
-from transformer_squared.recipe import RecipeConfig, is_recipe, load_recipe
+from transformer_squared.recipe import RecipeConfig, is_recipe, load_recipe, slug
 from transformer_squared.tasks.vmlu import category_of
 from transformer_squared.training import splits
 from transformer_squared.training.train import TrainConfig
@@ -37,10 +37,11 @@ def test_every_shipped_yaml_loads():
 TINY = {
     "name": "tiny",
     "data": {"task": "vmlu", "val_fraction": 0.25, "holdout_fraction": 0.25, "seed": 3, "test_split": "test"},
-    "experts": {"categories": ["STEM"],
+    "experts": {"categories": ["STEM", "Humanities"],
                 "train": {"steps": 1, "batch_size": 4, "micro_batch_size": 4, "eval_every": 1, "lr": 0.01}},
+    "router": {"train": {"steps": 1, "batch_size": 4, "micro_batch_size": 4, "eval_every": 1}},
     "baselines": {"methods": ["lora"], "lora": {"steps": 1, "batch_size": 4, "micro_batch_size": 4}},
-    "eval": {"batch_size": 16},
+    "eval": {"batch_size": 16, "strategy": {"shots": 3, "population": 4, "generations": 2}},
     "report": {"n_boot": 200, "generate": ["Hello"], "max_new_tokens": 3},
 }
 
@@ -59,19 +60,25 @@ def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_mo
         stem = [i for i in shared["ids"][part] if category_of(i) == "STEM"]
         assert sorted(own["ids"][part]) == sorted(stem) and stem
     assert splits.load_split(out / "baselines" / "lora")["ids"] == shared["ids"]  # baselines: the whole train part
-    labels = ["base", "best constant", "LoRA", "expert STEM"]
+    strategies = [f"Transformer² ({x})" for x in ("prompt", "cls", "fewshot", "oracle", "uniform")]
+    labels = ["base", "best constant", "LoRA", "expert STEM", "expert Humanities", *strategies]
     for label in labels:
-        slug = label.lower().replace(" ", "-")
-        res = json.loads((out / "eval" / f"{slug}.json").read_text())
-        assert res["label"] == label and sorted(r["id"] for r in res["predictions"]) == sorted(shared["ids"]["holdout"])
-        with open(out / "submissions" / f"{slug}.csv", newline="") as f:
+        res = json.loads((out / "eval" / f"{slug(label)}.json").read_text())
+        assert res["label"].startswith(label) and sorted(r["id"] for r in res["predictions"]) == sorted(shared["ids"]["holdout"])
+        with open(out / "submissions" / f"{slug(label)}.csv", newline="") as f:
             rows = list(csv.reader(f))
         assert rows[0] == ["id", "answer"] and len(rows) - 1 == 4 * len(SUBJECTS)
+    oracle = json.loads((out / "eval" / "transformer-oracle.json").read_text())
+    for r in oracle["predictions"]:  # the oracle sends each question to its category's expert, else to the base
+        assert r["routing"]["decision"] == (f"{r['category']}" if r["category"] in ("STEM", "Humanities") else "base")
+    alpha = json.loads((out / "fewshot_alpha.json").read_text())  # found on shots of the validation part
+    assert len(alpha["shots"]) == 3 and set(alpha["shots"]) <= set(shared["ids"]["val"]) and len(alpha["alpha"]) == 2
+    assert (out / "router" / "best" / "expert.json").is_file()
     report = (out / "report" / "report.md").read_text()
-    assert all(f"| {x} |" in report or f"| *{x}* |" in report for x in labels)
+    assert all(f"| {x} |" in report for x in labels[:1] + labels[2:]) and "| *best constant (" in report
     assert (out / "report" / "chart.png").is_file() and "expert STEM" in screen
     gens = json.loads((out / "generations.json").read_text())
-    assert set(gens[0]["answers"]) == {"base", "LoRA", "expert STEM"}
+    assert set(gens[0]["answers"]) == {"base", "LoRA", "expert STEM", "expert Humanities"}
 
     before = {p: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
     main(["recipe", "run", str(recipe), "--data", str(data), "--out", str(out)])

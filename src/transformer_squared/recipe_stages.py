@@ -1,8 +1,9 @@
 """The stages of a recipe (see recipe.py): what each one computes, from which settings, into which files.
 
-Output folder: `split.json` (shared by every system), `experts/<category>/` and `baselines/<method>/`
-(run folders), `eval/<system>.json` (holdout results), `submissions/<system>.csv` (+ .json),
-`report/` (report.md, report.json, chart.png), `generations.json`, `stages/` (completion markers).
+Output folder: `split.json` (shared by every system), `experts/<category>/`, `router/` (the
+classification expert) and `baselines/<method>/` (run folders), `fewshot_alpha.json` (α of the few-shot
+strategy, found on the validation part), `eval/<system>.json` (holdout results), `submissions/<system>.csv`
+(+ .json), `report/` (report.md, report.json, chart.png), `generations.json`, `stages/` (markers).
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ from .recipe import RecipeConfig, Stage, slug
 from .training import splits
 
 
+FEWSHOT_ALPHA = "fewshot_alpha.json"
+
+
 @dataclass(frozen=True)
 class System:
     """A row of the table: how to build it and where its files go."""
 
     label: str  # row name
-    kind: str  # base, constant, adapter, expert
+    kind: str  # base, constant, adapter, expert, strategy
     folder: str = ""  # adapter or expert folder (best/ of its run)
     stage: str = ""  # the stage that trains it
+    members: tuple[str, ...] = ()  # strategy: the expert folders it mixes
+    needs: tuple[str, ...] = ()  # strategy: the stages it depends on
+    strategy: Any = None  # strategy: its StrategyConfig
 
     @property
     def slug(self) -> str:
@@ -63,9 +70,9 @@ class Loader:
                 yield AdaptedModel(wrapped, tok)
             finally:
                 wrapped.unload()  # takes the adapter's modules out again: the base weights were never changed
-        elif system.kind == "expert":
-            expert = Expert.load(system.folder)
-            yield AdaptedModel(model, tok, attach(model, [expert]), [expert])
+        elif system.kind in ("expert", "strategy"):
+            experts = [Expert.load(f) for f in (system.members or (system.folder,))]
+            yield AdaptedModel(model, tok, attach(model, experts), experts)
         else:
             yield AdaptedModel(model, tok)
 
@@ -93,6 +100,14 @@ def expert_config(cfg: RecipeConfig, category: str, split_path: Path) -> Any:
                    label=category, description=cfg.experts.descriptions.get(category, f"Questions in {category}."))
 
 
+def router_config(cfg: RecipeConfig, experts: list[System]) -> Any:
+    """The classification expert's run: task `route` over the category experts (their own train and val questions)."""
+    m = cfg.model
+    return replace(cfg.router.train, task="route", data="|".join(e.folder for e in experts), splits=[], subset="",
+                   split_file=None, model=m.name, device=m.device, dtype=m.dtype, targets=m.targets, label="router",
+                   description="Names the expert that should answer a request.")
+
+
 def baseline_config(cfg: RecipeConfig, method: str, split_path: Path) -> Any:
     m = cfg.model
     return replace(getattr(cfg.baselines, method), method=method, task=cfg.data.task, data=cfg.data.path,
@@ -118,26 +133,58 @@ def eval_config(cfg: RecipeConfig, system: System, split_path: Path | None, test
     where = {"split": d.test_split} if test else {"split_file": str(split_path), "part": "holdout",
                                                    "limit": e.limit or None, "sample": "stratified"}
     return EvalConfig(task=d.task, data=d.path, protocol="both", chat=e.chat, batch_size=e.batch_size, seed=d.seed,
-                      label=system.label, submission_protocol="letter", **where)
+                      label="" if system.kind == "constant" else system.label,  # constant: "best constant (B)"
+                      submission_protocol="letter", **where)
 
 
 def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path, out: Path,
                     submission: Path | None = None) -> dict[str, Any]:
     """Score one system; the constant row learns its letter from the shared split's train part."""
-    from .evaluate import evaluate, prepare
+    from .evaluate import evaluate, prepare, strategy_experts
     from .reference import evaluate_constant
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    experts = [system.folder] if system.kind == "expert" else []
-    adapters = [system.folder] if system.kind == "adapter" else []
-    plan = prepare(ecfg, out, submission, experts=experts, also_seen=adapters)  # leaves out what the system saw
+    experts = list(system.members) or ([system.folder] if system.kind == "expert" else [])
+    others = [system.folder] if system.kind == "adapter" else strategy_experts(system.strategy)
+    plan = prepare(ecfg, out, submission, experts=experts, also_seen=others)  # leaves out what the system saw
     if system.kind == "constant":
         res = evaluate_constant(ecfg, split_path, out, submission, plan=plan)
     else:
         with loader.adapted(system) as am:
-            res = evaluate(am, ecfg, out, submission, plan=plan)
+            res = evaluate(am, ecfg, out, submission, plan=plan, strategy=system.strategy)
     m = res["metrics"].get(loader.cfg.eval.protocol, {})
     return {"n": m.get("n"), "accuracy": m.get("weighted_average")}
+
+
+def fit_fewshot(cfg: RecipeConfig, loader: Loader, system: System, split_path: Path, path: Path) -> dict[str, Any]:
+    """The few-shot strategy's α, searched (CEM) on shots from the validation part, saved for its evaluations."""
+    from .adapt import build_strategy
+    from .atomic import write_json
+    from .tasks import get_task
+
+    task = get_task(cfg.data.task)
+    val = splits.load_part(task, cfg.data.path, splits.load_split(split_path), "val")
+    with loader.adapted(system) as am:
+        strategy = build_strategy(am, replace(system.strategy, alpha_from=None))
+        strategy.fit(task, val)
+        record = strategy.record()
+    write_json(record, path)
+    return {"alpha": record["alpha"], "shots": len(record["shots"])}
+
+
+def strategy_systems(cfg: RecipeConfig, experts: list[System], router: Stage | None, out: Path) -> list[System]:
+    """A Transformer² row per strategy: the category experts mixed by pass 1 (cls: with the router's expert;
+    fewshot: with the α saved by its fit stage)."""
+    rows = []
+    for name in cfg.eval.strategies:
+        scfg = replace(cfg.eval.strategy, name=name, task_chat=cfg.eval.chat,
+                       cls_expert=str(out / "router" / "best") if name == "cls" else None,
+                       alpha_from=str(out / FEWSHOT_ALPHA) if name == "fewshot" else None)
+        needs = tuple(e.stage for e in experts) + ((router.name,) if name == "cls" and router else ()) + \
+            (("fewshot alpha",) if name == "fewshot" else ())
+        rows.append(System(f"Transformer² ({name})", "strategy", members=tuple(e.folder for e in experts),
+                           needs=needs, strategy=scfg))
+    return rows
 
 
 def write_generations(cfg: RecipeConfig, loader: Loader, systems: list[System], path: Path) -> dict[str, Any]:
@@ -192,12 +239,24 @@ def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
         stages.append(Stage(f"expert {category}", asdict(tcfg), [run_dir / "best"],
                             lambda t=tcfg, d=run_dir: train_run("expert", t, d)))
         experts.append(System(f"expert {category}", "expert", str(run_dir / "best"), stages[-1].name))
-    rows = systems + (experts if cfg.eval.experts else [])
+    router = None
+    if cfg.router.enabled and experts:
+        rcfg = router_config(cfg, experts)
+        router = Stage("router", asdict(rcfg), [out / "router" / "best"],
+                       lambda: train_run("expert", rcfg, out / "router"))
+        stages.append(router)
+    strategies = strategy_systems(cfg, experts, router, out) if experts else []
+    fewshot = next((s for s in strategies if s.strategy.name == "fewshot"), None)
+    if fewshot is not None:
+        stages.append(Stage("fewshot alpha", _settings(cfg, fewshot, None, stages), [out / FEWSHOT_ALPHA],
+                            lambda: fit_fewshot(cfg, loader, fewshot, split_path, out / FEWSHOT_ALPHA)))
+    rows = systems + (experts if cfg.eval.experts else []) + strategies
     results = []
-    for system in rows:  # right after the stage that trains it (base and constant: at once)
+    for system in rows:  # right after the stage that trains it (base and constant: at once; strategies: last)
         path = out / "eval" / f"{system.slug}.json"
         ecfg = eval_config(cfg, system, split_path)
         at = next((i + 1 for i, st in enumerate(stages) if st.name == system.stage), 2 + len(results))
+        at = len(stages) if system.kind == "strategy" else at
         stages.insert(at, Stage(f"eval {system.label}", _settings(cfg, system, ecfg, stages), [path],
                                 lambda s=system, e=ecfg, p=path: evaluate_system(loader, s, e, split_path, p)))
         results.append(path)
@@ -220,10 +279,11 @@ def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
 
 
 def _settings(cfg: RecipeConfig, system: System, ecfg: Any, stages: list[Stage]) -> dict[str, Any]:
-    """An evaluation's settings: its EvalConfig and model, plus the settings of the stage that trained it."""
-    trained = {st.name: st.settings for st in stages}.get(system.stage)
-    return {"eval": asdict(ecfg), "model": asdict(cfg.model), "system": asdict(system), "trained": trained,
-            "split": asdict(cfg.data)}
+    """An evaluation's settings: its EvalConfig and model, plus the settings of the stages that trained it."""
+    by_name = {st.name: st.settings for st in stages}
+    out = {"eval": None if ecfg is None else asdict(ecfg), "model": asdict(cfg.model), "system": asdict(system),
+           "trained": by_name.get(system.stage), "split": asdict(cfg.data)}
+    return out | ({"needs": {n: by_name.get(n) for n in system.needs}} if system.needs else {})
 
 
 def _decompose(loader: Loader) -> dict[str, Any]:
