@@ -16,14 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from .. import engine, seen
 from ..atomic import check_folder_target, write_json, write_safetensors
@@ -32,6 +30,7 @@ from ..errors import ConfigError
 from ..expert import SEEN, _sha256
 from ..models import DEFAULT_MODEL, load_model, model_id
 from ..svd import resolve_targets
+from ..training import loop as trainloop
 from ..training import rollout, splits
 from ..training.checkpoint import load_trainer_state, recover, save_trainer_state, write_folder
 from ..training.train import _seed_all, _step_seed
@@ -139,7 +138,7 @@ class BaselineRun:
         self.out = Path(out_dir)
         self.task = task  # a Task object; None: looked up by cfg.task
         self.step = 0
-        self.loop: dict[str, Any] = {"best_val": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
+        self.loop: dict[str, Any] = trainloop.new_loop()
         self.history: list[dict[str, Any]] = []
         self._answer_ids: dict[str, list[int]] = {}
 
@@ -178,9 +177,7 @@ class BaselineRun:
         _peft().set_peft_model_state_dict(self.model, load_file(latest / WEIGHTS_FILE))
         state = load_trainer_state(latest, self.optimizer, self.names)
         self.step, self.loop = state["step"], state["loop"]
-        rows = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text("utf-8").splitlines() if x]
-        self.history = [h for h in rows if h["step"] <= self.step]
-        (self.out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history), "utf-8")
+        self.history = trainloop.resumed_history(self.out, self.step)
 
     # ---- one optimisation step ----------------------------------------------------------------
     def answer_ids(self, letter: str) -> list[int]:
@@ -255,38 +252,11 @@ class BaselineRun:
 
         return write_folder(self.out / kind, fill)
 
-    def _evaluate(self) -> float:
-        acc = self.validate()
-        self._log({"step": self.step, "val_acc": acc, "n_val": len(self.parts["val"][: self.cfg.max_val or None])})
-        best = self.loop["best_val"]
-        if best is None or acc > best:
-            self.loop.update(best_val=acc, best_step=self.step, bad_evals=0)
-            self.save_checkpoint("best")
-        else:
-            self.loop["bad_evals"] += 1
-        return acc
-
     def train(self) -> dict[str, Any]:
-        """The loop: validate at step 0, every eval_every steps and at the end; checkpoint every step."""
+        """The loop (`training.loop.train`): validate at step 0, every eval_every steps and at the end."""
         cfg = self.cfg
-        if self.step == 0 and self.loop["best_val"] is None:
-            self._evaluate()
-            self.save_checkpoint("latest")
-        bar = tqdm(total=self.total, initial=self.step, desc=f"baseline {cfg.label}")
-        while self.step < self.total and not self.loop["stopped_early"]:
-            t0 = time.perf_counter()
-            stats = self.train_step(self.step)
-            self.step += 1
-            row = {"step": self.step, **stats, "seconds": round(time.perf_counter() - t0, 3)}
-            if self.step % self.eval_every == 0 or self.step == self.total:
-                self._evaluate()
-                if cfg.patience and self.loop["bad_evals"] >= cfg.patience:
-                    self.loop["stopped_early"] = True
-            self._log(row)  # before the save: resume trims rows past the saved step
-            self.save_checkpoint("latest")
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", best=f"{self.loop['best_val']:.3f}")
-        bar.close()
+        trainloop.train(self, self.total, self.eval_every, cfg.patience, len(self.parts["val"][: cfg.max_val or None]),
+                        f"baseline {cfg.label}", lambda stats, val: {"loss": f"{stats['loss']:.4f}"})
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
@@ -297,10 +267,8 @@ class BaselineRun:
         write_json(meta, self.out / "best" / META_FILE)
         return summary | {"out": str(self.out)}
 
-    def _log(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    def log_row(self, row: dict[str, Any]) -> None:
+        trainloop.append_row(self.out, self.history, row)
 
     def cleanup(self) -> None:
         """Nothing is patched into the base model, so only memory is released."""

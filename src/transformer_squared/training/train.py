@@ -9,17 +9,14 @@ accuracy) and `latest/` (plus optimizer and RNG state, for `resume`).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import engine, seen
 from ..atomic import check_folder_target
@@ -28,6 +25,7 @@ from ..errors import ConfigError
 from ..expert import Expert, attach
 from ..models import DEFAULT_MODEL, load_model, model_id
 from ..svf import PARAMETRISATIONS
+from . import loop as trainloop
 from . import rollout, splits
 from .checkpoint import load_expert, load_trainer_state, recover, save_trainer_state, write_folder
 from .sinks import MetricsSink
@@ -96,7 +94,7 @@ class Recipe:
         self.out = Path(out_dir)
         self.task = task  # a Task object; None: looked up by cfg.task
         self.step = 0
-        self.loop: dict[str, Any] = {"best_val": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
+        self.loop: dict[str, Any] = trainloop.new_loop()
         self.history: list[dict[str, Any]] = []
 
     # ---- setup -------------------------------------------------------------------------------
@@ -162,9 +160,7 @@ class Recipe:
                 self.p[t].copy_(expert.p[t])
         state = load_trainer_state(latest, self.optimizer, self.names)
         self.step, self.loop = state["step"], state["loop"]
-        self.history = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text("utf-8").splitlines() if x]
-        self.history = [h for h in self.history if h["step"] <= self.step]
-        (self.out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history), "utf-8")
+        self.history = trainloop.resumed_history(self.out, self.step)
 
     # ---- one optimisation step ----------------------------------------------------------------
     def z(self) -> dict[str, torch.Tensor]:
@@ -276,40 +272,16 @@ class Recipe:
 
         return write_folder(self.out / kind, fill)
 
-    def _evaluate(self) -> float:
-        acc = self.validate()
-        self._log({"step": self.step, "val_acc": acc, "n_val": len(self.parts["val"][: self.cfg.max_val or None])})
-        best = self.loop["best_val"]
-        if best is None or acc > best:
-            self.loop.update(best_val=acc, best_step=self.step, bad_evals=0)
-            self.save_checkpoint("best")
-        else:
-            self.loop["bad_evals"] += 1
-        return acc
-
     def train(self) -> dict[str, Any]:
-        """The loop: validate at step 0 and every eval_every steps; checkpoint every step; early stopping."""
+        """The loop (`loop.train`): validate at step 0 and every eval_every steps; checkpoint every step."""
         cfg = self.cfg
-        self.last_val = float("nan")
-        if self.step == 0 and self.loop["best_val"] is None:
-            self.last_val = self._evaluate()
-            self.save_checkpoint("latest")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.meta.label}")
-        while self.step < cfg.steps and not self.loop["stopped_early"]:
-            t0 = time.perf_counter()
-            stats = self.train_step(self.step)
-            self.step += 1
-            row = {"step": self.step, **stats, "seconds": round(time.perf_counter() - t0, 3)}
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                row["val_acc"] = self.last_val = self._evaluate()
-                if cfg.patience and self.loop["bad_evals"] >= cfg.patience:
-                    self.loop["stopped_early"] = True
-            self._log({k: v for k, v in row.items() if k != "val_acc"})  # before the save: resume trims rows past it
-            self.save_checkpoint("latest")
-            bar.update(1)
-            bar.set_postfix(reward=f"{stats['reward']:+.3f}", loss=f"{stats['loss']:.4f}", kl=f"{stats['kl']:.2e}",
-                            val=f"{self.last_val:.3f}", best=f"{self.loop['best_val']:.3f}")
-        bar.close()
+
+        def postfix(stats: dict[str, float], val: float) -> dict[str, str]:
+            return {"reward": f"{stats['reward']:+.3f}", "loss": f"{stats['loss']:.4f}", "kl": f"{stats['kl']:.2e}",
+                    "val": f"{val:.3f}"}
+
+        trainloop.train(self, cfg.steps, cfg.eval_every, cfg.patience, len(self.parts["val"][: cfg.max_val or None]),
+                        f"train {self.meta.label}", postfix)
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
@@ -321,10 +293,8 @@ class Recipe:
         write_folder(self.out / "best", lambda tmp: Expert(best.p, self.meta, self.seen).save(tmp))
         return summary | {"out": str(self.out)}
 
-    def _log(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    def log_row(self, row: dict[str, Any]) -> None:
+        trainloop.append_row(self.out, self.history, row)
         self.sink.log(row)
 
     def cleanup(self) -> None:

@@ -1,0 +1,85 @@
+"""The loop both trainers share (SVF experts: `train.py`; PEFT baselines: `baselines/peft_train.py`).
+
+Validate at step 0, every `eval_every` steps and after the last; keep best/ by validation accuracy;
+stop after `patience` validations without improvement; write latest/ after every step; one row of
+metrics per step in `metrics.jsonl` (written before latest/, so a resume trims the rows past it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from tqdm.auto import tqdm
+
+
+class Run(Protocol):
+    """What the loop needs from a trainer."""
+
+    step: int  # optimisation steps done
+    loop: dict[str, Any]  # best_val, best_step, bad_evals, stopped_early
+    history: list[dict[str, Any]]  # rows logged so far
+
+    def train_step(self, step: int) -> dict[str, float]: ...
+    def validate(self) -> float: ...
+    def save_checkpoint(self, kind: str = "latest") -> Path: ...
+    def log_row(self, row: dict[str, Any]) -> None: ...
+
+
+def new_loop() -> dict[str, Any]:
+    return {"best_val": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
+
+
+def select(run: Run, n_val: int) -> float:
+    """Validate; a new best accuracy writes best/, else counts one more validation without improvement."""
+    acc = run.validate()
+    run.log_row({"step": run.step, "val_acc": acc, "n_val": n_val})
+    best = run.loop["best_val"]
+    if best is None or acc > best:
+        run.loop.update(best_val=acc, best_step=run.step, bad_evals=0)
+        run.save_checkpoint("best")
+    else:
+        run.loop["bad_evals"] += 1
+    return acc
+
+
+def train(run: Run, total: int, eval_every: int, patience: int, n_val: int, desc: str,
+          postfix: Callable[[dict[str, float], float], dict[str, str]]) -> None:
+    """Steps until `total` (or early stopping); `postfix(stats, last_val)` labels the progress bar."""
+    last = float("nan")
+    if run.step == 0 and run.loop["best_val"] is None:
+        last = select(run, n_val)
+        run.save_checkpoint("latest")
+    bar = tqdm(total=total, initial=run.step, desc=desc)
+    while run.step < total and not run.loop["stopped_early"]:
+        t0 = time.perf_counter()
+        stats = run.train_step(run.step)
+        run.step += 1
+        row = {"step": run.step, **stats, "seconds": round(time.perf_counter() - t0, 3)}
+        if run.step % eval_every == 0 or run.step == total:
+            last = select(run, n_val)
+            if patience and run.loop["bad_evals"] >= patience:
+                run.loop["stopped_early"] = True
+        run.log_row(row)  # before the save: resume trims rows past the saved step
+        run.save_checkpoint("latest")
+        bar.update(1)
+        bar.set_postfix(**postfix(stats, last), best=f"{run.loop['best_val']:.3f}")
+    bar.close()
+
+
+def append_row(out: Path, history: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Add one row to the history and to out/metrics.jsonl."""
+    history.append(row)
+    with open(Path(out) / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def resumed_history(out: Path, step: int) -> list[dict[str, Any]]:
+    """The rows of out/metrics.jsonl up to `step` (a kill may have logged rows past the saved state); rewrites it."""
+    path = Path(out) / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x]
+    kept = [h for h in rows if h["step"] <= step]
+    path.write_text("".join(json.dumps(h) + "\n" for h in kept), "utf-8")
+    return kept
