@@ -74,6 +74,7 @@ def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_mo
     alpha = json.loads((out / "fewshot_alpha.json").read_text())  # found on shots of the validation part
     assert len(alpha["shots"]) == 3 and set(alpha["shots"]) <= set(shared["ids"]["val"]) and len(alpha["alpha"]) == 2
     assert (out / "router" / "best" / "expert.json").is_file()
+    check_report_against_results(out, labels, data, shared)
     report = (out / "report" / "report.md").read_text()
     assert all(f"| {x} |" in report for x in labels[:1] + labels[2:]) and "| *best constant (" in report
     assert (out / "report" / "chart.png").is_file() and "expert STEM" in screen
@@ -87,6 +88,40 @@ def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_mo
     with pytest.raises(SystemExit) as exc:
         main(["recipe", "run", str(recipe), "--data", str(data), "--out", str(out), "--experts.train.lr", "0.5"])
     assert exc.value.code == 2 and "completed with other settings" in capsys.readouterr().err
+
+
+def check_report_against_results(out: Path, labels: list[str], data: Path, shared: dict) -> None:
+    """report.json's numbers recounted from the per-question predictions of eval/*.json (plain counting, no
+    library code): n, per-category and weighted accuracy, letter counts, the paired discordant counts against
+    base, and the constant row's letters from the answers of the shared train part."""
+    rep = json.loads((out / "report" / "report.json").read_text())
+    rows = {r["label"]: r for r in rep["rows"]}
+    preds = {}
+    for label in labels:
+        res = json.loads((out / "eval" / f"{slug(label)}.json").read_text())
+        preds[label] = {p["id"]: p for p in res["predictions"]}
+        row = rows[res["label"]]
+        got = [(p["category"], p["prediction"]["letter"] == p["answer"]) for p in res["predictions"]]
+        assert row["n"] == len(got) == 16
+        assert row["cells"]["Average"]["accuracy"] == pytest.approx(sum(ok for _, ok in got) / len(got))
+        for cat in {c for c, _ in got}:
+            in_cat = [ok for c, ok in got if c == cat]
+            assert row["cells"][cat]["accuracy"] == pytest.approx(sum(in_cat) / len(in_cat))
+        letters = [p["prediction"]["letter"] for p in res["predictions"]]
+        assert row["letters"] == {x: letters.count(x) for x in set(letters)}
+    for pair in rep["paired"]:
+        label = next(x for x in labels if pair["label"].startswith(x))
+        base, other = preds["base"], preds[label]
+        right = {k: {i: p["prediction"]["letter"] == p["answer"] for i, p in d.items()} for k, d in (("b", base), ("o", other))}
+        assert pair["base_only_right"] == sum(right["b"][i] and not right["o"][i] for i in base)
+        assert pair["other_only_right"] == sum(right["o"][i] and not right["b"][i] for i in base)
+    labelled = [json.loads(x) for split in ("dev", "valid") for x in (data / f"{split}.jsonl").read_text().splitlines()]
+    answer = {r["id"]: r["answer"] for r in labelled}
+    options = {r["id"]: "ABCDE"[:len(r["choices"])] for r in labelled}
+    train = [answer[i] for i in shared["ids"]["train"]]
+    ranking = sorted(set(train), key=lambda x: (-train.count(x), x))  # most frequent first, ties alphabetical
+    for i, p in preds["best constant"].items():  # the best-ranked letter among the question's options
+        assert p["prediction"]["letter"] == next(x for x in ranking if x in options[i])
 
 
 def test_recipe_config_errors():
