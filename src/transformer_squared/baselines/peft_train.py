@@ -286,12 +286,7 @@ def _sort_targets(path: Path) -> None:
 
 def run(cfg: BaselineConfig, out_dir: str | Path, resume: bool = False, task: Any = None) -> dict[str, Any]:
     """setup → train → cleanup; returns the summary (best validation accuracy, steps, folder)."""
-    job = BaselineRun(cfg, out_dir, task)
-    try:
-        job.setup(resume=resume)
-        return job.train()
-    finally:
-        job.cleanup()
+    return trainloop.run_job(BaselineRun(cfg, out_dir, task), resume)
 
 
 def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any], flags: list[str],

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 
 class Run(Protocol):
-    """What the loop needs from a trainer."""
+    """What the loop needs from a trainer (torchtune's verbs: setup, train, cleanup around the step)."""
 
     step: int  # optimisation steps done
     loop: dict[str, Any]  # best_val, best_step, bad_evals, stopped_early
@@ -26,6 +26,18 @@ class Run(Protocol):
     def validate(self) -> float: ...
     def save_checkpoint(self, kind: str = "latest") -> Path: ...
     def log_row(self, row: dict[str, Any]) -> None: ...
+    def setup(self, resume: bool = False) -> None: ...
+    def train(self) -> dict[str, Any]: ...
+    def cleanup(self) -> None: ...
+
+
+def run_job(job: Run, resume: bool = False) -> dict[str, Any]:
+    """setup → train → cleanup (also after a failure); returns the trainer's summary."""
+    try:
+        job.setup(resume=resume)
+        return job.train()
+    finally:
+        job.cleanup()
 
 
 def new_loop() -> dict[str, Any]:

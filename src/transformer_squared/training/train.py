@@ -317,12 +317,7 @@ def _seed_all(seed: int) -> None:
 
 def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, task: Any = None) -> dict[str, Any]:
     """setup → train → cleanup; returns the summary (best validation accuracy, steps, folder)."""
-    recipe = Recipe(cfg, out_dir, task)
-    try:
-        recipe.setup(resume=resume)
-        return recipe.train()
-    finally:
-        recipe.cleanup()
+    return trainloop.run_job(Recipe(cfg, out_dir, task), resume)
 
 
 def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any], flags: list[str],
