@@ -1,0 +1,72 @@
+"""benchmarks/two_pass_evidence.py's table stage on tiny hand-written results: accuracies, routing accuracy, the
+paired difference to the base model and the constant-answer references, each checked against a count by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def bench(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("two_pass_evidence", ROOT / "benchmarks" / "two_pass_evidence.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(mod, "OUT", tmp_path / "out")
+    monkeypatch.setattr(mod, "TABLE", tmp_path / "table")
+    monkeypatch.setattr(mod, "_train_answers", lambda f: Counter({"7": 3, "1": 1}))  # training part's gold answers
+    return mod
+
+
+def _write(mod, row: str, family: str, golds: list[str], preds: list[str], decisions: list[str] | None = None):
+    rows = [{"id": f"{family}-{i}", "answer": g, "prediction": {"generate": p}, "correct": {"generate": p == g}}
+            | ({"routing": {"decision": decisions[i], "alpha": None}} if decisions else {})
+            for i, (g, p) in enumerate(zip(golds, preds))]
+    path = mod.OUT / row.replace(":", "_") / f"{family}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"predictions": rows}))
+
+
+def test_table_counts(bench):
+    fams = tuple(bench.Family(label, "d", "rg-direct", None, None, 4, ()) for label in ("add", "name"))
+    for f in fams:
+        (f.expert).mkdir(parents=True)
+        (f.expert / "expert.json").write_text(json.dumps({"metrics": {"step": 5}}))
+    gold = {"add": ["7", "7", "3", "1"], "name": ["Ann", "Bo", "Cy", "Di"]}
+    _write(bench, "base", "add", gold["add"], ["7", "0", "0", "0"])  # 1/4
+    _write(bench, "base", "name", gold["name"], ["Ann", "x", "x", "x"])  # 1/4
+    _write(bench, "expert:add", "add", gold["add"], ["7", "7", "3", "1"])  # 4/4: 3 gains, 0 losses
+    _write(bench, "expert:add", "name", gold["name"], ["x", "x", "x", "x"])  # 0/4
+    _write(bench, "expert:name", "add", gold["add"], ["7", "0", "0", "0"])  # 1/4
+    _write(bench, "expert:name", "name", gold["name"], ["Ann", "Bo", "x", "x"])  # 2/4
+    _write(bench, "prompt", "add", gold["add"], ["7", "7", "3", "0"], ["add", "add", "add", "name"])  # 3/4
+    _write(bench, "prompt", "name", gold["name"], ["Ann", "Bo", "x", "x"], ["name", "add", "name", "name"])  # 2/4
+    _write(bench, "uniform", "add", gold["add"], ["7", "7", "0", "0"])  # one family only: not a complete row
+    bench.table(fams)
+
+    out = json.loads(bench.TABLE.with_suffix(".json").read_text())
+    add = out["single_experts"][0]
+    assert (add["base"]["accuracy"], add["expert"]["accuracy"]) == (0.25, 1.0)
+    assert add["difference"]["mcnemar_p"] == pytest.approx(2 / 2**3)  # 3 discordant pairs, all gains
+    assert (add["train_majority_answer"], add["train_majority_acc"]) == ("7", 0.5)  # "7" is 2 of the 4 golds
+    assert (add["best_constant_answer"], add["best_constant_acc"]) == ("7", 0.5)
+    assert add["answers_base"] == {"0": 3, "7": 1} and add["expert_step"] == 5
+    rows = {r["row"]: r for r in out["rows"]}
+    assert list(rows) == ["base", "expert:add", "expert:name", "prompt"]  # uniform lacks a family
+    assert rows["expert:add"]["overall"]["accuracy"] == pytest.approx(4 / 8)
+    prompt = rows["prompt"]
+    assert prompt["overall"]["n"] == 8 and prompt["overall"]["accuracy"] == pytest.approx(5 / 8)
+    assert prompt["routing"]["accuracy"] == pytest.approx(6 / 8)  # 3 of 4 "add", 3 of 4 "name" routed right
+    assert prompt["families"]["name"]["decisions"] == {"name": 3, "add": 1}
+    assert prompt["vs_base"]["diff"] == pytest.approx(3 / 8)  # 5/8 − 2/8
+    md = bench.TABLE.with_suffix(".md").read_text()
+    assert "| prompt | 75.0 [" in md and "| 62.5 [" in md
