@@ -220,7 +220,7 @@ def mixed_table(families: tuple[Family, ...]) -> list[dict]:
             preds = _load(row, f)["predictions"]
             ok = [bool(r["correct"][f.protocol]) for r in preds]
             decisions = [(r.get("routing") or {}).get("decision") for r in preds]
-            hits = [d == f.label for d in decisions if d is not None]
+            hits = [d == f.label for d in decisions if d not in (None, "mixture")]  # a mixture routes nowhere
             per[f.label] = _acc(ok) | {"routing": _acc(hits) if hits else None,
                                        "decisions": dict(Counter(d for d in decisions if d is not None))}
             mine |= {(f.label, i): c for i, c in _correct(row, f).items()}
@@ -267,6 +267,11 @@ def markdown(single: list[dict], mixed: list[dict], families: tuple[Family, ...]
             vs = f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]" if d else "–"
             cells = " | ".join(_pct(m["families"][f.label]) for f in families)
             lines.append(f"| {m['row']} | {cells} | {_pct(m['overall'])} | {vs} | {_pct(m['routing'])} |")
+        routed = [m for m in mixed if m["routing"]]
+        lines += ["", "## Pass-1 decisions (true family → chosen expert × count; base = no expert)", "",
+                  "| row | " + " | ".join(f.label for f in families) + " |", "| --- |" + " --- |" * len(families)]
+        lines += [f"| {m['row']} | " + " | ".join(_answers(m["families"][f.label]["decisions"]) for f in families) + " |"
+                  for m in routed]
     return "\n".join(lines) + "\n"
 
 

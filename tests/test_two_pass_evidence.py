@@ -50,7 +50,9 @@ def test_table_counts(bench):
     _write(bench, "expert:name", "name", gold["name"], ["Ann", "Bo", "x", "x"])  # 2/4
     _write(bench, "prompt", "add", gold["add"], ["7", "7", "3", "0"], ["add", "add", "add", "name"])  # 3/4
     _write(bench, "prompt", "name", gold["name"], ["Ann", "Bo", "x", "x"], ["name", "add", "name", "name"])  # 2/4
-    _write(bench, "uniform", "add", gold["add"], ["7", "7", "0", "0"])  # one family only: not a complete row
+    _write(bench, "uniform", "add", gold["add"], ["7", "7", "0", "0"], ["mixture"] * 4)  # 2/4
+    _write(bench, "uniform", "name", gold["name"], ["x", "x", "x", "x"], ["mixture"] * 4)  # 0/4
+    _write(bench, "fewshot", "add", gold["add"], ["7", "7", "0", "0"])  # one family only: not a complete row
     bench.table(fams)
 
     out = json.loads(bench.TABLE.with_suffix(".json").read_text())
@@ -61,7 +63,8 @@ def test_table_counts(bench):
     assert (add["best_constant_answer"], add["best_constant_acc"]) == ("7", 0.5)
     assert add["answers_base"] == {"0": 3, "7": 1} and add["expert_step"] == 5
     rows = {r["row"]: r for r in out["rows"]}
-    assert list(rows) == ["base", "expert:add", "expert:name", "prompt"]  # uniform lacks a family
+    assert list(rows) == ["base", "expert:add", "expert:name", "uniform", "prompt"]  # fewshot lacks a family
+    assert rows["uniform"]["routing"] is None and rows["uniform"]["overall"]["accuracy"] == 0.25
     assert rows["expert:add"]["overall"]["accuracy"] == pytest.approx(4 / 8)
     prompt = rows["prompt"]
     assert prompt["overall"]["n"] == 8 and prompt["overall"]["accuracy"] == pytest.approx(5 / 8)
@@ -70,3 +73,4 @@ def test_table_counts(bench):
     assert prompt["vs_base"]["diff"] == pytest.approx(3 / 8)  # 5/8 − 2/8
     md = bench.TABLE.with_suffix(".md").read_text()
     assert "| prompt | 75.0 [" in md and "| 62.5 [" in md
+    assert "| prompt | add×3, name×1 | name×3, add×1 |" in md
