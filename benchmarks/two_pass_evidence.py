@@ -239,8 +239,8 @@ def _pct(a: dict | None) -> str:
     return f"{100 * a['accuracy']:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
-def _answers(counts: dict) -> str:
-    return ", ".join(f"{(k or '(none)')[:14]!s}×{v}" for k, v in counts.items())
+def _answers(counts: dict, width: int = 14) -> str:
+    return ", ".join(f"{(k or '(none)')[:width]!s}×{v}" for k, v in counts.items())
 
 
 def markdown(single: list[dict], mixed: list[dict], families: tuple[Family, ...]) -> str:
@@ -270,7 +270,7 @@ def markdown(single: list[dict], mixed: list[dict], families: tuple[Family, ...]
         routed = [m for m in mixed if m["routing"]]
         lines += ["", "## Pass-1 decisions (true family → chosen expert × count; base = no expert)", "",
                   "| row | " + " | ".join(f.label for f in families) + " |", "| --- |" + " --- |" * len(families)]
-        lines += [f"| {m['row']} | " + " | ".join(_answers(m["families"][f.label]["decisions"]) for f in families) + " |"
+        lines += [f"| {m['row']} | " + " | ".join(_answers(m["families"][f.label]["decisions"], 24) for f in families) + " |"
                   for m in routed]
     return "\n".join(lines) + "\n"
 
