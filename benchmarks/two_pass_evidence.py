@@ -248,14 +248,14 @@ def markdown(single: list[dict], mixed: list[dict], families: tuple[Family, ...]
              "Produced by `python benchmarks/two_pass_evidence.py table` from the files in "
              "`results/two_pass_evidence/`. Accuracy in %, 95 % Wilson intervals in brackets; differences with "
              "paired-bootstrap 95 % CIs and McNemar's exact p.", "", "## Single experts on their own held-out questions", "",
-             "| family | protocol | n | base | expert | difference [95 % CI], p | training-majority answer | "
-             "best constant answer | answers (base) | answers (expert) |", "| --- | --- | ---: | --- | --- | --- | --- | --- | --- | --- |"]
+             "| family | protocol | n | base | expert | difference [95 % CI], p | training-majority answer: accuracy | "
+             "best constant answer: accuracy | answers (base) | answers (expert) |", "| --- | --- | ---: | --- | --- | --- | --- | --- | --- | --- |"]
     for s in single:
         d = s["difference"]
         lines.append(f"| {s['family']} | {s['protocol']} | {s['n']} | {_pct(s['base'])} | {_pct(s['expert'])} | "
                      f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], p = {d['mcnemar_p']:.2g} | "
-                     f"{s['train_majority_answer']!s:.14} {100 * s['train_majority_acc']:.1f} | "
-                     f"{s['best_constant_answer']!s:.14} {100 * s['best_constant_acc']:.1f} | "
+                     f"\"{s['train_majority_answer']!s:.14}\": {100 * s['train_majority_acc']:.1f} | "
+                     f"\"{s['best_constant_answer']!s:.14}\": {100 * s['best_constant_acc']:.1f} | "
                      f"{_answers(s['answers_base'])} | {_answers(s['answers_expert'])} |")
     if mixed:
         head = " | ".join(f"{f.label} (n = {mixed[0]['families'][f.label]['n']})" for f in families)
