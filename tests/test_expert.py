@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from transformer_squared.errors import ExpertError
-from transformer_squared.expert import Expert, attach
+from transformer_squared.expert import Expert, ExpertMeta, attach
 from transformer_squared.models import model_id
 
 
@@ -63,3 +64,35 @@ def test_corrupt_and_missing_files(tiny, tmp_path):
     (tmp_path / "other" / "expert.json").write_text("{not json")
     with pytest.raises(ExpertError, match="invalid JSON"):
         Expert.load(tmp_path / "other")
+
+
+def test_experts_must_agree_on_normalisation(tiny):
+    model, _ = tiny
+    svf = attach(model)
+    a = Expert.init(svf.factors, "tiny", svf.fingerprint, label="keep", normalise=True)
+    b = Expert.init(svf.factors, "tiny", svf.fingerprint, label="raw", normalise=False)
+    with pytest.raises(ExpertError, match=r"disagree on normalisation \('keep' normalise=True, 'raw' normalise=False\)"):
+        attach(model, [a, b])
+
+
+def test_version_1_fingerprints_still_match(tiny, tmp_path):
+    """Experts and caches made before fingerprint version 2 keep working (small targets only had version 1)."""
+    from transformer_squared.svd import cache_dir, decompose, legacy_fingerprint, resolve_targets
+
+    model, _ = tiny
+    names = resolve_targets(model, "mlp")
+    old = legacy_fingerprint(model, names)
+    folder = decompose(model, names, root=tmp_path, progress=False)
+    os.replace(folder, cache_dir(old, tmp_path))  # as a version-1 run left it
+    again = decompose(model, names, root=tmp_path, progress=False)  # adopts the old folder, no new SVD
+    assert again == folder and not cache_dir(old, tmp_path).exists()
+    assert json.loads((again / "index.json").read_text())["fingerprint"] == folder.name
+    e = Expert.init(attach(model).factors, "tiny", old)
+    assert attach(model, [e]).fingerprint == folder.name and e.meta.fingerprint == folder.name
+
+
+def test_random_base_needs_force(tmp_path):
+    e = Expert({"t": torch.zeros(3)}, ExpertMeta("random:llama-3-8b?layers=1", "f" * 20, ["t"]))
+    with pytest.raises(ExpertError, match="random weights.*--force"):
+        e.save(tmp_path / "e")
+    assert Expert.load(e.save(tmp_path / "e", force=True)).meta.base_model == "random:llama-3-8b?layers=1"

@@ -131,3 +131,44 @@ def test_smollm2_reconstruction(smollm2):
     _, factors = ensure_factors(model, "mlp")
     assert len(factors) == 90
     assert max(_rel_err(model, factors).values()) < 1e-5
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import sys, time
+    from transformer_squared import svd
+    from transformer_squared.models import load_model
+    slow = svd.svd_one
+    def svd_one(W, device=None):
+        with open(sys.argv[2], "a") as log:
+            log.write("x\\n")
+        time.sleep(0.05)
+        return slow(W, device)
+    svd.svd_one = svd_one
+    model, _ = load_model(sys.argv[1], device="cpu")
+    open(sys.argv[3], "w").close()  # ready
+    while not all(__import__("os").path.exists(p) for p in sys.argv[4:]):
+        time.sleep(0.01)  # start together
+    svd.decompose(model, "mlp", progress=False)
+    """
+)
+
+
+def test_two_processes_decompose_each_target_once(tiny_model_dir, tmp_path):
+    """The file lock: two concurrent `decompose` runs on one cache give one complete, consistent cache,
+    and every target is decomposed exactly once between them."""
+    env = dict(os.environ, T2_HOME=str(tmp_path / "home"))
+    log, ready = tmp_path / "svd_calls.log", [tmp_path / "ready0", tmp_path / "ready1"]
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tiny_model_dir), str(log), str(ready[i]),
+                               *map(str, ready)], env=env) for i in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    (folder,) = [p for p in (tmp_path / "home" / "svd").iterdir() if p.is_dir()]
+    index = json.loads((folder / "index.json").read_text())
+    assert len(index["targets"]) == 6 and len(log.read_text().split()) == 6  # 6 targets, 6 SVDs in all
+    from transformer_squared.models import load_model
+
+    model, _ = load_model(str(tiny_model_dir), device="cpu")
+    clean = decompose(model, "mlp", root=tmp_path / "clean", progress=False)
+    for name in sorted(p.name for p in clean.glob("*.safetensors")):
+        a, b = load_file(folder / name), load_file(clean / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)

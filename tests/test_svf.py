@@ -172,3 +172,43 @@ def test_smollm2_uniform_z_and_factored(smollm2):
     # position's very large activations (attention sink); logits are ~10 in size, so 5e-3 is ~1e-4 relative
     torch.testing.assert_close(factored, merged, rtol=1e-3, atol=5e-3)
     assert model_id(model) == "smollm2-135m-instruct"
+
+
+def test_failed_merge_leaves_every_weight_bit_identical(tiny):
+    """A non-finite z on the last target, or a delta that overflows while writing the last target
+    (after the others are merged), raises and leaves every weight as it was."""
+    from transformer_squared.errors import ExpertError
+
+    model, _ = tiny
+    svf = attach(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (e,) = _experts(svf, "sigmoid", 1)
+    last = svf.targets[-1]
+    z = e.z()
+    z[last] = z[last].clone()
+    z[last][3] = float("inf")
+    with pytest.raises(ExpertError, match=f"'{last}'.*not finite"):
+        with svf.merged(z):
+            pass
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    f = svf.factors[last]
+    U = f.U.clone()
+    U[0, 0] = float("inf")  # finite s', but a non-finite ΔW, found while writing the last target
+    svf.factors[last] = Factors(U, f.S, f.V)
+    with pytest.raises(ExpertError, match=f"adapted weight of '{last}' is not finite"):
+        svf.merge(e.z())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not svf._originals
+
+
+def test_factored_uses_the_factors_without_casting(tiny):
+    """FactoredLinear holds the SVFModel's own U and V (one copy for the model's life), whatever the dtype."""
+    from transformer_squared.svf import FactoredLinear
+
+    model, _ = tiny
+    svf = attach(model, factor_dtype="bfloat16")
+    z = {t: torch.full((2, f.S.numel()), 0.5) for t, f in svf.factors.items()}
+    with svf.factored(z):
+        layer = model.get_submodule(svf.targets[0])
+        assert isinstance(layer, FactoredLinear)
+        assert layer.U.data_ptr() == svf.factors[svf.targets[0]].U.data_ptr() and layer.U.dtype == torch.bfloat16

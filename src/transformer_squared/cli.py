@@ -54,6 +54,14 @@ def _expand_multi(args: list[str]) -> list[str]:
             flag = None
         out.append(a)
     return out
+LAYERS = typer.Option(None, "--num-layers", help="random: models only: build this many decoder layers (full-size matrices).")
+
+
+def _model(model: str, num_layers: Optional[int]) -> str:
+    """The model name with --num-layers folded in (random:NAME?layers=N)."""
+    from .random_models import with_layers
+
+    return with_layers(model, num_layers)
 
 
 @app.callback()
@@ -73,13 +81,15 @@ def decompose(
     targets: str = typer.Option("mlp", "--targets", help="mlp, attn, all, or a regex over module names."),
     device: str = DEVICE,
     factor_dtype: str = typer.Option("float32", "--factor-dtype", help="Dtype of cached factors: float32 or bfloat16."),
+    dtype: str = DTYPE,
+    num_layers: Optional[int] = LAYERS,
     trust_remote_code: bool = TRUST,
 ) -> None:
     """Decompose the target weights once and cache U, s, V (resumable)."""
     from .models import load_model
     from .svd import decompose as run
 
-    m, _ = load_model(model, device=device, trust_remote_code=trust_remote_code)
+    m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     folder = run(m, targets, device=None if device == "auto" else device, dtype=factor_dtype)
     console.print(f"SVD cache: {folder}")
 
@@ -97,6 +107,7 @@ def generate(
     no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
     device: str = DEVICE,
     dtype: str = DTYPE,
+    num_layers: Optional[int] = LAYERS,
     trust_remote_code: bool = TRUST,
 ) -> None:
     """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
@@ -105,7 +116,7 @@ def generate(
     scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from) if strategy else None
     if scfg is not None and alpha:
         raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
-    am = load_adapted(model, experts=expert or [], alpha=alpha, device=device, dtype=dtype,
+    am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     if scfg is None:
         console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
@@ -164,11 +175,13 @@ def eval_(
     constant_from: Optional[Path] = typer.Option(None, "--constant-from", help="No model: answer with the best constant letter of this split's train part."),
     device: str = DEVICE,
     dtype: str = DTYPE,
+    num_layers: Optional[int] = LAYERS,
     trust_remote_code: bool = TRUST,
 ) -> None:
     """Evaluate a task with the base model, an expert, a fixed mixture, a two-pass strategy or a PEFT adapter."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from . import distributed
     from .adapted import load_adapted
     from .atomic import write_text
     from .evaluate import EvalConfig, evaluate, prepare, strategy_experts
@@ -207,18 +220,20 @@ def eval_(
         from .baselines.adapter import adapter_label, attach_adapter
         from .models import load_model
 
-        base, tok = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        base, tok = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         am = AdaptedModel(attach_adapter(base, lora), tok)
         cfg.label = cfg.label or adapter_label(lora)
     else:
-        am = load_adapted(model, experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
+        am = load_adapted(_model(model, num_layers), experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
                           trust_remote_code=trust_remote_code)
     _announce(plan)  # once the run is sure to start, so a failing one prints its error line alone
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
+                  console=err, transient=True, disable=not err.is_terminal or not distributed.is_main()) as bar:
         job = bar.add_task(f"{task} {split}", total=None)
         results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
                            total=lambda n: bar.update(job, total=n), plan=plan, strategy=scfg)
+    if not distributed.is_main():  # data parallel: rank 0 reports
+        return
     console.print(eval_table(results))
     if confusion_table(results) is not None:
         console.print(confusion_table(results))
@@ -310,6 +325,8 @@ def train_(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (config.yaml, split.json, metrics.jsonl, best/, latest/)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name (vmlu, mmlu, mcq, rg, ...)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id."),
+    num_layers: Optional[int] = LAYERS,
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Model dtype: float32, bfloat16, float16."),
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     subset: Optional[str] = typer.Option(None, "--subset", help="category=STEM, subject=28,29, ..."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of TrainConfig keys."),
@@ -327,6 +344,7 @@ def train_(
                                                  "between (a classification expert for --strategy cls)."),
 ) -> None:
     """Train an SVF expert with REINFORCE; any other TrainConfig key works as --key value."""
+    from . import distributed
     from .training.train import configure, run
 
     if experts:
@@ -334,11 +352,17 @@ def train_(
             raise ConfigError("--experts names the experts of --task route (which builds its data from them); "
                               "use it with --task route and without --data")
         data = "|".join(str(Path(e).resolve()) for e in experts)
-    named = {"task": task, "model": model, "data": data, "subset": subset, "steps": steps, "batch_size": batch_size,
+    if num_layers is not None:
+        if model is None:
+            raise ConfigError("--num-layers needs --model random:NAME")
+        model = _model(model, num_layers)
+    named = {"task": task, "model": model, "dtype": dtype, "data": data, "subset": subset, "steps": steps, "batch_size": batch_size,
              "micro_batch_size": micro_batch_size, "lr": lr, "kl": kl, "seed": seed, "eval_every": eval_every,
              "label": label, "description": description}
     cfg = configure(out, config, named, list(ctx.args), resume)
     summary = run(cfg, out, resume=resume)
+    if not distributed.is_main():  # data parallel: rank 0 reports
+        return
     console.print(f"best validation accuracy {summary['best_val']:.4f} at step {summary['best_step']} "
                   f"({summary['steps_done']} steps{', stopped early' if summary['stopped_early'] else ''})\n"
                   f"expert: {out / 'best'}")
@@ -373,6 +397,26 @@ def baseline_(
                   f"({summary['steps_done']} of {summary['total_steps']} steps)\nadapter: {out / 'best'}")
 
 
+@app.command("plan")
+def plan_(
+    model: str = typer.Option("random:llama-3-8b", "--model", "-m", help="Any model name; only its config is read."),
+    targets: str = typer.Option("mlp", "--targets", help="mlp, attn, all, or a regex over module names."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (training micro-batch)."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per prompt, padded."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Model dtype."),
+    factor_dtype: str = typer.Option("bfloat16", "--factor-dtype", help="Dtype of U and V in memory."),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="Generated tokens for the KV-cache line."),
+    gpus: int = typer.Option(8, "--gpus", help="GPUs for the sharded (FSDP) column."),
+    num_layers: Optional[int] = LAYERS,
+) -> None:
+    """Memory plan (weights, factors, expert, optimizer, activations, KV) for training and evaluation."""
+    from .plan import PlanConfig, plan, render, shapes
+
+    cfg = PlanConfig(_model(model, num_layers), targets, batch_size, seq_len, dtype, factor_dtype, new_tokens, gpus)
+    s = shapes(cfg.model, cfg.targets)
+    typer.echo(render(cfg, s, plan(cfg, s)))
+
+
 @expert_app.command("init")
 def expert_init(
     out: Path = typer.Option(..., "--out", help="Folder to write the expert into."),
@@ -383,6 +427,9 @@ def expert_init(
     parametrisation: str = typer.Option("sigmoid", "--parametrisation", help="sigmoid (reference) or linear."),
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE,
+    dtype: str = DTYPE,
+    num_layers: Optional[int] = LAYERS,
+    force: bool = typer.Option(False, "--force", help="Save even for a random: base model (tests, benchmarks)."),
 ) -> None:
     """Write an untrained expert with the reference initialisation."""
     from .atomic import check_folder_target
@@ -390,10 +437,10 @@ def expert_init(
     from .models import load_model, model_id
 
     check_folder_target(out, "--out")
-    m, _ = load_model(model, device=device)
+    m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype)
     svf = attach(m, targets=targets)
     e = Expert.init(svf.factors, model_id(m), svf.fingerprint, parametrisation, seed, label, description)
-    e.save(out)
+    e.save(out, force=force)
     console.print(f"expert with {e.n_params:,} parameters over {len(e.p)} targets: {out}")
 
 
@@ -415,6 +462,8 @@ EXPERTS = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder 
 ALPHAS = typer.Option(None, "--alpha", help="Mixture weight per expert, repeated in expert order (default: equal).")
 PUSH = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hugging Face repo id.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
+EXPORT_DTYPE = typer.Option(None, "--dtype", help="Cast the checkpoint to float32, bfloat16 or float16 "
+                            "(default: its stored dtype, or the narrower one the expert was trained on).")
 
 
 @export_app.command("merged")
@@ -423,14 +472,15 @@ def export_merged(
     model: str = MODEL,
     expert: List[Path] = EXPERTS,
     alpha: Optional[List[float]] = ALPHAS,
-    dtype: str = DTYPE,
+    dtype: Optional[str] = EXPORT_DTYPE,
+    num_layers: Optional[int] = LAYERS,
     push_to_hub: Optional[str] = PUSH,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """A standalone Hugging Face checkpoint with the experts' W' merged in, plus a model card."""
+    """A standalone Hugging Face checkpoint with the experts' W' merged in, plus a model card (streamed shard by shard)."""
     from .interop.export import export_merged as run
 
-    folder = run(model, expert or [], alpha, out, push_to_hub, dtype=dtype, overwrite=overwrite)
+    folder = run(_model(model, num_layers), expert or [], alpha, out, push_to_hub, dtype=dtype, overwrite=overwrite)
     console.print(f"merged checkpoint: {folder}" + (f" (pushed to {push_to_hub})" if push_to_hub else ""))
 
 
@@ -440,6 +490,8 @@ def export_lora(
     expert: Path = typer.Option(..., "--expert", "-e", help="Expert folder."),
     rank: str = typer.Option("full", "--rank", "-r", help="LoRA rank R, or 'full' (exact)."),
     model: str = MODEL,
+    dtype: Optional[str] = EXPORT_DTYPE,
+    num_layers: Optional[int] = LAYERS,
     push_to_hub: Optional[str] = PUSH,
     overwrite: bool = OVERWRITE,
 ) -> None:
@@ -448,7 +500,8 @@ def export_lora(
 
     if rank != "full" and not rank.isdigit():
         raise ConfigError(f"--rank {rank}: a positive integer or 'full'")
-    rep = run(model, expert, None if rank == "full" else int(rank), out, push_to_hub, overwrite=overwrite)
+    rep = run(_model(model, num_layers), expert, None if rank == "full" else int(rank), out, push_to_hub,
+              overwrite=overwrite, dtype=dtype)
     worst = max(rep.rel_error, key=rep.rel_error.get)
     console.print(f"LoRA adapter r={rep.rank} ({rep.n_params:,} parameters): {rep.out_dir}\n"
                   f"relative error ||dW - dW_R||/||dW||: {rep.overall:.4f} overall, "
@@ -470,6 +523,7 @@ def lm_eval(
     output: Optional[Path] = typer.Option(None, "--output", help="Write lm-eval's results JSON here."),
     device: str = DEVICE,
     dtype: str = DTYPE,
+    num_layers: Optional[int] = LAYERS,
 ) -> None:
     """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
     from .atomic import check_file_target, write_text
@@ -478,7 +532,7 @@ def lm_eval(
     check_file_target(output, "--output")
     names = [t for spec in tasks for t in spec.split(",") if t]
     n = None if limit is None else (int(limit) if limit >= 1 else limit)
-    res = evaluate(model, names, expert or [], alpha, limit=n, include_path=include_path,
+    res = evaluate(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
                    include_defaults=not no_builtin_tasks, num_fewshot=num_fewshot, batch_size=batch_size,
                    device=device, dtype=dtype, seed=seed)
     from lm_eval.utils import handle_non_serializable, make_table
@@ -517,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
     click_error, no_args_help = _click_errors()
     try:
         code = app(args=args, prog_name="t2", standalone_mode=False)
+        if "transformer_squared.distributed" in sys.modules:  # torchrun / accelerate launch: leave the group
+            sys.modules["transformer_squared.distributed"].shutdown()
     except T2Error as e:
         if debug:
             raise

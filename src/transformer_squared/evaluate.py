@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
-from . import __version__, seen
+from . import __version__, distributed, seen
 from .adapt import Strategy, StrategyConfig, build_strategy, request_of
 from .adapt.two_pass import pass2_order, route_all
 from .adapted import AdaptedModel
@@ -163,7 +163,9 @@ def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, strategy: Strategy |
 
 
 def partial_path(out_path: Path) -> Path:
-    return out_path.with_name(out_path.name + ".partial.json")
+    """Where records are saved as they come (one file per rank in a data-parallel run)."""
+    suffix = f".partial.rank{distributed.rank()}.json" if distributed.world() > 1 else ".partial.json"
+    return out_path.with_name(out_path.name + suffix)
 
 
 def alpha_path(out_path: Path) -> Path:
@@ -183,6 +185,16 @@ def _load_partial(path: Path | None, key: str) -> dict[str, dict[str, Any]]:
     if saved.get("key") != key:
         return empty
     return {"records": saved.get("records", {}), "routing": saved.get("routing", {})}
+
+
+def _load_partials(out_path: Path | None, key: str) -> dict[str, dict[str, Any]]:
+    """Every partial file of `out_path` (one per rank of a data-parallel run, of any earlier run) merged."""
+    merged: dict[str, dict[str, Any]] = {"records": {}, "routing": {}}
+    for path in sorted(out_path.parent.glob(out_path.name + ".partial*.json")) if out_path is not None else []:
+        saved = _load_partial(path, key)
+        merged["records"].update(saved["records"])
+        merged["routing"].update(saved["routing"])
+    return merged
 
 
 def _score(task: Task, examples: list[Example], preds: dict[str, list[str]]) -> dict[str, list[bool | None]]:
@@ -227,7 +239,7 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
     from and saving to `out_path`'s partial file."""
     key = _run_key(am, cfg, task, strategy)
     part = partial_path(out_path) if out_path is not None else None
-    saved = _load_partial(part, key)
+    saved = _load_partials(out_path, key)
     records, routing = saved["records"], saved["routing"]
 
     def save() -> None:
@@ -236,7 +248,7 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
 
     if progress is not None and records:
         progress(sum(e.id in records for e in examples))
-    pending = [e for e in examples if e.id not in records]
+    pending = distributed.shard([e for e in examples if e.id not in records])  # data parallel: this rank's share
     step = cfg.batch_size * cfg.save_every
     prompts = task.format(pending, am.tokenizer, cfg.chat)
     check_context(am.model, am.tokenizer, prompts, [f"question {e.id}" for e in pending])  # before any pass
@@ -255,7 +267,7 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
                     rec["routing"] = routing[rid]
             records.update(chunk)
             save()
-    return records
+    return distributed.gather_records(records)
 
 
 @dataclass
@@ -373,6 +385,7 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
     plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
+    distributed.init(next(am.model.parameters()).device)  # no-op unless launched by torchrun / accelerate
     task = plan.task
     protocols = cfg.protocols(task)
     strategy = None if strategy is None else build_strategy(am, strategy)
@@ -398,8 +411,8 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
         results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
                                                    "mixed_batches": cfg.mixed_batches}
         results["routing"] = routing_metrics(results["predictions"], am.labels)
-        if out is not None and results["strategy"].get("alpha") is not None:  # fewshot: reusable with --alpha-from
-            write_json(results["strategy"], alpha_path(out))
+        if out is not None and results["strategy"].get("alpha") is not None and distributed.is_main():
+            write_json(results["strategy"], alpha_path(out))  # fewshot: reusable with --alpha-from
     return finish(results, cfg, examples, records, out, submission_path)
 
 
@@ -433,17 +446,22 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
 
 def finish(results: dict[str, Any], cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
            out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
-    """Write the submission CSV and the results JSON (if asked), drop the partial file; returns `results`."""
+    """Write the submission CSV and the results JSON (if asked; rank 0 only in a data-parallel run), drop
+    the partial file; returns `results`."""
     if submission_path is not None:
         preds = [records[e.id]["prediction"][cfg.submission_protocol] for e in examples]
-        results["submission"] = write_submission(submission_path, [e.id for e in examples], preds, cfg.submission_protocol)
-    if out is not None:
+        results["submission"] = write_submission(submission_path, [e.id for e in examples], preds,
+                                                 cfg.submission_protocol, write=distributed.is_main())
+    if out is not None and distributed.is_main():  # data parallel: rank 0 writes the one results file
         write_json(results, out)
+    distributed.barrier()
+    if out is not None:
         partial_path(out).unlink(missing_ok=True)
     return results
 
 
-def write_submission(path: str | Path, ids: list[str], preds: list[str], protocol: str) -> dict[str, Any]:
+def write_submission(path: str | Path, ids: list[str], preds: list[str], protocol: str,
+                     write: bool = True) -> dict[str, Any]:
     """The benchmark's `id,answer` CSV from one protocol's predictions (VMLU's writer checks every line)."""
     from .tasks.vmlu import write_submission as write_csv
 
@@ -451,5 +469,6 @@ def write_submission(path: str | Path, ids: list[str], preds: list[str], protoco
     if missing:
         raise ConfigError(f"--submission: {len(missing)} question(s) without a letter under protocol '{protocol}' "
                           f"(first: {missing[0]}); use --submission-protocol letter")
-    write_csv(path, ids, preds)
+    if write:
+        write_csv(path, ids, preds)
     return {"path": str(path), "protocol": protocol, "n": len(ids)}

@@ -23,7 +23,8 @@ from . import __version__
 from .atomic import write_json, write_safetensors
 from .errors import ExpertError
 from .models import model_id
-from .svd import Factors, ensure_factors
+from .random_models import is_random
+from .svd import Factors, ensure_factors, fingerprint, legacy_fingerprint, resolve_targets
 from .svf import PARAMETRISATIONS, SVFModel
 
 FORMAT_VERSION = 1
@@ -81,15 +82,26 @@ class Expert:
                           description, provenance={"init_seed": seed}, seen={"n": 0, "task": "", "parts": []})
         return cls(p, meta, torch.empty(0, dtype=torch.int64))  # untrained: it saw no question
 
-    def check_base(self, base_model: str, fingerprint: str) -> None:
-        """Fail with both names when the expert was made for other base weights."""
-        if fingerprint != self.meta.fingerprint:
-            raise ExpertError(
-                f"expert '{self.meta.label or '?'}' was made for base model '{self.meta.base_model}' "
-                f"(fingerprint {self.meta.fingerprint}), not for '{base_model}' (fingerprint {fingerprint})"
-            )
+    def check_base(self, base_model: str, fingerprint: str, legacy: str | None = None) -> None:
+        """Fail with both names when the expert was made for other base weights.
 
-    def save(self, folder: str | Path) -> Path:
+        `legacy` is the same weights' version-1 fingerprint: experts saved before version 2 match it
+        (and are upgraded in memory to the current fingerprint)."""
+        if self.meta.fingerprint == fingerprint:
+            return
+        if legacy is not None and self.meta.fingerprint == legacy:
+            self.meta.fingerprint = fingerprint
+            return
+        raise ExpertError(
+            f"expert '{self.meta.label or '?'}' was made for base model '{self.meta.base_model}' "
+            f"(fingerprint {self.meta.fingerprint}), not for '{base_model}' (fingerprint {fingerprint})"
+        )
+
+    def save(self, folder: str | Path, force: bool = False) -> Path:
+        """Write the folder atomically; an expert of a `random:` base model needs `force`."""
+        if is_random(self.meta.base_model) and not force:
+            raise ExpertError(f"{folder}: expert of '{self.meta.base_model}' (random weights) is only good for tests "
+                              "and benchmarks; pass --force (force=True) to save it anyway")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {t: p.detach().float().cpu() for t, p in self.p.items()}
@@ -174,40 +186,50 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
         raise ExpertError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
 
 
-def check_together(experts: list[Expert]) -> None:
-    """Experts used together must adapt the same targets of the same base weights (checked without the model)."""
+def check_together(experts: list[Expert]) -> list[str]:
+    """Experts used together must adapt the same targets of the same base weights with the same
+    normalisation (checked without the model); returns the shared targets. Errors name the experts."""
+    first = experts[0]
     for e in experts[1:]:
-        first = experts[0]
         if e.meta.fingerprint != first.meta.fingerprint:
             raise ExpertError(f"experts '{first.meta.label or '?'}' and '{e.meta.label or '?'}' were made for different "
                               f"base models ('{first.meta.base_model}' {first.meta.fingerprint}, "
                               f"'{e.meta.base_model}' {e.meta.fingerprint})")
         if e.meta.targets != first.meta.targets:
             raise ExpertError(f"experts '{first.meta.label or '?'}' and '{e.meta.label or '?'}' adapt different targets")
+    if len({e.meta.normalise for e in experts}) > 1:
+        named = ", ".join(f"'{e.meta.label or '?'}' normalise={e.meta.normalise}" for e in experts)
+        raise ExpertError(f"experts disagree on normalisation ({named}); mix only experts made with the same setting")
+    return list(first.meta.targets)
 
 
 def attach(model: torch.nn.Module, experts: list[Expert] = (), targets: str | list[str] = "mlp",
-           root: Path | None = None) -> SVFModel:
+           root: Path | None = None, factor_dtype: str | None = None) -> SVFModel:
     """SVF on `model` for the experts' targets (else `targets`), decomposing once if needed.
 
-    Every expert must share targets, parametrisation normalisation and base weights.
+    Every expert must share targets, normalisation and base weights; all of that is checked
+    before any decomposition. `factor_dtype`: U and V in memory (default bfloat16 on a GPU, else float32).
     """
     experts = list(experts)
     if experts:
-        targets = experts[0].meta.targets
-        check_together(experts)
+        targets = check_together(experts)
         linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         unknown = [t for t in targets if t not in linears]
         if unknown:
             raise ExpertError(f"expert '{experts[0].meta.label or '?'}' adapts '{unknown[0]}', which is no Linear "
                               f"layer of {model_id(model)} ({len(unknown)} unknown target(s))")
-    fp, factors = ensure_factors(model, targets, root)
-    for e in experts:
-        e.check_base(model_id(model), fp)
-        bad = [t for t in e.p if e.p[t].numel() != factors[t].S.numel()]
-        if bad:
-            raise ExpertError(f"expert '{e.meta.label or '?'}': {bad[0]} has {e.p[bad[0]].numel()} values, "
-                              f"the base weight's rank is {factors[bad[0]].S.numel()}")
+    names = resolve_targets(model, targets) if isinstance(targets, str) else list(targets)
+    fp = fingerprint(model, names)
+    if experts:
+        legacy = legacy_fingerprint(model, names) if any(e.meta.fingerprint != fp for e in experts) else None
+        for e in experts:
+            e.check_base(model_id(model), fp, legacy)
+            ranks = {t: min(model.get_submodule(t).weight.shape) for t in e.p}
+            bad = [t for t in e.p if e.p[t].numel() != ranks[t]]
+            if bad:
+                raise ExpertError(f"expert '{e.meta.label or '?'}': {bad[0]} has {e.p[bad[0]].numel()} values, "
+                                  f"the base weight's rank is {ranks[bad[0]]}")
+    fp, factors = ensure_factors(model, names, root, dtype=factor_dtype, fp=fp)
     normalise = experts[0].meta.normalise if experts else True
     return SVFModel(model, factors, normalise, fp)
 

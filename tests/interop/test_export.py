@@ -137,8 +137,8 @@ def test_lora_export_rank_error_matches_direct(tiny, tiny_model_dir, tmp_path):
     name = e.meta.targets[0]
     W = model.get_submodule(name).weight.detach().clone()
     svf = attach(model, [e])
-    W_new = svf.merge({name: e.z()[name]})[name].detach()
-    svf.restore()
+    with svf.merged({name: e.z()[name]}):
+        W_new = model.get_submodule(name).weight.detach().clone()
     dW = W_new - W  # direct ΔW from the merged weights
     dW_R = ab[f"base_model.model.{name}.lora_B.weight"] @ ab[f"base_model.model.{name}.lora_A.weight"]
     direct = float(torch.linalg.matrix_norm(dW - dW_R) / torch.linalg.matrix_norm(dW))

@@ -10,6 +10,7 @@ lora_alpha = r so PEFT's scale is 1 and W + B·A = W + ΔW_R.
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,16 +18,19 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from .. import __version__
 from ..atomic import atomic_folder, check_folder_target, write_json, write_safetensors, write_text
-from ..adapted import AdaptedModel, fixed_alpha, load_experts
+from ..adapted import fixed_alpha, load_experts
 from ..errors import ConfigError, ExportError
-from ..expert import Expert, attach
-from ..models import BUILTINS, load_model, resolve_model
-from ..svd import Factors
-from ..svf import adapted_s
+from ..expert import Expert, check_together
+from ..models import BUILTINS, DTYPES, pick_device, resolve_model
+from ..random_models import is_random
+from ..svd import Factors, decompose, fingerprint, legacy_fingerprint, load_factors
+from ..svf import adapted_s, mix
+from .checkpoint import INDEX, Checkpoint, base_folder
 from .model_card import lora_card, merged_card
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -113,39 +117,119 @@ def push_folder(folder: Path, repo_id: str, private: bool = False, commit_messag
 
 def _base_ref(model_name: str) -> str:
     """Where a user finds the base model: the hub id, or the local folder for built-ins and folders."""
-    if model_name in BUILTINS or Path(model_name).is_dir():
+    if model_name in BUILTINS or is_random(model_name) or Path(model_name).is_dir():
         return str(Path(resolve_model(model_name)).resolve())
     return model_name
 
 
+@dataclass
+class _Base:
+    """A checkpoint matched to the experts: where its shards are, the targets, the dtype, the factors' cache."""
+
+    ckpt: Checkpoint
+    targets: list[str]
+    dtype: str | None  # cast every floating tensor to this (None: keep the stored dtypes)
+    fingerprint: str
+
+
+def _match_base(model_name: str, experts: list[Expert], dtype: str | None) -> _Base:
+    """Read the target weights from the shards (one at a time), check the experts' base fingerprint
+    before any decomposition, and decompose what the cache lacks. With no `dtype`, a checkpoint whose
+    stored weights do not match is tried cast to bfloat16 and float16 (an expert trained on a
+    narrower load of a float32 checkpoint)."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"--dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+    targets = check_together(experts)
+    ckpt = Checkpoint(base_folder(model_name))
+    stored = ckpt.stored_dtype(ckpt.target_key(targets[0]))
+    tries = [dtype] if dtype else [None] + [d for d in ("bfloat16", "float16") if d != stored]
+    first = None
+    for cand in tries:
+        src = ckpt.source(model_name, cand)
+        fp = fingerprint(src, targets)
+        first = first or (fp, src)
+        if all(e.meta.fingerprint == fp for e in experts):
+            break
+    else:  # none matched: the legacy fingerprint of the stored weights, else the error naming both models
+        fp, src = first
+        legacy = legacy_fingerprint(src, targets)
+        for e in experts:
+            e.check_base(model_name, fp, legacy)
+        cand = tries[0]
+    decompose(src, targets, device=str(pick_device("auto")), progress=False, fp=fp)
+    return _Base(ckpt, targets, cand, fp)
+
+
 def export_merged(
     model_name: str, experts: Sequence[str | Path | Expert], alpha: Sequence[float] | None, out_dir: str | Path,
-    push_to_hub: str | None = None, dtype: str = "float32", overwrite: bool = False, private: bool = False,
+    push_to_hub: str | None = None, dtype: str | None = None, overwrite: bool = False, private: bool = False,
 ) -> Path:
-    """Write base weights with W' = U·diag(s')·Vᵀ merged in as a standalone HF folder (+ model card)."""
+    """Write the base checkpoint with W' = W + U·diag(s' − s)·Vᵀ merged into the targets, as a standalone
+    HF folder (+ model card), streaming shard by shard: peak memory is about one shard plus one
+    target's factors. `dtype` casts every floating tensor (default: keep the checkpoint's)."""
     loaded = load_experts(experts)
     if not loaded:
         raise ConfigError("export merged: give at least one expert (--expert)")
     a = fixed_alpha(alpha, len(loaded)).tolist()
     out_dir = Path(out_dir)
     with _atomic_dir(out_dir, overwrite) as tmp:  # fail early if out_dir is taken
-        from transformers import AutoTokenizer
-
-        model, tok = load_model(model_name, device="cpu", dtype=dtype)
-        am = AdaptedModel(model, tok, attach(model, loaded), loaded, torch.tensor(a))
-        am.svf.merge(am.z())
-        # A standalone folder: no trace of the built-in name or the cache path in its config.
-        model.config.name_or_path = out_dir.name
-        model.save_pretrained(tmp, safe_serialization=True)
-        # A fresh tokenizer: load_tokenizer's pad/padding-side tweaks are for batching, not for export.
-        AutoTokenizer.from_pretrained(resolve_model(model_name)).save_pretrained(tmp)
+        base = _match_base(model_name, loaded, dtype)
+        z = {t: v.detach().float() for t, v in mix([e.z() for e in loaded], torch.tensor(a)).items()}
+        for shard in base.ckpt.shards:
+            _write_shard(base, shard, z, loaded[0].meta.normalise, tmp / shard)
+        _write_side_files(base, tmp, out_dir.name)
         meta = {"t2_version": __version__, "base_model": model_name, "base_ref": _base_ref(model_name),
-                "alpha": a, "experts": [_expert_summary(e) for e in loaded]}
+                "alpha": a, "dtype": base.dtype, "experts": [_expert_summary(e) for e in loaded]}
         write_json(meta, tmp / EXPORT_META)
         write_text(merged_card(meta), tmp / "README.md")
     if push_to_hub:
         push_folder(out_dir, push_to_hub, private)
     return out_dir
+
+
+def _write_shard(base: _Base, shard: str, z: dict[str, Tensor], normalise: bool, path: Path) -> None:
+    """One output shard: a byte copy when nothing in it changes, else read, adapt its targets, write."""
+    keys = set(base.ckpt.keys_in(shard))
+    here = [t for t in base.targets if f"{t}.weight" in keys]
+    if not here and base.dtype is None:
+        shutil.copyfile(base.ckpt.folder / shard, path)
+        return
+    tensors = load_file(base.ckpt.folder / shard)  # one shard in memory
+    cast = DTYPES[base.dtype] if base.dtype else None
+    if cast is not None:
+        tensors = {k: v.to(cast) if v.is_floating_point() else v for k, v in tensors.items()}
+    for t in here:
+        (f,) = load_factors(base.ckpt.source("", base.dtype), [t], fp=base.fingerprint, dtype="float32").values()
+        W0 = tensors[f"{t}.weight"]  # (out, in)
+        dW = (f.U * (adapted_s(f.S, z[t], normalise) - f.S)) @ f.V.T  # (out, in), as SVFModel.merge computes it
+        W = W0.float() + dW
+        if not torch.isfinite(W).all():
+            raise ExportError(f"adapted weight of '{t}' is not finite; expert values are invalid")
+        tensors[f"{t}.weight"] = W.to(W0.dtype)
+        del f, dW, W
+    write_safetensors(tensors, path, metadata=base.ckpt.shard_metadata(shard) or {"format": "pt"})
+
+
+def _write_side_files(base: _Base, tmp: Path, name: str) -> None:
+    """Config (renamed, dtype updated), tokenizer and generation config, and the shard index."""
+    base.ckpt.copy_side_files(tmp)
+    config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    config["_name_or_path"] = name  # a standalone folder: no trace of the built-in name or the cache path
+    if base.dtype:
+        for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
+            config[key] = base.dtype
+    write_json(config, tmp / "config.json")
+    if base.ckpt.index is not None:
+        index = json.loads(json.dumps(base.ckpt.index))
+        if base.dtype:
+            index.setdefault("metadata", {})["total_size"] = sum(p.stat().st_size - _header_size(p)
+                                                                 for p in tmp.glob("*.safetensors"))
+        write_json(index, tmp / INDEX)
+
+
+def _header_size(path: Path) -> int:
+    with open(path, "rb") as f:
+        return 8 + int.from_bytes(f.read(8), "little")
 
 
 def _expert_summary(e: Expert) -> dict:
@@ -157,16 +241,16 @@ def _expert_summary(e: Expert) -> dict:
 
 def export_lora(
     model_name: str, expert: str | Path | Expert, rank: int | None, out_dir: str | Path,
-    push_to_hub: str | None = None, overwrite: bool = False, private: bool = False,
+    push_to_hub: str | None = None, overwrite: bool = False, private: bool = False, dtype: str | None = None,
 ) -> LoraReport:
-    """Write the expert's best rank-`rank` ΔW per target as a PEFT LoRA adapter (rank None = exact)."""
+    """Write the expert's best rank-`rank` ΔW per target as a PEFT LoRA adapter (rank None = exact).
+    Reads the base checkpoint one target at a time (fingerprint, missing factors), never the whole model."""
     check_out_dir(Path(out_dir), overwrite)
     if rank is not None and int(rank) < 1:
         raise ConfigError(f"--rank {rank}: a positive integer or 'full'")
     (e,) = load_experts([expert])
-    model, _ = load_model(model_name, device="cpu")
-    svf = attach(model, [e])
-    max_r = max(f.S.numel() for f in svf.factors.values())
+    base = _match_base(model_name, [e], dtype)
+    max_r = max(min(base.ckpt.shape(base.ckpt.target_key(t))) for t in base.targets)
     R = max_r if rank is None else int(rank)
     if not 1 <= R <= max_r:
         raise ConfigError(f"--rank {rank}: choose 1..{max_r} (the largest target rank) or 'full'")
@@ -175,8 +259,9 @@ def export_lora(
     tensors: dict[str, Tensor] = {}
     sq_total = sq_dropped = 0.0
     z = e.z()
-    for name, f in svf.factors.items():
-        s_new = adapted_s(f.S, z[name].detach().to(f.S), svf.normalise)  # (r,)
+    for name in base.targets:  # one target's factors in memory at a time
+        (f,) = load_factors(base.ckpt.source("", base.dtype), [name], fp=base.fingerprint, dtype="float32").values()
+        s_new = adapted_s(f.S, z[name].detach().float(), e.meta.normalise)  # (r,)
         lf = lora_factors(f, s_new, R)
         tensors[f"base_model.model.{name}.lora_A.weight"] = lf.A  # (R, in)
         tensors[f"base_model.model.{name}.lora_B.weight"] = lf.B  # (out, R)
@@ -187,7 +272,7 @@ def export_lora(
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": _base_ref(model_name),
         "r": R, "lora_alpha": R, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-        "use_rslora": False, "target_modules": list(svf.factors), "modules_to_save": None,
+        "use_rslora": False, "target_modules": list(base.targets), "modules_to_save": None,
         "init_lora_weights": True, "inference_mode": True,
     }
     meta = {"t2_version": __version__, "base_model": model_name, "base_ref": _base_ref(model_name), "rank": R,

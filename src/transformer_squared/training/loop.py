@@ -58,13 +58,13 @@ def select(run: Run, n_val: int) -> float:
 
 
 def train(run: Run, total: int, eval_every: int, patience: int, n_val: int, desc: str,
-          postfix: Callable[[dict[str, float], float], dict[str, str]]) -> None:
-    """Steps until `total` (or early stopping); `postfix(stats, last_val)` labels the progress bar."""
+          postfix: Callable[[dict[str, float], float], dict[str, str]], show: bool = True) -> None:
+    """Steps until `total` (or early stopping); `postfix(stats, last_val)` labels the progress bar (shown if `show`)."""
     last = float("nan")
     if run.step == 0 and run.loop["best_val"] is None:
         last = select(run, n_val)
         run.save_checkpoint("latest")
-    bar = tqdm(total=total, initial=run.step, desc=desc)
+    bar = tqdm(total=total, initial=run.step, desc=desc, disable=not show)
     while run.step < total and not run.loop["stopped_early"]:
         t0 = time.perf_counter()
         stats = run.train_step(run.step)
@@ -88,10 +88,12 @@ def append_row(out: Path, history: list[dict[str, Any]], row: dict[str, Any]) ->
         f.write(json.dumps(row) + "\n")
 
 
-def resumed_history(out: Path, step: int) -> list[dict[str, Any]]:
-    """The rows of out/metrics.jsonl up to `step` (a kill may have logged rows past the saved state); rewrites it."""
+def resumed_history(out: Path, step: int, write: bool = True) -> list[dict[str, Any]]:
+    """The rows of out/metrics.jsonl up to `step` (a kill may have logged rows past the saved state); rewrites it
+    (if `write`: one process of a data-parallel run)."""
     path = Path(out) / "metrics.jsonl"
     rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x]
     kept = [h for h in rows if h["step"] <= step]
-    path.write_text("".join(json.dumps(h) + "\n" for h in kept), "utf-8")
+    if write:
+        path.write_text("".join(json.dumps(h) + "\n" for h in kept), "utf-8")
     return kept

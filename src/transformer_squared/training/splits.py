@@ -170,8 +170,9 @@ def _shared_parts(cfg: Any, task: Any) -> tuple[dict[str, list[Example]], list[s
     return parts, record["splits"]
 
 
-def prepare(cfg: Any, task: Any, run_dir: Path, resume: bool) -> dict[str, list[Example]]:
-    """A run's train / val / holdout parts, saved as run_dir/split.json (on resume: the saved ones).
+def prepare(cfg: Any, task: Any, run_dir: Path, resume: bool, write: bool = True) -> dict[str, list[Example]]:
+    """A run's train / val / holdout parts, saved as run_dir/split.json unless `write` is off (the
+    other ranks of a data-parallel run); on resume: the saved ones.
 
     `cfg` has task, data, splits, subset, seed, val_fraction, holdout_fraction and split_file: with
     a split file the parts come from it (the recipe's shared split), else a seeded stratified split.
@@ -192,6 +193,8 @@ def prepare(cfg: Any, task: Any, run_dir: Path, resume: bool) -> dict[str, list[
     if not parts["train"]:
         raise DataError(f"task '{cfg.task}' subset '{cfg.subset}': no training questions left after the split")
     _check_val(parts, cfg)
+    if not write:
+        return parts
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     record = split_record(parts, task=cfg.task, data=cfg.data, splits=names, subset=cfg.subset, seed=cfg.seed,
                           val_fraction=cfg.val_fraction, holdout_fraction=cfg.holdout_fraction,

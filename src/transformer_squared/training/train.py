@@ -18,12 +18,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .. import engine, seen
+from .. import distributed, engine, seen
 from ..atomic import check_folder_target
 from ..config import dump_config
 from ..errors import ConfigError
 from ..expert import Expert, attach
-from ..models import DEFAULT_MODEL, load_model, model_id
+from ..models import DEFAULT_MODEL, DTYPES, load_model, model_id, pick_device
+from ..random_models import is_random
 from ..svf import PARAMETRISATIONS
 from . import loop as trainloop
 from . import rollout, splits
@@ -71,6 +72,8 @@ class TrainConfig:
     description: str = ""  # one sentence for prompt-based dispatch (default: made from task and subset)
     logger: Literal["none", "tensorboard", "wandb"] = "none"  # extra metrics sink besides metrics.jsonl
     unsafe_exec: bool = False  # code tasks: where bubblewrap cannot run, run generated code unconfined
+    factor_dtype: str = ""  # U and V in memory: float32, bfloat16 ("": bfloat16 on a GPU, float32 elsewhere)
+    force: bool = False  # allow saving experts of a random: base model (tests and benchmarks)
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be ≥ 1, got {getattr(self, k)}" for k in
@@ -80,6 +83,11 @@ class TrainConfig:
                      ("lr", "kl", "grad_clip", "temperature", "patience", "max_val") if getattr(self, k) < 0]
         if self.micro_batch_size > self.batch_size:
             problems.append(f"micro_batch_size {self.micro_batch_size} > batch_size {self.batch_size}")
+        if self.factor_dtype not in ("", *DTYPES):
+            problems.append(f"factor_dtype '{self.factor_dtype}': choose one of {', '.join(DTYPES)} (or '' for the default)")
+        if is_random(self.model) and not self.force:
+            problems.append(f"model '{self.model}' has random weights: its experts are only good for tests and "
+                            "benchmarks; pass --force to train and save one anyway")
         if self.parametrisation not in PARAMETRISATIONS:
             problems.append(f"parametrisation '{self.parametrisation}': choose one of {', '.join(PARAMETRISATIONS)}")
         if problems:
@@ -114,10 +122,11 @@ class Recipe:
         if resume and not (self.out / "latest").exists() and not (self.out / ".latest.old").exists():
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
-        self.parts = splits.prepare(cfg, self.task, self.out, resume)
+        distributed.init(pick_device(cfg.device))
+        self.parts = splits.prepare(cfg, self.task, self.out, resume, write=distributed.is_main())
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every expert it writes
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        self.svf = attach(self.model, targets=cfg.targets)
+        self.svf = attach(self.model, targets=cfg.targets, factor_dtype=cfg.factor_dtype or None)
         self.svf.track_weight_grads(cfg.mode == "merged")
         init = Expert.init(self.svf.factors, model_id(self.model), self.svf.fingerprint, cfg.parametrisation,
                            cfg.seed, self._label(), self._description())
@@ -132,10 +141,11 @@ class Recipe:
                              [f"question {e.id}" for e in used])
         if resume:
             self._resume()
-        else:
+        elif distributed.is_main():
             (self.out / "metrics.jsonl").write_text("", encoding="utf-8")
-        dump_config(cfg, self.out / "config.yaml")
-        self.sink = MetricsSink(cfg.logger, self.out, asdict(cfg))
+        if distributed.is_main():  # only rank 0 writes files
+            dump_config(cfg, self.out / "config.yaml")
+            self.sink = MetricsSink(cfg.logger, self.out, asdict(cfg))
 
     def _label(self) -> str:
         if self.cfg.label:
@@ -151,7 +161,9 @@ class Recipe:
 
     def _resume(self) -> None:
         latest = self.out / "latest"
-        recover(latest)
+        if distributed.is_main():
+            recover(latest)  # may rename folders: one process, then everyone reads
+        distributed.barrier()
         expert = load_expert(latest)
         if expert.meta.fingerprint != self.meta.fingerprint or list(expert.p) != self.names:
             raise ConfigError(f"{latest}: expert does not match the model or targets of this config; cannot resume")
@@ -160,7 +172,7 @@ class Recipe:
                 self.p[t].copy_(expert.p[t])
         state = load_trainer_state(latest, self.optimizer, self.names)
         self.step, self.loop = state["step"], state["loop"]
-        self.history = trainloop.resumed_history(self.out, self.step)
+        self.history = trainloop.resumed_history(self.out, self.step, write=distributed.is_main())
 
     # ---- one optimisation step ----------------------------------------------------------------
     def z(self) -> dict[str, torch.Tensor]:
@@ -198,18 +210,19 @@ class Recipe:
         cfg = self.cfg
         torch.manual_seed(_step_seed(cfg.seed, step))
         generator = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
-        items = self.rollouts(step, self.batch_examples(step))
+        items = self.rollouts(step, distributed.shard(self.batch_examples(step)))  # this rank's share
         micro = [items[i : i + cfg.micro_batch_size] for i in range(0, len(items), cfg.micro_batch_size)]
-        n = len(items)
+        (n,) = distributed.all_sum([len(items)])  # items in the global batch
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "reward": 0.0, "kl": 0.0}
         if cfg.mode == "merged":
-            bases = [self.base_terms(mb) for mb in micro]  # before merging: base weights in place
-            Ws = self.svf.merge(self.z())  # W' per target, with graph to p
+            s_new = self.svf.merge(self.z())  # W' written target by target; s' per target, with graph to p
             try:
-                for mb, base in zip(micro, bases):
+                for mb in micro:
+                    with self.svf.base_weights():  # base log-probs per micro-batch, never the whole batch's
+                        base = self.base_terms(mb)
                     self._backward(mb, base, n, generator, totals)
-                self.svf.backward_to_z(Ws)  # accumulated dL/dW' → dL/dp
+                self.svf.backward_to_z(s_new)  # accumulated dL/dW' → dL/ds' → dL/dp
             finally:
                 self.svf.restore()
         else:
@@ -219,6 +232,8 @@ class Recipe:
                 with self.svf.factored({t: zt.expand(len(mb), -1) for t, zt in z.items()}):  # (mb, r) per target
                     self._backward(mb, base, n, generator, totals)
         params = list(self.p.values())
+        distributed.all_reduce_grads(params)  # data parallel: only the expert's gradients travel
+        totals = dict(zip(totals, distributed.all_sum(totals.values())))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         self.optimizer.step()
         return totals | {"grad_norm": float(grad_norm)}
@@ -238,17 +253,20 @@ class Recipe:
         """Accuracy on the validation part with the current z (MCQ: argmax over the letters)."""
         val = self.parts["val"][: self.cfg.max_val or None]
         assert val, "setup() guarantees a validation part"
-        prompts = self.task.format(val, self.tokenizer, chat=self.cfg.chat)
+        local = distributed.shard(val)  # data parallel: each rank scores its share
+        prompts = self.task.format(local, self.tokenizer, chat=self.cfg.chat)
+        preds = []
         with self.svf.merged({t: z.detach() for t, z in self.z().items()}):
-            if self.kind == "mcq":
-                _, logp = engine.score_letters(self.model, self.tokenizer, prompts, [e.letters for e in val],
+            if self.kind == "mcq" and local:
+                _, logp = engine.score_letters(self.model, self.tokenizer, prompts, [e.letters for e in local],
                                                batch_size=self.cfg.eval_batch_size)
-                preds = [e.letters[int(lp.argmax())] for e, lp in zip(val, logp)]
-            else:
+                preds = [e.letters[int(lp.argmax())] for e, lp in zip(local, logp)]
+            elif local:
                 texts = engine.generate(self.model, self.tokenizer, prompts, max_new_tokens=self.cfg.max_new_tokens,
                                         batch_size=self.cfg.eval_batch_size)
-                preds = self.task.parse(val, texts)
-        return sum(self.task.score(val, preds)) / len(val)
+                preds = self.task.parse(local, texts)
+        (correct,) = distributed.all_sum([sum(self.task.score(local, preds))])
+        return correct / len(val)
 
     def expert(self, p: dict[str, torch.Tensor] | None = None) -> Expert:
         """The expert at the current p (or given p), with provenance and metrics."""
@@ -262,11 +280,13 @@ class Recipe:
         return Expert({t: v.detach().clone() for t, v in (p or self.p).items()}, self.meta, self.seen)
 
     def save_checkpoint(self, kind: str = "latest") -> Path:
-        """Write latest/ (expert + optimizer/RNG/loop state) or best/ (expert only), atomically."""
+        """Write latest/ (expert + optimizer/RNG/loop state) or best/ (expert only), atomically (rank 0 only)."""
+        if not distributed.is_main():
+            return self.out / kind
         expert = self.expert()
 
         def fill(tmp: Path) -> None:
-            expert.save(tmp)
+            expert.save(tmp, force=self.cfg.force)
             if kind == "latest":
                 save_trainer_state(tmp, self.optimizer, self.names, {"step": self.step, "loop": self.loop})
 
@@ -281,19 +301,26 @@ class Recipe:
                     "val": f"{val:.3f}"}
 
         trainloop.train(self, cfg.steps, cfg.eval_every, cfg.patience, len(self.parts["val"][: cfg.max_val or None]),
-                        f"train {self.meta.label}", postfix)
-        return self.finish()
+                        f"train {self.meta.label}", postfix, show=distributed.is_main())
+        summary = self.finish()
+        distributed.barrier()  # data parallel: rank 0 has written best/ before anyone reports success
+        return summary
 
     def finish(self) -> dict[str, Any]:
         """Rewrite best/ with the final metrics (its p unchanged); returns the summary."""
-        best = load_expert(self.out / "best")
         summary = {"steps_done": self.step, **self.loop}
+        if not distributed.is_main():
+            return summary | {"out": str(self.out)}
+        best = load_expert(self.out / "best")
         # best/ holds the weights of best_step, so its metadata names that step, not the last one
         self.meta.metrics = {**self.expert().meta.metrics, **summary, "step": self.loop["best_step"]}
-        write_folder(self.out / "best", lambda tmp: Expert(best.p, self.meta, self.seen).save(tmp))
+        write_folder(self.out / "best", lambda tmp: Expert(best.p, self.meta, self.seen).save(tmp, force=self.cfg.force))
         return summary | {"out": str(self.out)}
 
     def log_row(self, row: dict[str, Any]) -> None:
+        if not distributed.is_main():  # data parallel: rank 0 writes metrics
+            self.history.append(row)
+            return
         trainloop.append_row(self.out, self.history, row)
         self.sink.log(row)
 
