@@ -7,15 +7,7 @@ from pathlib import Path
 
 import torch
 
-
-# Meta-Llama-3-8B-Instruct's chat template (the offline tokenizer package ships none).
-LLAMA3_CHAT_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
+from transformer_squared.random_models import LLAMA3_CHAT_TEMPLATE
 
 
 def llama3_tokenizer_dir() -> Path | None:

@@ -47,6 +47,8 @@ def init(device: torch.device | str) -> None:
     if world() <= 1 or torch.distributed.is_initialized():
         return
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_device())  # NCCL collectives run on the current device
     torch.distributed.init_process_group(backend, timeout=timedelta(minutes=60))
 
 

@@ -218,10 +218,11 @@ def resolve_model(name: str) -> str:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """`auto` → this rank's GPU in a multi-process run, else cuda if available, else mps, else cpu."""
+    """`auto` → cuda if available, else mps, else cpu; in a multi-process GPU run `auto` and `cuda` mean
+    this rank's GPU (cuda:LOCAL_RANK)."""
+    if device in ("auto", "cuda") and distributed.local_device() is not None:  # torchrun / accelerate launch
+        return distributed.local_device()
     if device == "auto":
-        if distributed.local_device() is not None:  # torchrun / accelerate launch on GPUs: one per rank
-            return distributed.local_device()
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
