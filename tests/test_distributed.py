@@ -31,7 +31,7 @@ def torchrun(args: list[str], home: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_vmlu(tmp_path_factory.mktemp("vmlu"), per_subject=3)
+    return write_vmlu(tmp_path_factory.mktemp("vmlu"), per_subject=3, distinct_ids=True)
 
 
 def test_data_parallel_training_equals_one_process(tiny_model_dir, data, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ def run_dir(home, monkeypatch, capsys) -> Path:
     monkeypatch.setenv("T2_HOME", str(home))
     out = home / "run"
     if not (out / "latest").is_dir():
-        data = write_vmlu(home / "vmlu", per_subject=3)
+        data = write_vmlu(home / "vmlu", per_subject=3, distinct_ids=True)
         # bfloat16 factors: each validation merges the target, 0.24 T multiply-adds, 4× faster than float32 here
         code, _, err = run(["train", *MODEL, "--task", "vmlu", "--data", str(data), "--subset", "subject=01",
                             "--out", str(out), "--steps", "1", "--batch-size", "2", "--micro-batch-size", "1",

@@ -189,6 +189,8 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
 def check_together(experts: list[Expert]) -> list[str]:
     """Experts used together must adapt the same targets of the same base weights with the same
     normalisation (checked without the model); returns the shared targets. Errors name the experts."""
+    if not experts:
+        return []
     first = experts[0]
     for e in experts[1:]:
         if e.meta.fingerprint != first.meta.fingerprint:

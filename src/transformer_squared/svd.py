@@ -3,7 +3,7 @@
 Cache layout: `<T2_HOME>/svd/<fingerprint>/<target>.safetensors` (tensors `<target>.U`, `.S`,
 `.V`) plus `index.json`. One target at a time, in float32, each file written atomically, so a
 killed run resumes where it stopped and peak memory stays near one matrix and its factors; a
-file lock (`<fingerprint>.lock`) lets one process decompose while others wait.
+file lock (`<T2_HOME>/locks/svd-<fingerprint>.lock`) lets one process decompose while others wait.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def decompose(
     fp = fp or fingerprint(src, names)
     folder = cache_dir(fp, root)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
+    with _lock(folder):
         if not folder.exists():
             _adopt_legacy(src, names, folder, root)
         folder.mkdir(exist_ok=True)
@@ -217,7 +217,7 @@ def _adopt_legacy(src: WeightSource, names: list[str], folder: Path, root: Path 
     legacy = cache_dir(old, root) if old else None
     if legacy is None or not legacy.is_dir():
         return
-    with FileLock(str(legacy) + ".lock"):
+    with _lock(legacy):
         if not legacy.is_dir():
             return
         index = _read_index(legacy) or {}
@@ -225,6 +225,13 @@ def _adopt_legacy(src: WeightSource, names: list[str], folder: Path, root: Path 
         write_json(index, legacy / INDEX)
         os.replace(legacy, folder)
     log.info("SVD cache %s renamed to %s (fingerprint version 2)", legacy.name, folder.name)
+
+
+def _lock(folder: Path) -> FileLock:
+    """The lock of a cache folder, kept beside the cache (`<root>/locks/svd-<fingerprint>.lock`)."""
+    locks = folder.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(locks / f"svd-{folder.name}.lock"))
 
 
 def _read_index(folder: Path) -> dict | None:
