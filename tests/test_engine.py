@@ -131,3 +131,19 @@ def test_shared_prefix_gives_the_logits_of_full_prompts(tiny):
             alone = model(input_ids=torch.tensor([r])).logits[0, -1]
             torch.testing.assert_close(shared[i], alone, rtol=1e-4, atol=1e-4)  # cache + padding vs one forward
     assert engine.common_prefix([[1, 2, 3], [1, 2, 4]]) == 2 and engine.common_prefix([[1, 2], [1, 2, 5]]) == 1
+
+
+def test_lm_head_gets_unstrided_hidden_states(tiny):
+    """The kept positions reach the output layer as a plain contiguous tensor: HF's int `logits_to_keep`
+    hands it a strided view, on which a CPU bfloat16 Linear is ~100× slower (engine.keep_last)."""
+    model, tok = tiny
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        engine.score_letters(model, tok, PROMPTS[:1], LETTERS[:1])  # batch of one: the int form's view looks contiguous
+        engine.loglikelihood(model, tok, PROMPTS[:2], [" B", " A"], batch_size=2)
+    finally:
+        hook.remove()
+    assert [tuple(h.shape[:2]) for h in seen] == [(1, 1), (2, 2)]  # k = longest continuation + 1
+    for h in seen:
+        assert h.stride() == torch.empty(h.shape).stride()

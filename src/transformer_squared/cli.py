@@ -54,6 +54,8 @@ def _expand_multi(args: list[str]) -> list[str]:
             flag = None
         out.append(a)
     return out
+
+
 LAYERS = typer.Option(None, "--num-layers", help="random: models only: build this many decoder layers (full-size matrices).")
 
 

@@ -67,7 +67,7 @@ def answer_logprobs(model: Any, tokenizer: Any, items: list[Item]) -> tuple[Tens
     prompts = engine.tokenize(tokenizer, [it.prompt for it in items])
     L = max(len(it.answer_ids) for it in items)
     batch = engine.pad_left([p + it.answer_ids for p, it in zip(prompts, items)], pad, device)
-    logits = model(**batch, logits_to_keep=L + 1, use_cache=False).logits.float()  # (B, L+1, V)
+    logits = model(**batch, logits_to_keep=engine.keep_last(batch, L + 1), use_cache=False).logits.float()  # (B, L+1, V)
     logp = torch.log_softmax(logits[:, :L], -1)  # (B, L, V): position j predicts answer slot j
     targets = torch.full((len(items), L), pad, dtype=torch.long, device=device)  # (B, L)
     mask = torch.zeros((len(items), L), dtype=torch.bool, device=device)  # (B, L)
