@@ -33,10 +33,10 @@ from transformer_squared.models import load_model, model_id
 LETTERS = ("A", "B", "C", "D")
 
 
-def make_experts(model_name: str, k: int, folder: Path) -> list[Path]:
-    """K synthetic experts for `model_name`: the reference init plus seeded N(0, 1) noise on p."""
+def make_experts(model_name: str, k: int, folder: Path, targets: str) -> list[Path]:
+    """K synthetic experts for `model_name` on `targets`: the reference init plus seeded N(0, 1) noise on p."""
     model, _ = load_model(model_name, device="cpu")
-    svf = attach(model)
+    svf = attach(model, targets=targets)
     out = []
     for i in range(k):
         e = Expert.init(svf.factors, model_id(model), svf.fingerprint, seed=i, label=f"e{i}")
@@ -109,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="requests per call")
     ap.add_argument("--new-tokens", type=int, default=4, help="tokens generated per generation request")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--targets", default="mlp", help="expert targets: mlp, attn, all or a regex (fewer = cheaper merges)")
     ap.add_argument("--out", type=Path, default=Path("results/soak.txt"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        folders = make_experts(args.model, args.experts, Path(tmp))
+        folders = make_experts(args.model, args.experts, Path(tmp), args.targets)
         am = load_adapted(args.model, experts=folders, device="cpu")
         load_before = os.getloadavg()
         r = soak(am, args.n, args.batch, args.new_tokens, args.seed)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     mb = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
     lines = [
         f"# benchmarks/soak.py --model {args.model} --experts {args.experts} --n {args.n} --batch {args.batch} "
-        f"--new-tokens {args.new_tokens} --seed {args.seed}",
+        f"--new-tokens {args.new_tokens} --seed {args.seed} --targets '{args.targets}'",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), float32 on CPU; load average at start "
         f"{load_before[0]:.1f}, at end {os.getloadavg()[0]:.1f}",
