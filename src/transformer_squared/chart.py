@@ -33,8 +33,9 @@ def bar_chart(comp: Any, path: Path) -> Path:
                 continue
             xs.append(g - 0.4 + width * (i + 0.5))
             ys.append(100 * acc)
-            lo.append(100 * (acc - ci[0]) if ci else 0.0)
-            hi.append(100 * (ci[1] - acc) if ci else 0.0)
+            # max(0, ·): a Wilson bound at 0 % or 100 % can miss the point by a rounding error (matplotlib refuses < 0)
+            lo.append(max(0.0, 100 * (acc - ci[0])) if ci else 0.0)
+            hi.append(max(0.0, 100 * (ci[1] - acc)) if ci else 0.0)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=row.label, hatch="//" if row.reference else None,
                edgecolor="black", linewidth=0.4, error_kw={"elinewidth": 0.8})
     h = comp.header
