@@ -30,3 +30,15 @@ def test_no_difference_and_symmetry():
     ab, ba = paired_stats(a, b), paired_stats(b, a)
     assert ab["mcnemar_p"] == ba["mcnemar_p"] == pytest.approx(2 * sum(math.comb(10, i) for i in range(5)) / 2**10)
     assert ab["diff"] == -ba["diff"] == pytest.approx(-0.1)
+
+
+def test_routing_accuracy_leaves_out_mixtures():
+    from transformer_squared.metrics import routing_metrics
+
+    rows = [{"category": c, "routing": {"decision": d}} for c, d in
+            [("math", "math"), ("code", "math"), ("math", "mixture"), ("code", "code"), ("other", "base")]]
+    r = routing_metrics(rows, ["math", "code"])
+    assert r["accuracy"]["n"] == 3 and r["accuracy"]["accuracy"] == 2 / 3  # the mixture row is left out
+    assert r["confusion"]["math"] == {"math": 1, "mixture": 1} and r["decisions"]["mixture"] == 1
+    uniform = [{"category": "math", "routing": {"decision": "mixture"}}] * 4
+    assert routing_metrics(uniform, ["math", "code"])["accuracy"] is None  # uniform / fewshot route nowhere

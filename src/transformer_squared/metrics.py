@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+MIXTURE = "mixture"  # the routing decision of a row that mixes experts (adapt.registry.MIXTURE; metrics imports no stage)
+
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 
@@ -77,7 +79,8 @@ def _norm(name: str) -> str:
 def routing_metrics(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     """How pass 1 routed: counts per decision, the confusion matrix of true category (rows) against
     decision (columns), and routing accuracy over the questions whose category is some expert's label
-    (correct = routed to that expert); accuracy is None when no category matches a label."""
+    (correct = routed to that expert); rows given a mixture (uniform, fewshot) route nowhere and are left
+    out; accuracy is None when no such question is left."""
     decided = [r["routing"]["decision"] for r in rows]
     counts: dict[str, int] = {}
     for d in decided:
@@ -89,7 +92,7 @@ def routing_metrics(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, 
             row[d] = row.get(d, 0) + 1
     by_label = {_norm(lab): lab for lab in reversed(labels)}  # two experts with one label: the first
     matched = [(by_label[_norm(r["category"])], d) for r, d in zip(rows, decided)
-               if r["category"] and _norm(r["category"]) in by_label]
+               if r["category"] and _norm(r["category"]) in by_label and d != MIXTURE]  # a mixture routes nowhere
     k = sum(want == d for want, d in matched)
     return {"decisions": counts, "confusion": confusion,
             "accuracy": _acc(k, len(matched)) if matched else None}

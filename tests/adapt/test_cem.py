@@ -39,6 +39,17 @@ def test_cem_finds_the_known_optimum_deterministically():
     assert rank(torch.tensor([1.0, 2.0, 2.0]), torch.tensor([0.0, -1.0, -0.5])) == [2, 1, 0]  # ties by log-likelihood
 
 
+def test_a_small_population_keeps_two_elite_and_does_not_stop_at_once():
+    """Population 4 at elite 20 % would keep one point (no spread: "converged" after one generation)."""
+    assert CEMConfig(population=4).n_elite == 2 and CEMConfig(population=32).n_elite == 6
+    assert CEMConfig(population=1).n_elite == 1
+    r = cem(_synthetic, torch.full((4,), 0.25), CEMConfig(population=4, generations=5, seed=0))
+    assert r.generations == 5 and not r.converged  # two distinct random points keep a spread above tol
+    assert all(h["elite_std_max"] > 1e-3 for h in r.history)
+    one = cem(_synthetic, torch.full((4,), 0.25), CEMConfig(population=1, generations=3, seed=0))
+    assert one.generations == 3 and not one.converged  # one point never counts as a converged elite
+
+
 def test_fewshot_fitness_equals_hand_computation(adapted, tmp_path):
     task = get_task("vmlu")
     shots = task.load(str(write_vmlu(tmp_path / "vmlu", per_subject=1)), "valid")[:3]

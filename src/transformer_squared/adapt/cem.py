@@ -33,7 +33,8 @@ class CEMConfig:
 
     @property
     def n_elite(self) -> int:
-        return max(1, int(self.elite * self.population))
+        """At least two (one point has no spread, so it would "converge" at once), at most the population."""
+        return min(self.population, max(2, int(self.elite * self.population)))
 
 
 @dataclass
@@ -73,7 +74,7 @@ def cem(fitness: Fitness, init: Tensor, cfg: CEMConfig) -> CEMResult:
         std = elite.std(0) if len(elite) > 1 else torch.zeros_like(mean)
         history.append({"generation": gen, "best_score": best_score, "best_tie": best_tie,
                         "mean_score": float(score.float().mean()), "elite_std_max": float(std.max())})
-        if float(std.max()) < cfg.tol:
+        if len(elite) > 1 and float(std.max()) < cfg.tol:
             converged = True
             break
     return CEMResult(best, best_score, best_tie, len(history), converged, history)
