@@ -14,13 +14,12 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..metrics import MIXTURE as _MIXTURE
+from ..metrics import MIXTURE  # decision name of a row that is neither zero nor one-hot (metrics counts it)
 from ..registry import Registry
 from ..tasks.base import Example, Task
 from ..tasks.route import MAX_REQUEST_TOKENS, request_text
 
 BASE = "base"  # decision name of a row of zeros
-MIXTURE = _MIXTURE  # decision name of a row that is neither zero nor one-hot
 
 
 @dataclass(frozen=True)
