@@ -15,6 +15,7 @@ calls that follow), `score_letters`, `loglikelihood` and `generate`, each a list
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from contextlib import AbstractContextManager, nullcontext
@@ -194,6 +195,12 @@ def common_prefix(rows: list[list[int]]) -> int:
     return max(n, 0)
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(model_type: type) -> str:
+    """The name a model class's forward takes its KV cache by (transformers ≥ 5.x: `cache`), read once per class."""
+    return "cache" if "cache" in inspect.signature(model_type.forward).parameters else "past_key_values"
+
+
 def forward_last_shared(model: Any, rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tensor:
     """`forward_last` of token rows; a common prefix of ≥ MIN_SHARED_PREFIX tokens is computed once and
     its KV cache repeated over the batch, the rest left-padded after it. (B, V), float32."""
@@ -209,9 +216,8 @@ def forward_last_shared(model: Any, rows: list[list[int]], pad_id: int, device: 
     rest = pad_left([r[P:] for r in rows], pad_id, device)  # (B, S) each
     ones = torch.ones(len(rows), P, dtype=torch.long, device=device)  # (B, P)
     mask = torch.cat([ones, rest["attention_mask"]], 1)  # (B, P + S)
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(input_ids=rest["input_ids"], attention_mask=mask, position_ids=rest["position_ids"] + P,
-                use_cache=True, logits_to_keep=keep_last(rest, 1), **{name: cache})
+                use_cache=True, logits_to_keep=keep_last(rest, 1), **{_cache_kwarg(type(model)): cache})
     return out.logits[:, -1, :].float()  # (B, V)
 
 
