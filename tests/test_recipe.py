@@ -81,6 +81,9 @@ def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_mo
     gens = json.loads((out / "generations.json").read_text())
     assert set(gens[0]["answers"]) == {"base", "LoRA", "expert STEM", "expert Humanities"}
 
+    markers = [json.loads(p.read_text()) for p in sorted((out / "stages").iterdir())]
+    rss = [m["max_rss_mb"] for m in sorted(markers, key=lambda m: (m["finished"], m["max_rss_mb"]))]  # peak so far
+    assert rss == sorted(rss) and rss[0] > 50 and all(m["cpu_seconds"] >= 0 for m in markers)
     before = {p: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
     main(["recipe", "run", str(recipe), "--data", str(data), "--out", str(out)])
     assert "complete, skipped" in capsys.readouterr().out

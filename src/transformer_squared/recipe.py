@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,8 @@ def run_recipe(cfg: RecipeConfig, on_event: Event | None = None) -> dict[str, An
         info = st.run() or {}
         done[st.name] = {"stage": st.name, "settings": settings, "seconds": round(time.perf_counter() - t0, 1),
                          "cpu_seconds": round(time.process_time() - c0, 1),  # all threads: compare runs on a busy machine
+                         # the process's peak RSS so far (Linux ru_maxrss, KiB): the stage where it rises needed it
+                         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                          "outputs": [str(p) for p in st.outputs], "info": info,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_json(done[st.name], marker)  # after the outputs: a marker means the stage is complete
