@@ -74,30 +74,34 @@ def test_report_refuses_mixed_splits_and_repeated_labels():
 
 def test_chart_whiskers_clamped_at_the_point(tmp_path, monkeypatch):
     """A Wilson bound at 0 % or 100 % can miss the point by a rounding error; the whisker is then 0, not
-    negative (matplotlib refuses a negative yerr and the whole chart was lost)."""
+    negative (matplotlib refuses a negative error and the whole chart was lost)."""
     pytest.importorskip("matplotlib")
     import matplotlib.axes
 
     from transformer_squared.chart import bar_chart
     from transformer_squared.comparison import AVERAGE
 
-    comp = compare([("b", _results("base", "AAAAAAAA"))])
+    comp = compare([("b", _results("base", "AAAAAAAA")), ("l", _results("LoRA", "ABCABBAC"))])
     row = comp.rows[0]
     row.cells["Social Science"] = (0.0, [1e-17, 0.658])  # lower bound a hair above 0 %
     row.cells["STEM"] = (1.0, [0.342, 1.0 - 1e-16])  # upper bound a hair below 100 %
     seen = []
-    real_bar = matplotlib.axes.Axes.bar
+    real_barh = matplotlib.axes.Axes.barh
 
-    def spy(self, x, height, *args, yerr=None, **kw):
-        seen.append((list(height), [list(yerr[0]), list(yerr[1])]))
-        return real_bar(self, x, height, *args, yerr=yerr, **kw)
+    def spy(self, y, width, *args, xerr=None, **kw):
+        seen.append((self, y, width, xerr[0][0], xerr[1][0]))  # the panel's title is set after its bars
+        return real_barh(self, y, width, *args, xerr=xerr, **kw)
 
-    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", spy)
     png = bar_chart(comp, tmp_path / "chart.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    (heights, (lo, hi)), = seen
-    # columns: STEM, Social Science, Humanities, Other, average, mean of categories (independent values)
-    assert heights[:2] == [100.0, 0.0] and lo[:2] == pytest.approx([65.8, 0.0]) and hi[:2] == [0.0, pytest.approx(65.8)]
-    assert min(lo) >= 0.0 and min(hi) >= 0.0
+    assert len(seen) == 2 * 6  # two systems × (four categories, average, mean of categories)
+    bars = {(ax.get_title(), y): (w, lo, hi) for ax, y, w, lo, hi in seen}
+    assert bars["STEM", 0] == (100.0, pytest.approx(65.8), 0.0)  # (value, below, above), independent values
+    assert bars["Social Science", 0] == (0.0, 0.0, pytest.approx(65.8))
+    assert min(min(lo, hi) for _, _, _, lo, hi in seen) >= 0.0
     avg_acc, (avg_lo, avg_hi) = row.cells[AVERAGE]
-    assert lo[4] == pytest.approx(100 * (avg_acc - avg_lo)) and hi[4] == pytest.approx(100 * (avg_hi - avg_acc))
+    w, lo, hi = bars[AVERAGE, 0]
+    assert w == pytest.approx(100 * avg_acc) and lo == pytest.approx(100 * (avg_acc - avg_lo))
+    assert hi == pytest.approx(100 * (avg_hi - avg_acc))
+    assert bars["STEM", 1][0] == pytest.approx(100.0) and bars["Other", 1][0] == pytest.approx(100.0)  # LoRA: 2/2 each
