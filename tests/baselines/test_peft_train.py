@@ -141,3 +141,22 @@ def test_presets_and_config_errors(tmp_path, tiny):
     with pytest.raises(SystemExit) as exc:
         main(["baseline", "lora", "--method", "ia3", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_step(tmp_path, tiny_model_dir, vmlu):
+    weights, calls = {}, {}
+    for on in (False, True):
+        # the preset's dropout 0.1: the recompute replays the same masks (checkpoint keeps the RNG state)
+        run = BaselineRun(_cfg(tiny_model_dir, vmlu, gradient_checkpointing=on), tmp_path / str(on))
+        run.setup()
+        layer = run.model.get_base_model().model.layers[0]
+        n = [0]
+        layer.mlp.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))  # pre: the recompute stops early
+        run.train_step(0)
+        weights[on], calls[on] = {k: p.detach().clone() for k, p in zip(run.names, run.params)}, n[0]
+        assert not run.model.training  # back in eval mode after the step
+        run.cleanup()
+    assert calls[True] == calls[False] + 2  # one recompute per micro-batch (8 questions / 4)
+    assert weights[True].keys() == weights[False].keys()
+    for k in weights[False]:
+        torch.testing.assert_close(weights[True][k], weights[False][k], rtol=1e-5, atol=1e-7)

@@ -348,3 +348,27 @@ def test_a_run_without_validation_questions_is_refused_up_front(tmp_path, tiny_m
     with pytest.raises(ConfigError, match=f"val_fraction {kw['val_fraction']} leaves no validation questions"):
         Recipe(_cfg(tiny_model_dir, **kw), tmp_path / "run", task).setup()
     assert not (tmp_path / "run").exists()
+
+
+def _mlp_calls(r) -> list[int]:
+    """Calls into the first decoder layer's MLP (a submodule: a checkpointed layer recomputes it; a pre-hook,
+    because the recompute stops early, inside the MLP, once it has every tensor the backward needs)."""
+    calls = [0]
+    r.model.model.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["factored", "merged"])
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradient(tmp_path, tiny_model_dir, mode):
+    grads, calls = {}, {}
+    for on in (False, True):
+        r = _recipe(tmp_path / str(on), tiny_model_dir, lr=0.0, micro_batch_size=4, kl=0.1, mode=mode,
+                    gradient_checkpointing=on)
+        n = _mlp_calls(r)
+        r.train_step(0)
+        grads[on], calls[on] = {t: v.grad.clone() for t, v in r.p.items()}, n[0]
+        assert not r.model.model.layers[0].self_attn.training  # only the layer's own flag is on: no dropout
+    assert calls[True] == calls[False] + 2  # one recompute per micro-batch (8 prompts / 4); the KL's no-grad pass: none
+    for t in grads[False]:
+        torch.testing.assert_close(grads[True][t], grads[False][t], rtol=1e-5, atol=1e-8)
+    assert any(g.abs().sum() > 0 for g in grads[True].values())

@@ -79,6 +79,7 @@ class BaselineConfig:
     eval_batch_size: int = 16  # prompts per forward pass in validation
     patience: int = 0  # stop after this many validations without improvement (0: never)
     label: str = ""  # row name in reports (default: LoRA / IA3)
+    gradient_checkpointing: bool = False  # recompute each decoder layer in backward: activations ≈ 1/layers, +1 forward
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be ≥ 1, got {getattr(self, k)}" for k in
@@ -158,6 +159,8 @@ class BaselineRun:
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every adapter folder it writes
         base, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.model = _peft().get_peft_model(base, peft_config(cfg, base))
+        if cfg.gradient_checkpointing:
+            trainloop.checkpoint_layers(self.model)  # active in train_step, which sets model.train()
         self.names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)

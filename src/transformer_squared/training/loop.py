@@ -3,6 +3,7 @@
 Validate at step 0, every `eval_every` steps and after the last; keep best/ by validation accuracy;
 stop after `patience` validations without improvement; write latest/ after every step; one row of
 metrics per step in `metrics.jsonl` (written before latest/, so a resume trims the rows past it).
+`checkpoint_layers` turns on activation checkpointing for either trainer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from tqdm.auto import tqdm
+
+from ..errors import ConfigError
 
 
 class Run(Protocol):
@@ -29,6 +32,28 @@ class Run(Protocol):
     def setup(self, resume: bool = False) -> None: ...
     def train(self) -> dict[str, Any]: ...
     def cleanup(self) -> None: ...
+
+
+def checkpoint_layers(model: Any) -> list[Any]:
+    """Activation checkpointing of every decoder layer, transformers' own (non-reentrant): in a step with
+    gradients a layer keeps only its input and recomputes the rest in the backward pass, so the saved
+    activations drop from all layers' to each layer's input plus one layer's (`t2 plan --checkpointing`),
+    for one more forward pass of compute. transformers checkpoints a layer only while the layer itself is
+    in training mode: the PEFT trainer sets model.train() for its steps (dropout on, as without
+    checkpointing); the SVF trainer, whose model stays in eval mode, sets only the layers' own flag (their
+    submodules, where dropout lives, stay in eval mode). Returns the layers."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the HF model
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not getattr(base, "supports_gradient_checkpointing", False) or not layers:
+        raise ConfigError(f"gradient_checkpointing: {type(base).__name__} has no checkpointable decoder layers")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers ≥ 5.x; the old name warns there
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return layers
 
 
 def run_job(job: Run, resume: bool = False) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class TrainConfig:
     unsafe_exec: bool = False  # code tasks: where bubblewrap cannot run, run generated code unconfined
     factor_dtype: str = ""  # U and V in memory: float32, bfloat16 ("": bfloat16 on a GPU, float32 elsewhere)
     force: bool = False  # allow saving experts of a random: base model (tests and benchmarks)
+    gradient_checkpointing: bool = False  # recompute each decoder layer in backward: activations ≈ 1/layers, +1 forward
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be ≥ 1, got {getattr(self, k)}" for k in
@@ -128,6 +129,9 @@ class Recipe:
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets, factor_dtype=cfg.factor_dtype or None)
         self.svf.track_weight_grads(cfg.mode == "merged")
+        if cfg.gradient_checkpointing:
+            for layer in trainloop.checkpoint_layers(self.model):
+                layer.training = True  # the layer's own flag only: its submodules (dropout) stay in eval mode
         init = Expert.init(self.svf.factors, model_id(self.model), self.svf.fingerprint, cfg.parametrisation,
                            cfg.seed, self._label(), self._description())
         self.meta = init.meta
