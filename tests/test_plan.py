@@ -46,11 +46,12 @@ def test_svf_training_of_8b_fits_one_80gb_gpu(llama8b):
     assert 40e9 < total < 0.95 * 80e9 and fits(total) == [80, 141]
 
 
-def test_activation_formula_matches_saved_tensors(tmp_path):
-    """What autograd saves in a factored forward pass of a small random Llama (padded batch, SDPA),
-    counted by a saved-tensors hook, against the plan's per-token formula."""
+def _saved_bytes(tmp_path, checkpointing: bool) -> tuple[int, str, int]:
+    """Bytes a factored forward pass of a small random Llama (padded batch, SDPA) leaves saved for backward,
+    counted by a saved-tensors hook; also the model name and B·T."""
     from transformer_squared.expert import attach
     from transformer_squared.models import load_model
+    from transformer_squared.training.loop import checkpoint_layers
 
     cfg = json.loads((resources.files("transformer_squared") / "configs" / "llama-3-8b.json").read_text())
     cfg |= {"hidden_size": 256, "intermediate_size": 896, "num_attention_heads": 8, "num_key_value_heads": 2,
@@ -59,6 +60,9 @@ def test_activation_formula_matches_saved_tensors(tmp_path):
     name = f"random:{tmp_path / 'c.json'}"
     model, _ = load_model(name, device="cpu", dtype="bfloat16")
     svf = attach(model, factor_dtype="bfloat16")
+    if checkpointing:
+        for layer in checkpoint_layers(model):
+            layer.training = True  # as the SVF trainer does
     B, T = 4, 64
     ids = torch.randint(0, 4096, (B, T), generator=torch.Generator().manual_seed(0))  # (B, T)
     mask = torch.ones(B, T, dtype=torch.long)
@@ -75,8 +79,31 @@ def test_activation_formula_matches_saved_tensors(tmp_path):
     z = {t: torch.full((B, f.S.numel()), 0.7, requires_grad=True) for t, f in svf.factors.items()}  # (B, r)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), svf.factored(z):
         model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
-    formula = B * T * activation_bytes_per_token(shapes(name, "mlp"), "bfloat16", "bfloat16")
-    assert sum(saved.values()) == pytest.approx(formula, rel=0.05)
+    return sum(saved.values()), name, B * T
+
+
+def test_activation_formula_matches_saved_tensors(tmp_path):
+    """What autograd saves in a factored forward pass against the plan's per-token formula."""
+    saved, name, tokens = _saved_bytes(tmp_path, checkpointing=False)
+    assert saved == pytest.approx(tokens * activation_bytes_per_token(shapes(name, "mlp"), "bfloat16", "bfloat16"),
+                                  rel=0.05)
+
+
+def test_checkpointed_activations_match_saved_tensors(tmp_path):
+    """With checkpointing, the forward pass keeps each layer's input (bfloat16) and the final norm's float32
+    input, normalised input and output; the plan adds one layer's share of the full formula (checked above)
+    for the recompute."""
+    saved, name, tokens = _saved_bytes(tmp_path, checkpointing=True)
+    s = shapes(name, "mlp")
+    boundary = s.layers * 2 * s.hidden + 4 * s.hidden + 2 * 2 * s.hidden  # per token
+    assert saved == pytest.approx(tokens * boundary, rel=0.05)
+    full = activation_bytes_per_token(s, "bfloat16", "bfloat16")
+    assert activation_bytes_per_token(s, "bfloat16", "bfloat16", checkpointing=True) == pytest.approx(
+        boundary + (full - 8 * s.hidden) / s.layers, abs=1)
+    llama = shapes("random:llama-3-8b", "mlp")
+    on, off = (plan(PlanConfig(batch_size=8, seq_len=512, checkpointing=c), llama)["train"] for c in (True, False))
+    assert on["activations"] < off["activations"] / 10  # 32 layers: ~1/32 of the activations plus the boundaries
+    assert fits(sum(on.values())) == [40, 48, 80, 141]  # SVF training of Llama-3-8B on a 40 GB card
 
 
 def test_cli_prints_the_8b_and_70b_plans(capsys):

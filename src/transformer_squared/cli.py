@@ -409,12 +409,14 @@ def plan_(
     factor_dtype: str = typer.Option("bfloat16", "--factor-dtype", help="Dtype of U and V in memory."),
     new_tokens: int = typer.Option(64, "--new-tokens", help="Generated tokens for the KV-cache line."),
     gpus: int = typer.Option(8, "--gpus", help="GPUs for the sharded (FSDP) column."),
+    checkpointing: bool = typer.Option(False, "--checkpointing", help="Training with gradient_checkpointing: true."),
     num_layers: Optional[int] = LAYERS,
 ) -> None:
     """Memory plan (weights, factors, expert, optimizer, activations, KV) for training and evaluation."""
     from .plan import PlanConfig, plan, render, shapes
 
-    cfg = PlanConfig(_model(model, num_layers), targets, batch_size, seq_len, dtype, factor_dtype, new_tokens, gpus)
+    cfg = PlanConfig(_model(model, num_layers), targets, batch_size, seq_len, dtype, factor_dtype, new_tokens, gpus,
+                     checkpointing)
     s = shapes(cfg.model, cfg.targets)
     typer.echo(render(cfg, s, plan(cfg, s)))
 

@@ -6,6 +6,8 @@ decoder layer (RMSNorm upcasts its input to float32; SDPA's memory-efficient ker
 repeated to all heads, and its output; the SwiGLU MLP keeps gate, act, up and their product), with
 per token and layer, for model dtype bytes b and factor dtype bytes f:
     saved = 2·4h (norms) + b·(7h + 4I) + Σ_targets 2·r·f          (training, factored mode)
+    with activation checkpointing (`gradient_checkpointing: true`): each layer's input b·h, plus one
+    layer's `saved` while the backward pass recomputes it; either way the final norm's 4h + 2·b·h
     peak  = b·(3I + 4h)                                             (evaluation, no graph)
     KV    = 2·n_kv·d_head·b                                         (generation cache)
 `tests/test_plan.py` checks the formula against the bytes autograd really saves.
@@ -36,6 +38,7 @@ class PlanConfig:
     factor_dtype: str = "bfloat16"  # U and V in memory
     new_tokens: int = 64  # generation length for the KV-cache line
     gpus: int = 8  # the sharded column: weights and factors split over this many GPUs
+    checkpointing: bool = False  # activation checkpointing of every decoder layer (gradient_checkpointing: true)
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be ≥ 1, got {getattr(self, k)}" for k in ("batch_size", "seq_len", "gpus")
@@ -97,13 +100,17 @@ def factor_values(s: Shapes) -> int:
     return sum((o + 1 + i) * min(o, i) for o, i in s.targets.values())
 
 
-def activation_bytes_per_token(s: Shapes, dtype: str, factor_dtype: str) -> int:
-    """Bytes autograd saves per token in training (factored mode), over all layers (module docstring)."""
+def activation_bytes_per_token(s: Shapes, dtype: str, factor_dtype: str, checkpointing: bool = False) -> int:
+    """Bytes autograd saves per token in training (factored mode), over all layers (module docstring);
+    with checkpointing, the peak: every layer's input plus one layer's activations during its recompute."""
     b, f = BYTES[dtype], BYTES[factor_dtype]
     h, inter = s.hidden, s.intermediate
     per_layer = 2 * 4 * h + b * (7 * h + 4 * inter)
     extras = sum(2 * min(o, i) * f + (i * f if f != b else 0) for o, i in s.targets.values())  # (x·V), h; cast x
-    return s.layers * per_layer + extras + 4 * h  # + the final norm's float32 input
+    head = 4 * h + 2 * b * h  # the final norm: its float32 input, the normalised input, its output (the LM head's)
+    if checkpointing:
+        return s.layers * b * h + per_layer + extras // max(s.layers, 1) + head
+    return s.layers * per_layer + extras + head
 
 
 def plan(cfg: PlanConfig, s: Shapes | None = None) -> dict[str, dict[str, int]]:
@@ -115,7 +122,7 @@ def plan(cfg: PlanConfig, s: Shapes | None = None) -> dict[str, dict[str, int]]:
     weights = s.n_params * b
     factors = sum((o + i) * min(o, i) for o, i in s.targets.values()) * f + ranks * 4  # S in float32
     expert = ranks * 4  # p in float32
-    train_act = tokens * activation_bytes_per_token(s, cfg.dtype, cfg.factor_dtype)
+    train_act = tokens * activation_bytes_per_token(s, cfg.dtype, cfg.factor_dtype, cfg.checkpointing)
     logits = cfg.batch_size * s.vocab * 4 * 3  # last position: logits, log-softmax, grad (float32)
     eval_act = tokens * b * (3 * s.intermediate + 4 * s.hidden) + cfg.batch_size * s.vocab * 4
     kv = 2 * s.layers * s.kv_heads * s.head_dim * (cfg.seq_len + cfg.new_tokens) * cfg.batch_size * b
@@ -149,7 +156,8 @@ def render(cfg: PlanConfig, s: Shapes, result: dict[str, dict[str, int]]) -> str
         f"vocab {s.vocab}; {len(s.targets)} targets ({cfg.targets}), {factor_values(s):,} factor values, "
         f"{sum(min(t) for t in s.targets.values()):,} expert parameters",
         f"batch {cfg.batch_size} × {cfg.seq_len} tokens, model {cfg.dtype}, factors {cfg.factor_dtype}; "
-        f"eval KV cache for {cfg.new_tokens} new tokens; GB = 10⁹ bytes",
+        f"eval KV cache for {cfg.new_tokens} new tokens; activation checkpointing "
+        f"{'on' if cfg.checkpointing else 'off'}; GB = 10⁹ bytes",
         "",
         "| GB | " + " | ".join(head.get(c, f"train, per GPU of {cfg.gpus} (sharded)") for c in cols) + " |",
         "| --- |" + " ---: |" * len(cols),
