@@ -126,6 +126,31 @@ def test_interrupted_run_resumes_without_redoing_work(tiny, vmlu_dir, tmp_path, 
     assert resumed["predictions"] == fresh["predictions"]
 
 
+def test_resume_when_every_question_was_saved_before_the_kill(tiny, vmlu_dir, tmp_path, monkeypatch):
+    """Killed after the last partial save, before the results file: the rerun has nothing left to score
+    (an empty batch once crashed the tokenizer; test_interrupt's random kill point found it)."""
+    model, tok = tiny
+    out = tmp_path / "r.json"
+    cfg = _cfg(vmlu_dir, batch_size=2, save_every=2)
+    real_finish = ev.finish
+
+    def die(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "finish", die)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(AdaptedModel(model, tok), cfg, out)
+    assert len(json.loads(ev.partial_path(out).read_text(encoding="utf-8"))["records"]) == 3 * len(SUBJECTS)
+    monkeypatch.setattr(ev, "finish", real_finish)
+    scored = []
+    real = engine.score_letters
+    monkeypatch.setattr(engine, "score_letters", lambda m, t, prompts, *a, **k: scored.extend(prompts) or real(m, t, prompts, *a, **k))
+    resumed = evaluate(AdaptedModel(model, tok), cfg, out)
+    assert scored == [] and out.exists() and not ev.partial_path(out).exists()
+    assert resumed["predictions"] == evaluate(AdaptedModel(model, tok), _cfg(vmlu_dir))["predictions"]
+    assert engine.tokenize(tok, []) == []
+
+
 def test_submission_has_every_test_id_once(tiny, vmlu_dir, tmp_path):
     model, tok = tiny
     sub = tmp_path / "sub.csv"

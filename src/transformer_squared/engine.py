@@ -45,6 +45,8 @@ def chat_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
 
 def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, unpadded. A chat-formatted text already carries BOS; plain text gets the default."""
+    if not texts:  # nothing left to score (a resumed run, a rank's empty shard): tokenizers refuse []
+        return []
     bos = getattr(tokenizer, "bos_token", None)
     special = not (bos and all(t.startswith(bos) for t in texts))
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
