@@ -89,7 +89,12 @@ def recompose(U: Tensor, s: Tensor, V: Tensor, z: Tensor | None = None, normalis
 
 def delta_w(U: Tensor, s: Tensor, V: Tensor, z: Tensor, normalise: bool = True) -> Tensor:
     """ΔW = W' − W = U · diag(s' − s) · Vᵀ (out × in)."""
-    return (U * (adapted_s(s, z, normalise) - s)) @ V.T  # (out, r) * (r,) @ (r, in) → (out, in)
+    return delta_from_s(U, s, V, adapted_s(s, z, normalise))
+
+
+def delta_from_s(U: Tensor, s: Tensor, V: Tensor, s2: Tensor) -> Tensor:
+    """ΔW = U · diag(s2 − s) · Vᵀ (out × in) for given adapted singular values s2, in U's dtype."""
+    return (U * (s2 - s).to(U.dtype)) @ V.T  # (out, r) * (r,) @ (r, in) → (out, in)
 
 
 def mix(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
@@ -204,7 +209,7 @@ class SVFModel:
         else:
             W0 = weight.detach()
             self._originals[name] = W0.to("cpu", copy=True)
-        dW = (f.U * (s2 - f.S).to(f.U.dtype)) @ f.V.T  # (out, r) * (r,) @ (r, in) → (out, in)
+        dW = delta_from_s(f.U, f.S, f.V, s2)  # (out, in)
         W = W0.to(torch.promote_types(W0.dtype, dW.dtype)) + dW  # (out, in), one target at a time
         if not torch.isfinite(W).all():
             raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
