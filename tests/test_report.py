@@ -105,3 +105,19 @@ def test_chart_whiskers_clamped_at_the_point(tmp_path, monkeypatch):
     assert w == pytest.approx(100 * avg_acc) and lo == pytest.approx(100 * (avg_acc - avg_lo))
     assert hi == pytest.approx(100 * (avg_hi - avg_acc))
     assert bars["STEM", 1][0] == pytest.approx(100.0) and bars["Other", 1][0] == pytest.approx(100.0)  # LoRA: 2/2 each
+
+
+def test_chart_dashes_the_row_named_by_base(tmp_path, monkeypatch):
+    """The dashed reference line is the `--base` row's value in each panel, not a row that happens to be called base."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from transformer_squared.chart import bar_chart
+
+    comp = compare([("b", _results("base", "AAAAAAAA")), ("l", _results("LoRA", "ABCABBAC"))], base="LoRA")
+    lines = []
+    real = matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda self, x, *a, **k: lines.append(x) or real(self, x, *a, **k))
+    bar_chart(comp, tmp_path / "chart.png")
+    # LoRA per category 2/2, 1/2, 1/2, 2/2; average 6/8; mean of categories 0.75 (worked out in the first test)
+    assert lines == pytest.approx([100.0, 50.0, 50.0, 100.0, 75.0, 75.0])

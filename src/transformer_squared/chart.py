@@ -31,7 +31,7 @@ def bar_chart(comp: Any, path: Path) -> Path:
     from .comparison import AVERAGE, MEAN
 
     groups = [*comp.categories, AVERAGE, MEAN]
-    rows = comp.rows
+    rows, h = comp.rows, comp.header
     colors = plt.get_cmap("tab20").colors
     ys = list(range(len(rows)))
     fig, axes = plt.subplots(1, len(groups), sharey=True, squeeze=False, dpi=120,
@@ -45,7 +45,7 @@ def bar_chart(comp: Any, path: Path) -> Path:
             ax.barh(y, 100 * acc, 0.75, xerr=[[lo], [hi]], color=colors[y % len(colors)], capsize=2,
                     hatch="//" if row.reference else None, edgecolor="black", linewidth=0.4,
                     error_kw={"elinewidth": 0.8})
-        base = next((r.cells[col][0] for r in rows if r.label == "base" and r.cells[col][0] is not None), None)
+        base = next((r.cells[col][0] for r in rows if r.label == h["base"] and r.cells[col][0] is not None), None)
         if base is not None:
             ax.axvline(100 * base, color="black", linestyle="--", linewidth=0.7)
         ax.set_title(col, fontsize=9)
@@ -54,8 +54,7 @@ def bar_chart(comp: Any, path: Path) -> Path:
         ax.tick_params(labelsize=7)
     axes[0][0].set_yticks(ys, [r.label for r in rows], fontsize=8)
     axes[0][0].invert_yaxis()  # first row on top, as in the table
-    h = comp.header
-    fig.supxlabel("accuracy (%); whiskers: 95 % CI; dashed: base; hatched: reference rows", fontsize=8)
+    fig.supxlabel(f"accuracy (%); whiskers: 95 % CI; dashed: {h['base']}; hatched: reference rows", fontsize=8)
     fig.suptitle(f"{h['task']} · {h['split']} · {', '.join(h['models'])} · protocol {h['protocol']} · "
                  f"n = {max((r.n for r in rows), default=0)}", fontsize=9)
     fig.tight_layout()

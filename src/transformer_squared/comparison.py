@@ -62,7 +62,7 @@ class Comparison:
     categories: list[str]
     rows: list[Row]
     paired: list[dict[str, Any]]  # per non-base row sharing questions with the base row: paired_stats + label
-    header: dict[str, Any]  # model, task, split, protocol, dates, n_boot
+    header: dict[str, Any]  # model, task, split, protocol, dates, n_boot, base (the paired rows' reference label)
     quotes: list[dict[str, Any]] = field(default_factory=list)  # {source, note, rows: [(label, {column: %})]}
 
 
@@ -172,7 +172,7 @@ def compare(named: list[tuple[str, dict[str, Any]]], protocol: str = "letter", b
             stats = paired_stats([base_row.correct[i] for i in shared], [row.correct[i] for i in shared], n_boot, seed)
             paired.append({"label": row.label, "reference": row.reference} | stats)
     quotes = [QUOTES[quote] | {"name": quote}] if quote else []
-    return Comparison(categories, rows, paired, _header(named, protocol, n_boot), quotes)
+    return Comparison(categories, rows, paired, _header(named, protocol, n_boot) | {"base": base}, quotes)
 
 
 def to_json(comp: Comparison) -> dict[str, Any]:
