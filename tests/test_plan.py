@@ -51,7 +51,7 @@ def _saved_bytes(tmp_path, checkpointing: bool) -> tuple[int, str, int]:
     counted by a saved-tensors hook; also the model name and B·T."""
     from transformer_squared.expert import attach
     from transformer_squared.models import load_model
-    from transformer_squared.training.loop import checkpoint_layers
+    from transformer_squared.training.loop import checkpoint_layers, layers_training
 
     cfg = json.loads((resources.files("transformer_squared") / "configs" / "llama-3-8b.json").read_text())
     cfg |= {"hidden_size": 256, "intermediate_size": 896, "num_attention_heads": 8, "num_key_value_heads": 2,
@@ -60,9 +60,7 @@ def _saved_bytes(tmp_path, checkpointing: bool) -> tuple[int, str, int]:
     name = f"random:{tmp_path / 'c.json'}"
     model, _ = load_model(name, device="cpu", dtype="bfloat16")
     svf = attach(model, factor_dtype="bfloat16")
-    if checkpointing:
-        for layer in checkpoint_layers(model):
-            layer.training = True  # as the SVF trainer does
+    layers = checkpoint_layers(model) if checkpointing else []
     B, T = 4, 64
     ids = torch.randint(0, 4096, (B, T), generator=torch.Generator().manual_seed(0))  # (B, T)
     mask = torch.ones(B, T, dtype=torch.long)
@@ -77,8 +75,8 @@ def _saved_bytes(tmp_path, checkpointing: bool) -> tuple[int, str, int]:
         return t
 
     z = {t: torch.full((B, f.S.numel()), 0.7, requires_grad=True) for t, f in svf.factors.items()}  # (B, r)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), svf.factored(z):
-        model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), svf.factored(z), layers_training(layers):
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=1)  # as the SVF trainer's gradient passes
     return sum(saved.values()), name, B * T
 
 

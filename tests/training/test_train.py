@@ -368,6 +368,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradient(tmp_path,
         r.train_step(0)
         grads[on], calls[on] = {t: v.grad.clone() for t, v in r.p.items()}, n[0]
         assert not r.model.model.layers[0].self_attn.training  # only the layer's own flag is on: no dropout
+        assert not r.model.model.layers[0].training  # on only around the gradient passes, off after the step
     assert calls[True] == calls[False] + 2  # one recompute per micro-batch (8 prompts / 4); the KL's no-grad pass: none
     for t in grads[False]:
         torch.testing.assert_close(grads[True][t], grads[False][t], rtol=1e-5, atol=1e-8)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from tqdm.auto import tqdm
 
@@ -40,8 +41,8 @@ def checkpoint_layers(model: Any) -> list[Any]:
     activations drop from all layers' to each layer's input plus one layer's (`t2 plan --checkpointing`),
     for one more forward pass of compute. transformers checkpoints a layer only while the layer itself is
     in training mode: the PEFT trainer sets model.train() for its steps (dropout on, as without
-    checkpointing); the SVF trainer, whose model stays in eval mode, sets only the layers' own flag (their
-    submodules, where dropout lives, stay in eval mode). Returns the layers."""
+    checkpointing); the SVF trainer, whose model stays in eval mode, turns on only the layers' own flag,
+    and only around its gradient passes (`layers_training`). Returns the layers."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the HF model
@@ -54,6 +55,21 @@ def checkpoint_layers(model: Any) -> list[Any]:
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return layers
+
+
+@contextmanager
+def layers_training(layers: list[Any]) -> Iterator[None]:
+    """The layers' own training flag on for the block, off after it: their submodules (where dropout lives)
+    stay in eval mode, and passes outside the block (validation, rollouts, the KL's base terms) are never
+    checkpointed (transformers < 5 checkpoints a training layer even without gradients, and then drops
+    the KV cache of generation)."""
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
 
 
 def run_job(job: Run, resume: bool = False) -> dict[str, Any]:

@@ -129,9 +129,7 @@ class Recipe:
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets, factor_dtype=cfg.factor_dtype or None)
         self.svf.track_weight_grads(cfg.mode == "merged")
-        if cfg.gradient_checkpointing:
-            for layer in trainloop.checkpoint_layers(self.model):
-                layer.training = True  # the layer's own flag only: its submodules (dropout) stay in eval mode
+        self.checkpointed = trainloop.checkpoint_layers(self.model) if cfg.gradient_checkpointing else []
         init = Expert.init(self.svf.factors, model_id(self.model), self.svf.fingerprint, cfg.parametrisation,
                            cfg.seed, self._label(), self._description())
         self.meta = init.meta
@@ -244,9 +242,10 @@ class Recipe:
 
     def _backward(self, mb: list[rollout.Item], base: Any, n: int, generator: torch.Generator,
                   totals: dict[str, float]) -> None:
-        J, KL, reward = self.terms(mb, base, generator)  # (mb,) each
-        loss = (-J + self.cfg.kl * KL).sum() / n  # −mean(R · log π') + λ·KL, mean over the global batch
-        loss.backward()
+        with trainloop.layers_training(self.checkpointed):  # checkpointed only in these passes
+            J, KL, reward = self.terms(mb, base, generator)  # (mb,) each
+            loss = (-J + self.cfg.kl * KL).sum() / n  # −mean(R · log π') + λ·KL, mean over the global batch
+            loss.backward()
         totals["loss"] += loss.item()
         totals["reward"] += reward.sum().item() / n
         totals["kl"] += KL.detach().sum().item() / n
