@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from transformer_squared import engine
-from transformer_squared.adapted import AdaptedModel
-from transformer_squared.evaluate import EvalConfig, evaluate
-from transformer_squared.models import load_model
+from transformer_squared.models import engine
+from transformer_squared.experts.adapted import AdaptedModel
+from transformer_squared.evaluation.evaluate import EvalConfig, evaluate
+from transformer_squared.models.load import load_model
 from transformer_squared.tasks import get_task
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vmlu"

@@ -35,9 +35,9 @@ CHILD = textwrap.dedent(
     """
     import json, sys, threading, time
     import torch, transformers
-    from transformer_squared.expert import Expert, attach
+    from transformer_squared.experts.expert import Expert, attach
     from transformer_squared.interop.export import export_merged
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     def rss():  # resident set size now, bytes (ru_maxrss only grows, and starts at the parent's peak)
         with open("/proc/self/status") as f:
@@ -100,8 +100,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from transformer_squared.expert import Expert, attach
-    from transformer_squared.models import load_model, model_id, resolve_model
+    from transformer_squared.experts.expert import Expert, attach
+    from transformer_squared.models.load import load_model, model_id, resolve_model
 
     work = Path(tempfile.mkdtemp(prefix="export_memory."))
     env = dict(os.environ)

@@ -135,8 +135,8 @@ def main() -> None:
 
     import transformers  # noqa: F401  (imported before any timing)
 
-    from transformer_squared.models import load_model, pick_device
-    from transformer_squared.random_models import with_layers
+    from transformer_squared.models.load import load_model, pick_device
+    from transformer_squared.models.random_weights import with_layers
 
     home = Path(tempfile.mkdtemp(prefix="t2_gpu_full_size."))
     os.environ["T2_HOME"] = str(home)  # a fresh SVD cache: the SVD is timed, never read from an old run
@@ -176,7 +176,7 @@ def time_svd(model, device: torch.device, budget: float) -> tuple[list[str], tup
     import json
     import os
 
-    from transformer_squared import svd
+    from transformer_squared.experts import svd
 
     names = svd.resolve_targets(model, "mlp")
     done: list[str] = []
@@ -201,7 +201,7 @@ def time_svd(model, device: torch.device, budget: float) -> tuple[list[str], tup
 
 def train_and_eval(args, name: str, device: torch.device, tok, targets: list[str], rows: Rows) -> None:
     """One SVF training step with the real trainer, then throughput, expert switch."""
-    from transformer_squared import engine
+    from transformer_squared.models import engine
     from transformer_squared.training.train import Recipe, TrainConfig
 
     n_val = 16  # the trainer insists on a validation part; the timed step never uses it
@@ -230,8 +230,8 @@ def train_and_eval(args, name: str, device: torch.device, tok, targets: list[str
 
 
 def eval_rows(args, recipe, tok, device: torch.device, rows: Rows) -> None:
-    from transformer_squared import engine
-    from transformer_squared.svf import PARAMETRISATIONS
+    from transformer_squared.models import engine
+    from transformer_squared.experts.svf import PARAMETRISATIONS
 
     questions = vmlu_like(tok, args.eval_n, args.seed + 1)
     prompts = Synthetic().format(questions, tok)
@@ -266,8 +266,8 @@ def lora_step(args, name: str, device: torch.device, tok) -> tuple[str, str, str
     """PEFT LoRA (rank r on q_proj, v_proj) on the same global batch: cross-entropy of the gold letter."""
     from peft import LoraConfig, get_peft_model
 
-    from transformer_squared import engine
-    from transformer_squared.models import load_model
+    from transformer_squared.models import engine
+    from transformer_squared.models.load import load_model
 
     model, _ = load_model(name, device=str(device), dtype=args.dtype)
     model = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank,

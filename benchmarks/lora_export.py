@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from transformer_squared import engine
-from transformer_squared.expert import Expert, attach
+from transformer_squared.models import engine
+from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.interop.export import export_lora
-from transformer_squared.models import load_model, model_id, resolve_model
-from transformer_squared.svf import mix
+from transformer_squared.models.load import load_model, model_id, resolve_model
+from transformer_squared.experts.svf import mix
 
 LETTERS = ("A", "B", "C", "D")
 

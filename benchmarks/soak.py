@@ -26,9 +26,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from transformer_squared.adapted import load_adapted
-from transformer_squared.expert import Expert, attach
-from transformer_squared.models import load_model, model_id
+from transformer_squared.experts.adapted import load_adapted
+from transformer_squared.experts.expert import Expert, attach
+from transformer_squared.models.load import load_model, model_id
 
 LETTERS = ("A", "B", "C", "D")
 

@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, resource, sys, time
     import torch
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
     from transformer_squared import svd
     way, model_name, out_dir = sys.argv[1:4]
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--repeats", type=int, default=2, help="alternate the ways this many times; keep each one's fastest")
     args = ap.parse_args()
-    from transformer_squared.models import resolve_model, t2_home
+    from transformer_squared.models.load import resolve_model, t2_home
 
     resolve_model(args.model)  # convert the built-in model once, outside the timings
     user_home = t2_home()

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from transformer_squared import engine, metrics
+from transformer_squared.models import engine
+from transformer_squared.evaluation import metrics
 from transformer_squared.training import splits
 from transformer_squared.atomic import write_json
-from transformer_squared.expert import Expert, attach
-from transformer_squared.models import load_model
+from transformer_squared.experts.expert import Expert, attach
+from transformer_squared.models.load import load_model
 from transformer_squared.tasks import get_task
 
 

@@ -50,8 +50,8 @@ def _svf(mode: str, batch: int, steps: int) -> dict:
 def _lora(batch: int, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from transformer_squared import engine
-    from transformer_squared.models import load_model
+    from transformer_squared.models import engine
+    from transformer_squared.models.load import load_model
     from transformer_squared.tasks import get_task
     from transformer_squared.training.train import Recipe, TrainConfig
 

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 from transformer_squared.adapt import StrategyConfig, build_strategy, decisions, request_of
-from transformer_squared.adapted import AdaptedModel
+from transformer_squared.experts.adapted import AdaptedModel
 from transformer_squared.atomic import write_json
-from transformer_squared.evaluate import select
-from transformer_squared.expert import Expert, attach
-from transformer_squared.models import load_model, model_id
+from transformer_squared.evaluation.evaluate import select
+from transformer_squared.experts.expert import Expert, attach
+from transformer_squared.models.load import load_model, model_id
 from transformer_squared.tasks import get_task
 from transformer_squared.training.train import TrainConfig, run
 

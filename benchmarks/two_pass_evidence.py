@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformer_squared.atomic import write_json, write_text
-from transformer_squared.metrics import paired_stats, wilson
+from transformer_squared.evaluation.metrics import paired_stats, wilson
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
 RUNS = Path("runs/evidence")  # expert runs (not committed)

@@ -10,7 +10,7 @@ import argparse
 import os
 
 from transformer_squared.adapt import TwoPass
-from transformer_squared.adapted import load_adapted
+from transformer_squared.experts.adapted import load_adapted
 
 PROMPTS = ["What is 17 + 25?", "Write a Python function that reverses a string.", "Who painted the Mona Lisa?"]
 

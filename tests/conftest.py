@@ -32,7 +32,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def tiny(tiny_model_dir):
     """(model, tokenizer) of the tiny random Llama, float32 on CPU."""
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
@@ -40,7 +40,7 @@ def tiny(tiny_model_dir):
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct, float32 on CPU (shared by the slow tests)."""
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     return load_model("smollm2-135m-instruct", device="cpu")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from transformer_squared.expert import Expert, attach
-from transformer_squared.models import model_id
+from transformer_squared.experts.expert import Expert, attach
+from transformer_squared.models.load import model_id
 
 LABELS = ("STEM", "Humanities")
 DESCRIPTIONS = ("Science, technology, engineering and mathematics questions.", "History, law and philosophy questions.")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer_squared import engine
+from transformer_squared.models import engine
 from transformer_squared.errors import ConfigError
-from transformer_squared.svf import mix, mix_batch
+from transformer_squared.experts.svf import mix, mix_batch
 
 from labelled_experts import make_experts
 
@@ -19,8 +19,8 @@ LETTERS = [("A", "B", "C", "D")] * len(PROMPTS)
 
 @pytest.fixture()
 def am(tiny):
-    from transformer_squared.adapted import AdaptedModel
-    from transformer_squared.expert import attach
+    from transformer_squared.experts.adapted import AdaptedModel
+    from transformer_squared.experts.expert import attach
 
     model, tok = tiny
     experts = make_experts(model)

@@ -539,8 +539,8 @@ def _(c):
 # ---- the runner ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ws(tiny_model_dir, tmp_path_factory) -> WS:
-    from transformer_squared.expert import Expert, attach
-    from transformer_squared.models import load_model, model_id
+    from transformer_squared.experts.expert import Expert, attach
+    from transformer_squared.models.load import load_model, model_id
 
     root = tmp_path_factory.mktemp("ws")
     with pytest.MonkeyPatch.context() as mp:

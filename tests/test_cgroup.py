@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer_squared import cgroup
+from transformer_squared.sandbox import cgroup
 
 
 def mountinfo(*mounts: tuple[str, Path, str]) -> str:

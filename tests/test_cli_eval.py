@@ -77,7 +77,7 @@ def no_model_load(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr("transformer_squared.adapted.load_model", refuse)
+    monkeypatch.setattr("transformer_squared.experts.adapted.load_model", refuse)
 
 
 def test_eval_of_an_empty_split_names_the_file(tmp_path, capsys, no_model_load):
@@ -113,8 +113,8 @@ def test_eval_output_paths_are_checked_before_the_model_loads(flag, tmp_path, ca
 
 
 def test_eval_unsafe_exec_reaches_the_config(monkeypatch, tmp_path):
-    import transformer_squared.adapted
-    import transformer_squared.evaluate
+    import transformer_squared.experts.adapted
+    import transformer_squared.evaluation.evaluate
 
     class Stop(Exception):
         pass
@@ -122,8 +122,8 @@ def test_eval_unsafe_exec_reaches_the_config(monkeypatch, tmp_path):
     def fake_evaluate(am, cfg, *args, **kwargs):
         raise Stop(cfg.unsafe_exec)
 
-    monkeypatch.setattr(transformer_squared.adapted, "load_adapted", lambda *a, **k: None)
-    monkeypatch.setattr(transformer_squared.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(transformer_squared.experts.adapted, "load_adapted", lambda *a, **k: None)
+    monkeypatch.setattr(transformer_squared.evaluation.evaluate, "evaluate", fake_evaluate)
     for flags, expected in (([], False), (["--unsafe-exec"], True)):
         with pytest.raises(Stop) as exc:
             main(["eval", "--task", "humaneval", "--split", "test", "--out", str(tmp_path / "r.json"), *flags])

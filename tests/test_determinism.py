@@ -22,7 +22,7 @@ from vmlu_files import write_vmlu
 @pytest.fixture()
 def commands(tmp_path, tiny_model_dir, monkeypatch):
     """t2 argument lists writing under an output root (the train run, a mixture's eval, a fewshot eval)."""
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     monkeypatch.setenv("T2_HOME", str(tmp_path / "home"))
     model, _ = load_model(str(tiny_model_dir), device="cpu")

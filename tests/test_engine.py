@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer_squared import engine
+from transformer_squared.models import engine
 from transformer_squared.errors import ResourceError
 
 PROMPTS = [

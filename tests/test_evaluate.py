@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 
-from transformer_squared import engine, evaluate as ev
-from transformer_squared.adapted import AdaptedModel
+from transformer_squared.models import engine
+from transformer_squared.evaluation import evaluate as ev
+from transformer_squared.experts.adapted import AdaptedModel
 from transformer_squared.errors import ConfigError
-from transformer_squared.evaluate import EvalConfig, evaluate, select
-from transformer_squared.expert import Expert, attach
-from transformer_squared.metrics import wilson
-from transformer_squared.models import model_id
+from transformer_squared.evaluation.evaluate import EvalConfig, evaluate, select
+from transformer_squared.experts.expert import Expert, attach
+from transformer_squared.evaluation.metrics import wilson
+from transformer_squared.models.load import model_id
 from transformer_squared.tasks import Example
 
 from vmlu_files import CATEGORY, SUBJECTS, write_vmlu

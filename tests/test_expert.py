@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from transformer_squared.errors import ExpertError
-from transformer_squared.expert import Expert, ExpertMeta, attach
-from transformer_squared.models import model_id
+from transformer_squared.experts.expert import Expert, ExpertMeta, attach
+from transformer_squared.models.load import model_id
 
 
 def test_init_roundtrip(tiny, tmp_path):
@@ -77,7 +77,7 @@ def test_experts_must_agree_on_normalisation(tiny):
 
 def test_version_1_fingerprints_still_match(tiny, tmp_path):
     """Experts and caches made before fingerprint version 2 keep working (small targets only had version 1)."""
-    from transformer_squared.svd import cache_dir, decompose, legacy_fingerprint, resolve_targets
+    from transformer_squared.experts.svd import cache_dir, decompose, legacy_fingerprint, resolve_targets
 
     model, _ = tiny
     names = resolve_targets(model, "mlp")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from transformer_squared.errors import ExpertError, ModelError
-from transformer_squared.expert import Expert, ExpertMeta, attach
-from transformer_squared.models import load_model, model_id, t2_home
-from transformer_squared.random_models import parse, with_layers
-from transformer_squared.svd import WeightSource, fingerprint, legacy_fingerprint, resolve_targets
+from transformer_squared.experts.expert import Expert, ExpertMeta, attach
+from transformer_squared.models.load import load_model, model_id, t2_home
+from transformer_squared.models.random_weights import parse, with_layers
+from transformer_squared.experts.svd import WeightSource, fingerprint, legacy_fingerprint, resolve_targets
 
 MODEL = "random:llama-3-8b?layers=1"
 

@@ -70,7 +70,7 @@ def test_decomposed_and_trained_one_step(home, run_dir, monkeypatch):
     f = _factors(home)
     U, S, V = (f[f"{TARGET}.{k}"] for k in ("U", "S", "V"))
     assert U.shape == (4096, 4096) and V.shape == (14336, 4096)
-    from transformer_squared.models import random_folder
+    from transformer_squared.models.load import random_folder
 
     folder = random_folder("random:llama-3-8b?layers=1")  # the checkpoint export streams, written once here
     with safe_open(_shard(folder, f"{TARGET}.weight"), "pt") as ckpt:

@@ -117,8 +117,8 @@ def test_eval_resumes_after_sigkill(tmp_path, tiny_model_dir, home, kill_rng):
 
 
 def test_export_resumes_after_sigkill(tmp_path, tiny_model_dir, home, kill_rng):
-    from transformer_squared.expert import Expert, attach
-    from transformer_squared.models import load_model, model_id
+    from transformer_squared.experts.expert import Expert, attach
+    from transformer_squared.models.load import load_model, model_id
 
     model, _ = load_model(str(tiny_model_dir), device="cpu")
     svf = attach(model)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from transformer_squared.metrics import paired_stats
+from transformer_squared.evaluation.metrics import paired_stats
 
 
 def test_mcnemar_and_ci_by_hand():
@@ -33,7 +33,7 @@ def test_no_difference_and_symmetry():
 
 
 def test_routing_accuracy_leaves_out_mixtures():
-    from transformer_squared.metrics import routing_metrics
+    from transformer_squared.evaluation.metrics import routing_metrics
 
     rows = [{"category": c, "routing": {"decision": d}} for c, d in
             [("math", "math"), ("code", "math"), ("math", "mixture"), ("code", "code"), ("other", "base")]]

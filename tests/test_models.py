@@ -7,7 +7,7 @@ import time
 import pytest
 
 from transformer_squared.errors import ModelError
-from transformer_squared.models import builtin_folder, load_model, model_id, t2_home
+from transformer_squared.models.load import builtin_folder, load_model, model_id, t2_home
 
 
 def test_local_folder(tiny_model_dir):
@@ -49,7 +49,7 @@ def test_builtin_smollm2_converts_once_and_answers(smollm2):
     t = time.perf_counter()
     load_model("smollm2-135m-instruct", device="cpu")
     assert time.perf_counter() - t < 20  # a cached folder loads fast (benchmarks time it precisely)
-    from transformer_squared.engine import chat_prompts, generate
+    from transformer_squared.models.engine import chat_prompts, generate
 
     out = generate(model, tok, chat_prompts(tok, ["What is the capital of France?"]), max_new_tokens=12)
     assert "Paris" in out[0]
@@ -71,7 +71,7 @@ def split_model(tmp_path, monkeypatch):
     import hashlib
     import importlib.metadata
 
-    from transformer_squared.models import BuiltinModel
+    from transformer_squared.models.load import BuiltinModel
 
     chunks = [bytes(range(256)) * 70, b"GGUF" * 1000, b"\x00\xff" * 3]
     for i, chunk in enumerate(chunks, 1):
@@ -91,7 +91,7 @@ def split_model(tmp_path, monkeypatch):
 
 
 def test_split_gguf_assembles_in_order(split_model, tmp_path):
-    from transformer_squared.models import assemble_gguf
+    from transformer_squared.models.load import assemble_gguf
 
     spec, whole = split_model
     out = assemble_gguf(spec, tmp_path / "cache" / "m.gguf")
@@ -103,7 +103,7 @@ def test_split_gguf_assembles_in_order(split_model, tmp_path):
 def test_split_gguf_checks_size_and_sha256(split_model, tmp_path, change):
     import dataclasses
 
-    from transformer_squared.models import assemble_gguf
+    from transformer_squared.models.load import assemble_gguf
 
     spec, whole = split_model
     if change == "part":  # a corrupted part: same size, other bytes
@@ -119,7 +119,7 @@ def test_split_gguf_checks_size_and_sha256(split_model, tmp_path, change):
 def test_split_gguf_missing_part_names_every_package(split_model, tmp_path):
     import dataclasses
 
-    from transformer_squared.models import BUILTINS, assemble_gguf
+    from transformer_squared.models.load import BUILTINS, assemble_gguf
 
     spec, _ = split_model
     spec = dataclasses.replace(spec, files=spec.files[:2] + (("absent-part3", "data/part03.bin"),))
@@ -133,7 +133,7 @@ def test_split_gguf_missing_part_names_every_package(split_model, tmp_path):
 
 
 def test_split_builtin_converts_from_the_assembled_gguf(split_model, tmp_path, monkeypatch):
-    from transformer_squared import models
+    from transformer_squared.models import load as models
 
     spec, whole = split_model
     monkeypatch.setenv("T2_HOME", str(tmp_path / "home"))

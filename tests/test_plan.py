@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from transformer_squared.cli import main
-from transformer_squared.plan import PlanConfig, activation_bytes_per_token, factor_values, fits, plan, shapes
+from transformer_squared.models.plan import PlanConfig, activation_bytes_per_token, factor_values, fits, plan, shapes
 
 H, INTER, VOCAB, LAYERS, HEADS, KV_HEADS = 4096, 14336, 128256, 32, 32, 8  # Meta-Llama-3-8B
 
@@ -49,8 +49,8 @@ def test_svf_training_of_8b_fits_one_80gb_gpu(llama8b):
 def _saved_bytes(tmp_path, checkpointing: bool) -> tuple[int, str, int]:
     """Bytes a factored forward pass of a small random Llama (padded batch, SDPA) leaves saved for backward,
     counted by a saved-tensors hook; also the model name and B·T."""
-    from transformer_squared.expert import attach
-    from transformer_squared.models import load_model
+    from transformer_squared.experts.expert import attach
+    from transformer_squared.models.load import load_model
     from transformer_squared.training.loop import checkpoint_layers, layers_training
 
     cfg = json.loads((resources.files("transformer_squared") / "configs" / "llama-3-8b.json").read_text())

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from transformer_squared.cli import main
-from transformer_squared.comparison import compare
+from transformer_squared.report.comparison import compare
 from transformer_squared.errors import ConfigError
 
 CATS = ("STEM", "Social Science", "Humanities", "Other")
@@ -78,8 +78,8 @@ def test_chart_whiskers_clamped_at_the_point(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.axes
 
-    from transformer_squared.chart import bar_chart
-    from transformer_squared.comparison import AVERAGE
+    from transformer_squared.report.chart import bar_chart
+    from transformer_squared.report.comparison import AVERAGE
 
     comp = compare([("b", _results("base", "AAAAAAAA")), ("l", _results("LoRA", "ABCABBAC"))])
     row = comp.rows[0]
@@ -112,7 +112,7 @@ def test_chart_dashes_the_row_named_by_base(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.axes
 
-    from transformer_squared.chart import bar_chart
+    from transformer_squared.report.chart import bar_chart
 
     comp = compare([("b", _results("base", "AAAAAAAA")), ("l", _results("LoRA", "ABCABBAC"))], base="LoRA")
     lines = []

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from transformer_squared import sandbox
-from transformer_squared.sandbox import run_code, run_many
+from transformer_squared.sandbox import bwrap as sandbox
+from transformer_squared.sandbox.bwrap import run_code, run_many
 
 ROOT = os.geteuid() == 0
 BYPASS = "import sys\nfor m in ('ctypes', '_ctypes'):\n    sys.modules.pop(m, None)\nimport ctypes, posix, _io\n"
@@ -64,7 +64,7 @@ def marker():
 def run_cgroups() -> list[Path]:
     """Run cgroups of this process that still exist."""
     try:
-        from transformer_squared import cgroup
+        from transformer_squared.sandbox import cgroup
     except ImportError:  # the old sandbox made none
         return []
     return [d for parent in cgroup._parents()[1] for d in parent.glob(f"{cgroup.PREFIX}{os.getpid()}-*")]
@@ -72,7 +72,7 @@ def run_cgroups() -> list[Path]:
 
 def has_cgroups() -> bool:
     try:
-        from transformer_squared import cgroup
+        from transformer_squared.sandbox import cgroup
     except ImportError:
         return True
     return bool(cgroup._parents()[1])
@@ -358,7 +358,7 @@ def test_bubblewrap_without_namespaces_is_refused(tmp_path, monkeypatch):
 def test_unsafe_exec_runs_unconfined_with_a_loud_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PATH", str(tmp_path))
     sandbox._warn_once.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="transformer_squared.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="transformer_squared.sandbox.bwrap"):
         programs = ["pass", "1/0", "import time\ntime.sleep(60)", f"import os\nassert os.getuid() == {os.getuid()}"]
         results = run_many(programs, timeout_s=1, unsafe_exec=True)
     assert [r.status for r in results] == ["passed", "failed", "timeout", "passed"]  # limited, but as our own user

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_squared import seen
-from transformer_squared.adapted import AdaptedModel
+from transformer_squared.evaluation import seen
+from transformer_squared.experts.adapted import AdaptedModel
 from transformer_squared.cli import main
 from transformer_squared.errors import ExpertError
-from transformer_squared.evaluate import EvalConfig, evaluate
-from transformer_squared.expert import META, SEEN, Expert, attach, read_seen
-from transformer_squared.models import model_id
+from transformer_squared.evaluation.evaluate import EvalConfig, evaluate
+from transformer_squared.experts.expert import META, SEEN, Expert, attach, read_seen
+from transformer_squared.models.load import model_id
 from transformer_squared.tasks import Example, get_task
 
 from vmlu_files import write_vmlu
@@ -44,7 +44,7 @@ class Setup:
 def setup(tiny_model_dir, tmp_path_factory) -> Setup:
     """VMLU-format data, and experts A (saw 5 valid questions and one from elsewhere), B (saw 4 valid, one shared
     with A), C (no record); built once for the module, in a cache root of its own."""
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     tmp_path = tmp_path_factory.mktemp("seen")
     with pytest.MonkeyPatch.context() as mp:

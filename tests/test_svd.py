@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from transformer_squared.errors import CacheError, ConfigError
-from transformer_squared.svd import decompose, fingerprint, load_factors, resolve_targets
+from transformer_squared.experts.svd import decompose, fingerprint, load_factors, resolve_targets
 
 
 def _rel_err(model, factors):
@@ -83,7 +83,7 @@ KILLABLE = textwrap.dedent(
     """
     import sys, time
     from transformer_squared import svd
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
     slow = svd.svd_one
     def svd_one(W, device=None):
         time.sleep(0.3)
@@ -110,7 +110,7 @@ def test_killed_decomposition_resumes_identically(tiny_model_dir, tmp_path):
     done = len(json.loads(idx[0].read_text())["targets"])
     assert 3 <= done < 14, "the kill must land halfway"
 
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     model, _ = load_model(str(tiny_model_dir), device="cpu")
     resumed = decompose(model, "all", root=tmp_path / "killed", progress=False)
@@ -125,7 +125,7 @@ def test_killed_decomposition_resumes_identically(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_reconstruction(smollm2):
-    from transformer_squared.svd import ensure_factors
+    from transformer_squared.experts.svd import ensure_factors
 
     model, _ = smollm2
     _, factors = ensure_factors(model, "mlp")
@@ -137,7 +137,7 @@ CONCURRENT = textwrap.dedent(
     """
     import sys, time
     from transformer_squared import svd
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
     slow = svd.svd_one
     def svd_one(W, device=None):
         with open(sys.argv[2], "a") as log:
@@ -165,7 +165,7 @@ def test_two_processes_decompose_each_target_once(tiny_model_dir, tmp_path):
     (folder,) = [p for p in (tmp_path / "home" / "svd").iterdir() if p.is_dir()]
     index = json.loads((folder / "index.json").read_text())
     assert len(index["targets"]) == 6 and len(log.read_text().split()) == 6  # 6 targets, 6 SVDs in all
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     model, _ = load_model(str(tiny_model_dir), device="cpu")
     clean = decompose(model, "mlp", root=tmp_path / "clean", progress=False)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer_squared.expert import Expert, attach
-from transformer_squared.models import model_id
-from transformer_squared.svd import Factors
-from transformer_squared.svf import PARAMETRISATIONS, SVFModel, adapted_s, mix, mix_batch, recompose
+from transformer_squared.experts.expert import Expert, attach
+from transformer_squared.models.load import model_id
+from transformer_squared.experts.svd import Factors
+from transformer_squared.experts.svf import PARAMETRISATIONS, SVFModel, adapted_s, mix, mix_batch, recompose
 
 PROMPTS = ["The quick brown fox jumps over", "Hà Nội là thủ đô của", "1 2 3 4"]
 
@@ -203,7 +203,7 @@ def test_failed_merge_leaves_every_weight_bit_identical(tiny):
 
 def test_factored_uses_the_factors_without_casting(tiny):
     """FactoredLinear holds the SVFModel's own U and V (one copy for the model's life), whatever the dtype."""
-    from transformer_squared.svf import FactoredLinear
+    from transformer_squared.experts.svf import FactoredLinear
 
     model, _ = tiny
     svf = attach(model, factor_dtype="bfloat16")

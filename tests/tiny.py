@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from transformer_squared.random_models import LLAMA3_CHAT_TEMPLATE
+from transformer_squared.models.random_weights import LLAMA3_CHAT_TEMPLATE
 
 
 def llama3_tokenizer_dir() -> Path | None:
@@ -26,7 +26,7 @@ def build_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int =
 
     tok_dir = llama3_tokenizer_dir()
     if tok_dir is None:  # fall back to the embedded SmolLM2's tokenizer (converted HF folder)
-        from transformer_squared.models import builtin_folder
+        from transformer_squared.models.load import builtin_folder
 
         tok_dir = builtin_folder("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from .errors import ConfigError, T2Error
-from .models import DEFAULT_MODEL
+from .models.load import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transformer²: SVF experts and self-adaptive inference.")
@@ -61,7 +61,7 @@ LAYERS = typer.Option(None, "--num-layers", help="random: models only: build thi
 
 def _model(model: str, num_layers: Optional[int]) -> str:
     """The model name with --num-layers folded in (random:NAME?layers=N)."""
-    from .random_models import with_layers
+    from .models.random_weights import with_layers
 
     return with_layers(model, num_layers)
 
@@ -88,8 +88,8 @@ def decompose(
     trust_remote_code: bool = TRUST,
 ) -> None:
     """Decompose the target weights once and cache U, s, V (resumable)."""
-    from .models import load_model
-    from .svd import decompose as run
+    from .models.load import load_model
+    from .experts.svd import decompose as run
 
     m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     folder = run(m, targets, device=None if device == "auto" else device, dtype=factor_dtype)
@@ -113,7 +113,7 @@ def generate(
     trust_remote_code: bool = TRUST,
 ) -> None:
     """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
-    from .adapted import load_adapted
+    from .experts.adapted import load_adapted
 
     scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from) if strategy else None
     if scfg is not None and alpha:
@@ -184,10 +184,10 @@ def eval_(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from . import distributed
-    from .adapted import load_adapted
+    from .experts.adapted import load_adapted
     from .atomic import write_text
-    from .evaluate import EvalConfig, evaluate, prepare, strategy_experts
-    from .report import confusion_table, eval_markdown, eval_table, routing_lines
+    from .evaluation.evaluate import EvalConfig, evaluate, prepare, strategy_experts
+    from .report.tables import confusion_table, eval_markdown, eval_table, routing_lines
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
                      seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -210,7 +210,7 @@ def eval_(
     adapters = [lora] if lora is not None else []  # their seen questions are left out too
     plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
     if constant_from is not None:
-        from .reference import evaluate_constant
+        from .evaluation.reference import evaluate_constant
 
         _announce(plan)
         results = evaluate_constant(cfg, constant_from, out, submission, plan=plan)
@@ -218,9 +218,9 @@ def eval_(
         console.print(f"results: {out}")
         return
     if lora is not None:
-        from .adapted import AdaptedModel
+        from .experts.adapted import AdaptedModel
         from .baselines.adapter import adapter_label, attach_adapter
-        from .models import load_model
+        from .models.load import load_model
 
         base, tok = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         am = AdaptedModel(attach_adapter(base, lora), tok)
@@ -265,8 +265,8 @@ def report_(
     chart: bool = typer.Option(True, "--chart/--no-chart", help="Also draw chart.png (needs matplotlib)."),
 ) -> None:
     """Compare systems: Markdown table with 95 % CIs, predicted letters, paired differences, bar chart."""
-    from .comparison import load_results
-    from .report import comparison_table, write_report
+    from .report.comparison import load_results
+    from .report.tables import comparison_table, write_report
 
     comp = write_report([(str(p), load_results(p)) for p in results], out, protocol, base, quote, chart)
     console.print(comparison_table(comp))
@@ -304,9 +304,9 @@ def recipe_run(
     """Run every stage not yet complete (a rerun resumes); any recipe key works as --section.key value."""
     import json
 
-    from .comparison import compare, load_results
-    from .recipe import load_recipe, run_recipe
-    from .report import comparison_table
+    from .report.comparison import compare, load_results
+    from .recipe.runner import load_recipe, run_recipe
+    from .report.tables import comparison_table
 
     cfg = load_recipe(file, list(ctx.args), data, out)
     done = run_recipe(cfg, _stage_line)
@@ -413,7 +413,7 @@ def plan_(
     num_layers: Optional[int] = LAYERS,
 ) -> None:
     """Memory plan (weights, factors, expert, optimizer, activations, KV) for training and evaluation."""
-    from .plan import PlanConfig, plan, render, shapes
+    from .models.plan import PlanConfig, plan, render, shapes
 
     cfg = PlanConfig(_model(model, num_layers), targets, batch_size, seq_len, dtype, factor_dtype, new_tokens, gpus,
                      checkpointing)
@@ -437,8 +437,8 @@ def expert_init(
 ) -> None:
     """Write an untrained expert with the reference initialisation."""
     from .atomic import check_folder_target
-    from .expert import Expert, attach
-    from .models import load_model, model_id
+    from .experts.expert import Expert, attach
+    from .models.load import load_model, model_id
 
     check_folder_target(out, "--out")
     m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype)
@@ -451,7 +451,7 @@ def expert_init(
 @expert_app.command("show")
 def expert_show(folder: Path = typer.Argument(..., help="Expert folder.")) -> None:
     """Print an expert's metadata."""
-    from .expert import Expert
+    from .experts.expert import Expert
 
     e = Expert.load(folder)
     m = e.meta

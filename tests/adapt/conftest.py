@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from transformer_squared.adapted import AdaptedModel
-from transformer_squared.expert import attach
+from transformer_squared.experts.adapted import AdaptedModel
+from transformer_squared.experts.expert import attach
 
 from labelled_experts import LABELS, make_experts, save_as_run, write_questions
 
@@ -26,7 +26,7 @@ def routed(tiny_model_dir, tmp_path_factory) -> tuple[list[Path], Path]:
     """(expert folders, classification expert folder): two experts with training provenance on mcq
     files of STEM and Humanities questions, and `t2 train --task route` over them (2 steps)."""
     from transformer_squared.cli import main
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     root = tmp_path_factory.mktemp("routed")
     with pytest.MonkeyPatch.context() as mp:

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from transformer_squared import engine
+from transformer_squared.models import engine
 from transformer_squared.adapt import StrategyConfig, build_strategy
 from transformer_squared.adapt.cem import CEMConfig, cem, rank
 from transformer_squared.errors import ConfigError
-from transformer_squared.evaluate import EvalConfig, alpha_path, evaluate
-from transformer_squared.svf import mix
+from transformer_squared.evaluation.evaluate import EvalConfig, alpha_path, evaluate
+from transformer_squared.experts.svf import mix
 from transformer_squared.tasks import get_task
 
 from vmlu_files import write_vmlu

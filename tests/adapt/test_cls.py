@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from transformer_squared.adapt import Request, StrategyConfig, build_strategy, one_hot
-from transformer_squared.adapted import load_adapted
+from transformer_squared.experts.adapted import load_adapted
 from transformer_squared.errors import ConfigError, ExpertError
-from transformer_squared.expert import Expert
+from transformer_squared.experts.expert import Expert
 from transformer_squared.tasks import get_task
 from transformer_squared.tasks.route import OTHER
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from transformer_squared.cli import main
-from transformer_squared.evaluate import EvalConfig, evaluate
+from transformer_squared.evaluation.evaluate import EvalConfig, evaluate
 
 from vmlu_files import write_vmlu
 

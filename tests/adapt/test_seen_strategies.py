@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from transformer_squared import seen
+from transformer_squared.evaluation import seen
 from transformer_squared.adapt import StrategyConfig
 from transformer_squared.cli import main
-from transformer_squared.evaluate import strategy_experts
-from transformer_squared.expert import Expert
+from transformer_squared.evaluation.evaluate import strategy_experts
+from transformer_squared.experts.expert import Expert
 from transformer_squared.tasks import get_task
 
 

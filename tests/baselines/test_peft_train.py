@@ -15,7 +15,7 @@ from transformer_squared.baselines import peft_train
 from transformer_squared.baselines.peft_train import BaselineConfig, BaselineRun, resolve
 from transformer_squared.cli import main
 from transformer_squared.errors import ConfigError
-from transformer_squared.models import load_model
+from transformer_squared.models.load import load_model
 from transformer_squared.tasks import get_task
 from transformer_squared.training import splits
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from transformer_squared.errors import ConfigError, ExportError
-from transformer_squared.expert import Expert, attach
+from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.interop.export import export_lora, export_merged, lora_factors, push_folder
-from transformer_squared.models import model_id
-from transformer_squared.svd import Factors
+from transformer_squared.models.load import model_id
+from transformer_squared.experts.svd import Factors
 
 TEXTS = ["The capital of France is", "12 * 7 ="]
 
@@ -37,7 +37,7 @@ def logits(model, tok, texts=TEXTS) -> torch.Tensor:
 
 def adapted_logits(model, tok, experts: list[Expert], alpha: list[float]) -> torch.Tensor:
     """Independent path: the library's in-memory merge (no export involved)."""
-    from transformer_squared.svf import mix
+    from transformer_squared.experts.svf import mix
 
     svf = attach(model, experts)
     with svf.merged(mix([e.z() for e in experts], torch.tensor(alpha))):
@@ -95,7 +95,7 @@ def test_merged_export_loads_in_plain_transformers(tiny, tiny_model_dir, tmp_pat
 def test_merged_export_keeps_tied_embeddings(tiny_model_dir, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     cfg = AutoConfig.from_pretrained(tiny_model_dir)
     cfg.tie_word_embeddings = True

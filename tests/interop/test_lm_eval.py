@@ -11,8 +11,8 @@ pytest.importorskip("lm_eval")
 
 from test_export import make_expert  # noqa: E402
 
-from transformer_squared.adapted import load_adapted  # noqa: E402
-from transformer_squared.expert import attach  # noqa: E402
+from transformer_squared.experts.adapted import load_adapted  # noqa: E402
+from transformer_squared.experts.expert import attach  # noqa: E402
 
 QUESTIONS = [
     ("2 + 2 =", ["3", "4", "5"], 1), ("The sky is", ["blue", "green", "loud"], 0),
@@ -59,7 +59,7 @@ def _loglikelihood_by_hand(model, tok, context: str, continuation: str) -> float
 
 def test_local_tasks_run_with_an_expert(tiny, tiny_model_dir, task_dir, tmp_path):
     from transformer_squared.interop.lm_eval_adapter import evaluate
-    from transformer_squared.svf import mix
+    from transformer_squared.experts.svf import mix
 
     model, tok = tiny
     expert = make_expert(model)

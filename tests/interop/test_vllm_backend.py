@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from test_export import make_expert
-from transformer_squared import engine
-from transformer_squared.expert import attach
-from transformer_squared.svf import mix
+from transformer_squared.models import engine
+from transformer_squared.experts.expert import attach
+from transformer_squared.experts.svf import mix
 from transformer_squared.interop.vllm_backend import VLLMBackend
 
 
@@ -81,7 +81,7 @@ def fake_vllm(monkeypatch):
 
 
 def _backend(tiny_model_dir):
-    from transformer_squared.models import load_model
+    from transformer_squared.models.load import load_model
 
     hf, tok = load_model(str(tiny_model_dir), device="cpu")   # the HF copy: factors and base W
     engine_model, _ = load_model(str(tiny_model_dir), device="cpu")  # stands in for vLLM's weights
@@ -138,7 +138,7 @@ def test_real_vllm_swap(tiny_model_dir):
 
 def test_adapted_model_runs_per_prompt_mixtures_on_the_backend(tiny_model_dir, fake_vllm):
     """The same AdaptedModel calls over the vLLM engine (grouped) and the HF engine agree; mixed batches are refused."""
-    from transformer_squared.adapted import AdaptedModel
+    from transformer_squared.experts.adapted import AdaptedModel
     from transformer_squared.errors import ConfigError
 
     be, e, _ = _backend(tiny_model_dir)

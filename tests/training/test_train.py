@@ -13,13 +13,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from transformer_squared import seen
+from transformer_squared.evaluation import seen
 from transformer_squared.training import rollout, splits
 from transformer_squared.training.checkpoint import STATE_META, load_trainer_state
 from transformer_squared.config import load_config
 from transformer_squared.errors import ConfigError
-from transformer_squared.expert import Expert, attach
-from transformer_squared.svd import Factors
+from transformer_squared.experts.expert import Expert, attach
+from transformer_squared.experts.svd import Factors
 from transformer_squared.tasks.base import Example
 from transformer_squared.training.train import Recipe, TrainConfig
 
@@ -255,7 +255,7 @@ def test_config_checks_and_flags(tmp_path):
 
 
 def test_every_shipped_recipe_loads():
-    from transformer_squared.recipe import is_recipe
+    from transformer_squared.recipe.runner import is_recipe
 
     files = sorted(f for f in (REPO / "recipes").glob("*.yaml") if not is_recipe(f))  # pipelines: tests/test_recipe.py
     assert files

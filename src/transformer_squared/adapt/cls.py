@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExpertError
-from ..expert import Expert
-from ..models import model_id
+from ..experts.expert import Expert
+from ..models.load import model_id
 from ..tasks.route import expert_folders, read_meta
 from .prompt import Classifier
 from .registry import STRATEGIES, StrategyConfig

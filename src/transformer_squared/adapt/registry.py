@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..metrics import MIXTURE  # decision name of a row that is neither zero nor one-hot (metrics counts it)
+from ..evaluation.metrics import MIXTURE  # decision name of a row that is neither zero nor one-hot (metrics counts it)
 from ..registry import Registry
 from ..tasks.base import Example, Task
 from ..tasks.route import MAX_REQUEST_TOKENS, request_text

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..adapted import group_rows
+from ..experts.adapted import group_rows
 from .registry import Request, Strategy, StrategyConfig, build_strategy, decisions
 
 

@@ -23,13 +23,14 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file
 
-from .. import engine, seen
+from ..models import engine
+from ..evaluation import seen
 from ..atomic import check_folder_target, write_json, write_safetensors
 from ..config import configure_run, dump_config
 from ..errors import ConfigError
-from ..expert import SEEN, _sha256
-from ..models import DEFAULT_MODEL, load_model, model_id
-from ..svd import resolve_targets
+from ..experts.expert import SEEN, _sha256
+from ..models.load import DEFAULT_MODEL, load_model, model_id
+from ..experts.svd import resolve_targets
 from ..training import loop as trainloop
 from ..training import rollout, splits
 from ..training.checkpoint import load_trainer_state, recover, save_trainer_state, write_folder

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 
 from ..errors import ExportError
-from ..models import DTYPES, resolve_model
-from ..svd import WeightSource
+from ..models.load import DTYPES, resolve_model
+from ..experts.svd import WeightSource
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"

@@ -24,13 +24,13 @@ from torch import Tensor
 
 from .. import __version__
 from ..atomic import atomic_folder, check_folder_target, write_json, write_safetensors, write_text
-from ..adapted import fixed_alpha, load_experts
+from ..experts.adapted import fixed_alpha, load_experts
 from ..errors import ConfigError, ExportError
-from ..expert import Expert, check_together
-from ..models import BUILTINS, DTYPES, pick_device, resolve_model
-from ..random_models import is_random
-from ..svd import Factors, decompose, fingerprint, legacy_fingerprint, load_factors
-from ..svf import adapted_s, delta_w, mix
+from ..experts.expert import Expert, check_together
+from ..models.load import BUILTINS, DTYPES, pick_device, resolve_model
+from ..models.random_weights import is_random
+from ..experts.svd import Factors, decompose, fingerprint, legacy_fingerprint, load_factors
+from ..experts.svf import adapted_s, delta_w, mix
 from .checkpoint import INDEX, Checkpoint, base_folder
 from .model_card import lora_card, merged_card
 

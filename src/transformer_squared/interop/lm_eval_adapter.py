@@ -19,9 +19,9 @@ from typing import Any, Callable, Sequence
 from torch import Tensor
 
 from ..adapt import Request, Strategy, StrategyConfig, build_strategy
-from ..adapted import AdaptedModel, load_adapted
+from ..experts.adapted import AdaptedModel, load_adapted
 from ..errors import ConfigError
-from ..models import DEFAULT_MODEL
+from ..models.load import DEFAULT_MODEL
 
 try:
     from lm_eval.api.registry import register_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..models import BUILTINS
+from ..models.load import BUILTINS
 
 REPO_URL = "https://github.com/SakanaAI/self-adaptive-llms"
 

@@ -19,12 +19,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .. import engine
-from ..adapted import AdaptedModel, fixed_alpha, load_experts
+from ..models import engine
+from ..experts.adapted import AdaptedModel, fixed_alpha, load_experts
 from ..errors import ConfigError, ExpertError
-from ..expert import Expert, attach
-from ..models import load_model, resolve_model
-from ..svf import SVFModel, delta_w
+from ..experts.expert import Expert, attach
+from ..models.load import load_model, resolve_model
+from ..experts.svf import SVFModel, delta_w
 
 
 def _load_into(model: Any, weights: list[tuple[str, Tensor]]) -> None:

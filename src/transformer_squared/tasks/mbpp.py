@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..sandbox import run_many
+from ..sandbox.bwrap import run_many
 from .base import TASKS, Example, Kind, chat_format
 from .io import get, is_hub_id, load_hub, need_data, read_jsonl, split_path, unique
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from ..atomic import atomic_folder, recover_folder as recover, write_json, write_safetensors
 from ..errors import ExpertError
-from ..expert import Expert
+from ..experts.expert import Expert
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_META = "trainer_state.json"

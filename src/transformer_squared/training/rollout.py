@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import engine
+from ..models import engine
 
 REWARD_RIGHT, REWARD_WRONG = 1.0, -1.0
 

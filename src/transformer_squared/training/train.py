@@ -18,14 +18,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .. import distributed, engine, seen
+from .. import distributed
+from ..models import engine
+from ..evaluation import seen
 from ..atomic import check_folder_target
 from ..config import dump_config
 from ..errors import ConfigError
-from ..expert import Expert, attach
-from ..models import DEFAULT_MODEL, DTYPES, load_model, model_id, pick_device
-from ..random_models import is_random
-from ..svf import PARAMETRISATIONS
+from ..experts.expert import Expert, attach
+from ..models.load import DEFAULT_MODEL, DTYPES, load_model, model_id, pick_device
+from ..models.random_weights import is_random
+from ..experts.svf import PARAMETRISATIONS
 from . import loop as trainloop
 from . import rollout, splits
 from .checkpoint import load_expert, load_trainer_state, recover, save_trainer_state, write_folder

@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, DataError, ResourceError
+from ..errors import ConfigError, DataError, ResourceError
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from . import cgroup, seccomp
-from .errors import ConfigError, SandboxError
+from ..errors import ConfigError, SandboxError
 
 log = logging.getLogger(__name__)
 

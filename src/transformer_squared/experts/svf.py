@@ -23,8 +23,8 @@ from typing import Iterator, Protocol
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, ExpertError
-from .registry import Registry
+from ..errors import ConfigError, ExpertError
+from ..registry import Registry
 from .svd import Factors
 
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 
 PREFIX = "random:"
 SHIPPED = ("llama-3-8b", "llama-3-70b")

@@ -24,19 +24,20 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
-from . import __version__, distributed, seen
-from .adapt import Strategy, StrategyConfig, build_strategy, request_of
-from .adapt.two_pass import pass2_order, route_all
-from .adapted import AdaptedModel
-from .atomic import check_file_target, write_json
-from .baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
-from .errors import ConfigError, DataError
-from .engine import check_context
-from .expert import META, Expert, check_together, read_seen
+from .. import __version__, distributed
+from . import seen
+from ..adapt import Strategy, StrategyConfig, build_strategy, request_of
+from ..adapt.two_pass import pass2_order, route_all
+from ..experts.adapted import AdaptedModel
+from ..atomic import check_file_target, write_json
+from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
+from ..errors import ConfigError, DataError
+from ..models.engine import check_context
+from ..experts.expert import META, Expert, check_together, read_seen
 from .metrics import accuracy_metrics, routing_metrics
-from .models import model_id
-from .tasks import Example, Task, get_task
-from .training import splits
+from ..models.load import model_id
+from ..tasks import Example, Task, get_task
+from ..training import splits
 
 PROTOCOLS = ("generate", "letter")
 FORMAT_VERSION = 1
@@ -463,7 +464,7 @@ def finish(results: dict[str, Any], cfg: EvalConfig, examples: list[Example], re
 def write_submission(path: str | Path, ids: list[str], preds: list[str], protocol: str,
                      write: bool = True) -> dict[str, Any]:
     """The benchmark's `id,answer` CSV from one protocol's predictions (VMLU's writer checks every line)."""
-    from .tasks.vmlu import write_submission as write_csv
+    from ..tasks.vmlu import write_submission as write_csv
 
     missing = [i for i, p in zip(ids, preds) if p == ""]
     if missing:

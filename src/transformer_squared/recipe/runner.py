@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import write_json
-from .adapt import StrategyConfig
-from .baselines.peft_train import BaselineConfig
-from .config import dump_config, load_config
-from .errors import ConfigError
-from .models import DEFAULT_MODEL
-from .training.train import TrainConfig
+from ..atomic import write_json
+from ..adapt import StrategyConfig
+from ..baselines.peft_train import BaselineConfig
+from ..config import dump_config, load_config
+from ..errors import ConfigError
+from ..models.load import DEFAULT_MODEL
+from ..training.train import TrainConfig
 
 DESCRIPTIONS = {  # one sentence per category, read by prompt-based dispatch
     "STEM": "Questions in science, technology, engineering and mathematics.",
@@ -134,7 +134,7 @@ class RecipeConfig:
         unknown = [m for m in self.baselines.methods if m not in ("lora", "ia3")]
         if unknown:
             problems.append(f"baselines.methods: '{unknown[0]}' is not lora or ia3")
-        from .adapt import STRATEGIES
+        from ..adapt import STRATEGIES
 
         unknown = [x for x in self.eval.strategies if x not in STRATEGIES.names()]
         if unknown:
@@ -208,7 +208,7 @@ def changed(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> lis
 
 def run_recipe(cfg: RecipeConfig, on_event: Event | None = None) -> dict[str, Any]:
     """Run every stage not yet complete; returns {stage: marker} and the report's Comparison under 'report'."""
-    from .recipe_stages import build_stages
+    from .stages import build_stages
 
     out = cfg.out_dir()
     out.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from .baselines.adapter import DISPLAY
-from .errors import ConfigError
-from .recipe import RecipeConfig, Stage, slug
-from .training import splits
+from ..baselines.adapter import DISPLAY
+from ..errors import ConfigError
+from .runner import RecipeConfig, Stage, slug
+from ..training import splits
 
 
 FEWSHOT_ALPHA = "fewshot_alpha.json"
@@ -49,7 +49,7 @@ class Loader:
 
     def base(self) -> tuple[Any, Any]:
         if self._base is None:
-            from .models import load_model
+            from ..models.load import load_model
 
             m = self.cfg.model
             self._base = load_model(m.name, device=m.device, dtype=m.dtype)
@@ -58,12 +58,12 @@ class Loader:
     @contextmanager
     def adapted(self, system: System) -> Iterator[Any]:
         """The AdaptedModel of a system on the shared base model; a PEFT adapter is unloaded afterwards."""
-        from .adapted import AdaptedModel
-        from .expert import Expert, attach
+        from ..experts.adapted import AdaptedModel
+        from ..experts.expert import Expert, attach
 
         model, tok = self.base()
         if system.kind == "adapter":
-            from .baselines.adapter import attach_adapter
+            from ..baselines.adapter import attach_adapter
 
             wrapped = attach_adapter(model, system.folder)
             try:
@@ -80,7 +80,7 @@ class Loader:
 # ---- the work of each stage ---------------------------------------------------------------------
 def make_split(cfg: RecipeConfig, task: Any, path: Path) -> dict[str, Any]:
     """One seeded split of the labelled pool (optionally a stratified sample of it) into train / val / holdout."""
-    from .evaluate import select
+    from ..evaluation.evaluate import select
 
     d = cfg.data
     names = d.splits or splits.DEFAULT_SPLITS.get(d.task, ["train"])
@@ -118,16 +118,16 @@ def train_run(kind: str, run_cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Train an expert or a baseline, resuming from latest/ if an earlier attempt was interrupted."""
     resume = (run_dir / "latest").exists() or (run_dir / ".latest.old").exists()
     if kind == "expert":
-        from .training.train import run
+        from ..training.train import run
     else:
-        from .baselines.peft_train import run
+        from ..baselines.peft_train import run
     summary = run(run_cfg, run_dir, resume=resume)
     return {k: summary.get(k) for k in ("best_val", "best_step", "steps_done")}
 
 
 def eval_config(cfg: RecipeConfig, system: System, split_path: Path | None, test: bool = False) -> Any:
     """Holdout part of the shared split (or, for a submission, the whole unlabelled test split)."""
-    from .evaluate import EvalConfig
+    from ..evaluation.evaluate import EvalConfig
 
     e, d = cfg.eval, cfg.data
     where = {"split": d.test_split} if test else {"split_file": str(split_path), "part": "holdout",
@@ -140,8 +140,8 @@ def eval_config(cfg: RecipeConfig, system: System, split_path: Path | None, test
 def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path, out: Path,
                     submission: Path | None = None) -> dict[str, Any]:
     """Score one system; the constant row learns its letter from the shared split's train part."""
-    from .evaluate import evaluate, prepare, strategy_experts
-    from .reference import evaluate_constant
+    from ..evaluation.evaluate import evaluate, prepare, strategy_experts
+    from ..evaluation.reference import evaluate_constant
 
     out.parent.mkdir(parents=True, exist_ok=True)
     experts = list(system.members) or ([system.folder] if system.kind == "expert" else [])
@@ -158,9 +158,9 @@ def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path,
 
 def fit_fewshot(cfg: RecipeConfig, loader: Loader, system: System, split_path: Path, path: Path) -> dict[str, Any]:
     """The few-shot strategy's α, searched (CEM) on shots from the validation part, saved for its evaluations."""
-    from .adapt import build_strategy
-    from .atomic import write_json
-    from .tasks import get_task
+    from ..adapt import build_strategy
+    from ..atomic import write_json
+    from ..tasks import get_task
 
     task = get_task(cfg.data.task)
     val = splits.load_part(task, cfg.data.path, splits.load_split(split_path), "val")
@@ -189,7 +189,7 @@ def strategy_systems(cfg: RecipeConfig, experts: list[System], router: Stage | N
 
 def write_generations(cfg: RecipeConfig, loader: Loader, systems: list[System], path: Path) -> dict[str, Any]:
     """Each prompt answered (chat template, greedy) by every system that has weights: the before/after check."""
-    from .atomic import write_json
+    from ..atomic import write_json
 
     r = cfg.report
     rows = [{"prompt": p, "answers": {}} for p in r.generate]
@@ -203,8 +203,8 @@ def write_generations(cfg: RecipeConfig, loader: Loader, systems: list[System], 
 
 
 def write_recipe_report(cfg: RecipeConfig, files: list[Path], out: Path) -> dict[str, Any]:
-    from .comparison import load_results
-    from .report import write_report
+    from ..report.comparison import load_results
+    from ..report.tables import write_report
 
     r = cfg.report
     comp = write_report([(str(f), load_results(f)) for f in files], out, cfg.eval.protocol, "base", r.quote,
@@ -216,7 +216,7 @@ def write_recipe_report(cfg: RecipeConfig, files: list[Path], out: Path) -> dict
 def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
     """Every stage of `cfg`, in order: each system is evaluated right after it is trained, so an
     interrupted run already holds complete rows; submissions, report and generations come last."""
-    from .tasks import get_task
+    from ..tasks import get_task
 
     task = get_task(cfg.data.task)
     if task.kind != "mcq":
@@ -287,7 +287,7 @@ def _settings(cfg: RecipeConfig, system: System, ecfg: Any, stages: list[Stage])
 
 
 def _decompose(loader: Loader) -> dict[str, Any]:
-    from .svd import decompose
+    from ..experts.svd import decompose
 
     model, _ = loader.base()
     folder = decompose(model, loader.cfg.model.targets, progress=False)

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .tasks.base import Example
+from ..tasks.base import Example
 
 
 def question_key(e: Example) -> int:

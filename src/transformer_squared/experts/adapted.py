@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from . import engine as eng
-from .errors import ConfigError, ExpertError
+from ..models import engine as eng
+from ..errors import ConfigError, ExpertError
 from .expert import Expert, attach, check_together
-from .models import load_model
+from ..models.load import load_model
 from .svf import SVFModel, mix, mix_batch
 
 Call = Callable[[list[int], "eng.RowZ | None"], list]  # (prompt indices, per-row z or None) → one result per index

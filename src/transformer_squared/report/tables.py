@@ -197,7 +197,7 @@ def comparison_table(comp: Any) -> Table:
 def write_report(named: list[tuple[str, dict[str, Any]]], out_dir: Path, protocol: str = "letter", base: str = "base",
                  quote: str | None = None, chart: bool = True, n_boot: int = 10_000) -> Any:
     """report.md, report.json and (with `chart`) chart.png in `out_dir`; returns the Comparison."""
-    from .atomic import write_json, write_text
+    from ..atomic import write_json, write_text
     from .comparison import compare, to_json
 
     comp = compare(named, protocol, base, quote, n_boot)

@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
-from .atomic import write_json, write_safetensors
-from .errors import CacheError, ConfigError
-from .models import DTYPES, model_id, t2_home
+from .. import __version__
+from ..atomic import write_json, write_safetensors
+from ..errors import CacheError, ConfigError
+from ..models.load import DTYPES, model_id, t2_home
 
 log = logging.getLogger(__name__)
 

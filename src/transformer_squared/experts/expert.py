@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from . import __version__
-from .atomic import write_json, write_safetensors
-from .errors import ExpertError
-from .models import model_id
-from .random_models import is_random
+from .. import __version__
+from ..atomic import write_json, write_safetensors
+from ..errors import ExpertError
+from ..models.load import model_id
+from ..models.random_weights import is_random
 from .svd import Factors, ensure_factors, fingerprint, legacy_fingerprint, resolve_targets
 from .svf import PARAMETRISATIONS, SVFModel
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
-from .models import DTYPES
+from ..errors import ConfigError
+from .load import DTYPES
 
 CARDS_GB = (24, 40, 48, 80, 141)  # common accelerator sizes
 USABLE = 0.95  # share of a card's nominal GB (10⁹ bytes) left after the CUDA context and fragmentation
@@ -74,9 +74,9 @@ def shapes(model: str, targets: str = "mlp") -> Shapes:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from . import random_models
-    from .models import resolve_model
-    from .svd import resolve_targets
+    from . import random_weights as random_models
+    from .load import resolve_model
+    from ..experts.svd import resolve_targets
 
     if random_models.is_random(model):
         config = random_models.load_config(random_models.parse(model))

@@ -11,10 +11,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 from .evaluate import PROTOCOLS, EvalConfig, Plan, _score, assemble, finish, prepare
-from .tasks.base import Example
-from .training import splits
+from ..tasks.base import Example
+from ..training import splits
 
 
 def letter_ranking(train: list[Example]) -> list[str]:

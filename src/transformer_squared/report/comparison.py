@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError
-from .metrics import accuracy_metrics, entropy_bits, paired_stats
+from ..errors import ConfigError, DataError
+from ..evaluation.metrics import accuracy_metrics, entropy_bits, paired_stats
 
 AVERAGE, MEAN = "Average", "Mean of categories"
 NO_ANSWER = ""  # the prediction when no letter could be read

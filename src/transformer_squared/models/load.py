@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, random_models
-from .atomic import atomic_path
-from .errors import ModelError
-from .random_models import is_random
+from .. import distributed
+from . import random_weights as random_models
+from ..atomic import atomic_path
+from ..errors import ModelError
+from .random_weights import is_random
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def whiskers(acc: float, ci: list[float] | None) -> tuple[float, float]:
@@ -27,7 +27,7 @@ def bar_chart(comp: Any, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_path
+    from ..atomic import atomic_path
     from .comparison import AVERAGE, MEAN
 
     groups = [*comp.categories, AVERAGE, MEAN]

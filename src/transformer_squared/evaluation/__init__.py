@@ -1,0 +1,1 @@
+"""Run a task and score it: metrics, seen-question bookkeeping, the constant-answer reference."""

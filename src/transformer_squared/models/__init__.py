@@ -1,0 +1,1 @@
+"""Load a model, run it (batched scoring and generation), full-size random weights, memory plans."""

@@ -1,0 +1,1 @@
+"""`t2 recipe run`: a YAML recipe as stages, skipping the complete ones."""

@@ -1,0 +1,1 @@
+"""Comparison tables, paired tests and charts from results files."""

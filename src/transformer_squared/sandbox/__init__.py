@@ -1,0 +1,1 @@
+"""Run generated code confined: bubblewrap, seccomp, cgroups."""
