@@ -34,7 +34,7 @@ from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FIL
 from ..errors import ConfigError, DataError
 from ..models.engine import check_context
 from ..experts.expert import META, Expert, check_together, read_seen
-from .metrics import accuracy_metrics, routing_metrics
+from .metrics import CATEGORY_MEAN_CI, accuracy_metrics, routing_metrics
 from ..models.load import model_id
 from ..tasks import Example, Task, get_task
 from ..training import splits
@@ -439,7 +439,7 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
         "seen": {"include_seen": cfg.include_seen, "n_excluded": len(plan.excluded), "excluded_ids": plan.excluded,
                  "experts_without_record": plan.without_record},
         "timing": timing,
-        "ci_method": "Wilson score interval (95%) per accuracy; normal approximation for category_mean",
+        "ci_method": f"Wilson score interval (95%) per accuracy; {CATEGORY_MEAN_CI} for category_mean",
         "metrics": {p: accuracy_metrics(rows, p, task.categories) for p in protocols},
         "predictions": rows,
     }

@@ -1,8 +1,9 @@
 """The reference row of every table: the best constant answer learned from the training part (no model).
 
 Letters are ranked by how often they are the gold answer among the training questions (ties:
-alphabetical); each question is answered with the highest-ranked letter among its options. A
-model that always answers one letter scores like this row, so a system must beat it, not chance.
+alphabetical); each question is answered with the highest-ranked letter among its options. The row is
+the score of always answering that one letter (a model stuck on another letter scores that letter's
+share instead); a system must beat it, not chance.
 """
 
 from __future__ import annotations
