@@ -59,8 +59,10 @@ def _ordered(names: Iterable[str], first: tuple[str, ...]) -> list[str]:
 
 
 def accuracy_metrics(rows: list[dict[str, Any]], protocol: str, categories: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Metrics of one protocol over result rows (`correct[protocol]` is True/False, or None when unlabelled)."""
-    scored = [r for r in rows if r["correct"][protocol] is not None]
+    """Metrics of one protocol over result rows (`correct[protocol]` is True/False, or None when unlabelled or
+    `seen`: a question an expert saw, answered only to complete a submission)."""
+    scored = [r for r in rows if r["correct"][protocol] is not None and not r.get("seen")]
+    n_seen = sum(bool(r.get("seen")) for r in rows)
     k = sum(bool(r["correct"][protocol]) for r in scored)
     by_cat: dict[str, list[int]] = {}
     by_subj: dict[str, list[Any]] = {}
@@ -78,7 +80,7 @@ def accuracy_metrics(rows: list[dict[str, Any]], protocol: str, categories: tupl
     mean_ci = mean_interval([(m["n_correct"], m["n"]) for m in cats.values() if m["n"]]) if accs else None
     subjects = {s: _acc(v[0], v[1]) | {"category": v[2]} for s, v in sorted(by_subj.items()) if s != ""}
     return {
-        "n": len(scored), "n_correct": k, "n_unlabelled": len(rows) - len(scored),
+        "n": len(scored), "n_correct": k, "n_unlabelled": len(rows) - len(scored) - n_seen, "n_seen": n_seen,
         "n_no_answer": sum(r["prediction"][protocol] == "" for r in rows),
         "weighted_average": k / len(scored) if scored else None,
         "ci95": list(wilson(k, len(scored))) if scored else None,
