@@ -4,8 +4,10 @@
 by `cem.cem`; the fitness of a candidate is its accuracy on the k examples, ties broken by the mean
 answer log-likelihood (multiple choice: log-probability of the gold letter; generative tasks: log
 p(reference answer | prompt)). Mixing is over post-sigmoid z (`svf.mix`). The whole population is
-scored in one call: k × population prompts, each row with its own α, as mixed batches (factored)
-or, where the engine cannot, grouped. The k examples are drawn with the seed and returned by `fit`,
+scored in one call: k × population prompts, each row with its own α, grouped by candidate with its
+mixture merged, as pass 2 runs the found α, so the fitness is the evaluation's own arithmetic (in
+bfloat16 the factored form rounds differently). `mixed: true` scores factored in mixed batches
+instead (faster where merging is costly; the record says which). The k examples are drawn with the seed and returned by `fit`,
 so evaluation leaves them out. The found α is saved as JSON and reused with `alpha_from`.
 """
 
@@ -66,8 +68,7 @@ class FewShot:
         rows = pop.reshape(P, *self.shape).repeat_interleave(k, 0)  # (P·k, K[, T]): candidate-major
         prompts = task.format(shots, self.am.tokenizer, self.cfg.task_chat) * P
         items = shots * P
-        mixed = self.cfg.mixed and getattr(self.am.engine, "supports_factored", False)
-        run = dict(alpha=rows, mixed=mixed, batch_size=self.cfg.batch_size)
+        run = dict(alpha=rows, mixed=self._scored() == "factored", batch_size=self.cfg.batch_size)
         if task.kind == "mcq":
             _, logp = self.am.score_letters(prompts, [e.letters for e in items], **run)
             correct = torch.tensor([e.letters[int(lp.argmax())] == e.answer for e, lp in zip(items, logp)])
@@ -78,6 +79,10 @@ class FewShot:
             space = "" if self.cfg.task_chat else " "
             ll = torch.tensor([s for s, _ in self.am.loglikelihood(prompts, [space + e.answer for e in items], **run)])
         return correct.float().reshape(P, k).mean(1), ll.reshape(P, k).mean(1)  # (P,), (P,)
+
+    def _scored(self) -> str:
+        """How candidates are scored: "merged" (as pass 2 runs the α) or "factored" (mixed batches)."""
+        return "factored" if self.cfg.mixed and getattr(self.am.engine, "supports_factored", False) else "merged"
 
     def mix(self, requests: list[Request]) -> Tensor:
         if self.alpha is None:
@@ -90,7 +95,7 @@ class FewShot:
         out: dict[str, Any] = {"name": self.name, "format": FORMAT, "alpha_per": self.cfg.alpha_per,
                                "experts": self.am.labels, "targets": self.am.targets if self.cfg.alpha_per == "target" else [],
                                "alpha": None if self.alpha is None else self.alpha.tolist(), "shots": self.shot_ids,
-                               "seed": self.cfg.seed, "loaded_from": self.loaded_from}
+                               "seed": self.cfg.seed, "loaded_from": self.loaded_from, "scored": self._scored()}
         if self.search is not None:
             s = self.search
             out["search"] = {"population": self.cfg.population, "elite": self.cfg.elite, "tol": self.cfg.tol,

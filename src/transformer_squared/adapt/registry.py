@@ -53,7 +53,7 @@ class StrategyConfig:
     tol: float = 1e-3  # fewshot: stop when every coordinate's elite standard deviation is below this
     alpha_per: Literal["expert", "target"] = "expert"  # fewshot: one α per expert, or per expert per target
     alpha_from: str | None = None  # fewshot: reuse the α saved by an earlier run (JSON) instead of searching
-    mixed: bool = True  # fewshot: score the population in mixed batches (factored) where the engine can, else grouped
+    mixed: bool = False  # fewshot: score the population factored in mixed batches (faster; rounds unlike the merged pass 2) instead of merged per candidate
     task_chat: bool = False  # fewshot: task prompts in the chat template (as the evaluation's --chat)
     max_new_tokens: int = 128  # fewshot on generative tasks: generation budget per fitness answer
     seed: int = 0  # fewshot: seeds the choice of shots and the search
