@@ -45,6 +45,9 @@ class StrategyConfig:
     chat: bool | None = None  # prompt: classification prompt in the chat template (None: if the tokenizer has one)
     max_request_tokens: int = MAX_REQUEST_TOKENS  # prompt/cls: requests are cut to this many tokens first
     batch_size: int = 8  # prompt/cls/fewshot: prompts per forward pass
+    calibrate: bool = True  # prompt/cls: subtract each choice's log-probability under an empty request (one pass per order)
+    cyclic: bool = False  # prompt/cls: average the scores over all K + 1 cyclic orders of the experts (K + 1 × pass 1)
+    position_bias: bool = False  # prompt/cls: also route in every cyclic order and record how often the decision follows the expert (K + 1 × pass 1)
     cls_expert: str | None = None  # cls: folder of the classification expert (`t2 train --task route`)
     shots: int = 10  # fewshot: k labelled examples of the target task (excluded from evaluation)
     population: int = 32  # fewshot: CEM population per generation

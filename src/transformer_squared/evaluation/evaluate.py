@@ -419,6 +419,8 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
         results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
                                                    "mixed_batches": cfg.mixed_batches}
         results["routing"] = routing_metrics(results["predictions"], am.labels)
+        if hasattr(strategy, "position_bias") and strategy.position_bias() is not None:  # prompt/cls with position_bias
+            results["routing"]["position_bias"] = strategy.position_bias()
         if out is not None and results["strategy"].get("alpha") is not None and distributed.is_main():
             write_json(results["strategy"], alpha_path(out))  # fewshot: reusable with --alpha-from
     return finish(results, cfg, examples, records, out, submission_path)
