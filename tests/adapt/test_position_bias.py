@@ -35,6 +35,9 @@ class PositionRigged:
         for p, symbols in zip(prompts, letters):
             self.prompts.append(p)
             head, _, rest = p.partition("\n<request>\n")  # the fence, not its mention in the instructions
+            if not rest:  # pass 2's task prompt: no preference
+                out.append(torch.log_softmax(torch.zeros(len(symbols)), 0))
+                continue
             request = rest.partition("\n</request>")[0].lower()
             labels = dict(re.findall(r"^(\d)\. ([^:\n]+)", head, re.M))  # number → label, in list order
             s = torch.tensor([(RIGGED if x == "1" else 0.0) + (CONTENT if labels[x].lower() in request else 0.0)
@@ -84,3 +87,19 @@ def test_calibration_is_the_empty_request_of_the_same_order(adapted):
     assert sum("<request>\n\n</request>" in p for p in am.engine.prompts) == 1  # one empty request, cached
     s.scores(REQUESTS)
     assert sum("<request>\n\n</request>" in p for p in am.engine.prompts) == 1
+
+
+def test_results_record_the_position_bias_block(adapted, tmp_path):
+    """evaluate() with position_bias: results["routing"]["position_bias"] counts every routed question; without
+    it there is no block (the extra K passes are optional)."""
+    from transformer_squared.evaluation.evaluate import EvalConfig, evaluate
+
+    from vmlu_files import write_vmlu
+
+    am = _am(adapted)
+    cfg = EvalConfig(task="vmlu", data=str(write_vmlu(tmp_path / "vmlu", per_subject=1)), protocol="letter")
+    res = evaluate(am, cfg, tmp_path / "r.json", strategy=StrategyConfig("prompt", position_bias=True))
+    bias = res["routing"]["position_bias"]
+    assert bias["n"] == len(res["predictions"]) == 8 and bias["orders"] == 3 and bias["calibrated"] is True
+    assert sum(bias["share_by_position"]) == pytest.approx(1.0)
+    assert "position_bias" not in evaluate(am, cfg, tmp_path / "s.json", strategy="prompt")["routing"]
