@@ -410,19 +410,35 @@ def test_concurrent_runs_have_their_own_uid():
 # ---- many programs, cleanup -----------------------------------------------------------------------
 
 def test_run_many_200_programs_some_hostile(marker):
-    """A bounded pool: every correct program passes, every hostile one fails, nothing is left behind."""
+    """A bounded pool: every correct program passes, every hostile one fails, nothing is left behind.
+
+    Issue 19: runs that take locks and all their inotify instances pass side by side (as root each run has its
+    own uid; one shared uid let one run's flock or inotify instances make another fail)."""
     hostile = {
         "bomb": marked(marker) + "while True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n",
         "hog": "chunks = []\nwhile True:\n    chunks.append(b'x' * 10**7)\n",
         "sleeper": "import time\ntime.sleep(60)\n",
         "daemon": marked(marker) + "if posix.fork() == 0:\n    import time\n    time.sleep(60)\nraise SystemExit(1)\n",
     }
+    neighbours = {  # pass only when no other run holds the same lock or uses the same per-uid allowance
+        "locker": ("import errno, fcntl, time\nshared = open('/usr/bin/env', 'rb')  # one inode for every run\n"
+                   "try:\n    fcntl.flock(shared, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError as e:\n"
+                   "    assert e.errno != errno.EWOULDBLOCK, 'another run holds the lock'\n"
+                   "fcntl.lockf(shared, fcntl.LOCK_SH | fcntl.LOCK_NB)\n"
+                   "fcntl.lockf(open('/tmp/own.lock', 'wb'), fcntl.LOCK_EX | fcntl.LOCK_NB)\ntime.sleep(1)\n"),
+        "inotify": ("import ctypes, time\nlibc = ctypes.CDLL(None)\nlimit = int(open("
+                    "'/proc/sys/fs/inotify/max_user_instances').read())\nfds = []\nwhile len(fds) < limit + 1:\n"
+                    "    fd = libc.inotify_init()\n    if fd < 0:\n        break\n    fds.append(fd)\n"
+                    "assert len(fds) == limit, (len(fds), limit)\ntime.sleep(1)\n"),
+    }
     programs, bad = [], set()
     for i in range(200):
         kind = list(hostile)[i // 10 % 4] if i % 10 == 3 else None  # 20 hostile, spread out
         if kind:
             bad.add(i)
-        programs.append(hostile[kind] if kind else f"assert sum(range({i})) == {i * (i - 1) // 2}\n")
+        neighbour = {6: "inotify", 7: "inotify", 16: "locker", 17: "locker"}.get(i % 20) if ROOT else None  # in pairs
+        programs.append(hostile[kind] if kind else neighbours[neighbour] if neighbour else
+                        f"assert sum(range({i})) == {i * (i - 1) // 2}\n")
     before = temp_entries()
     start = time.monotonic()
     results = run_many(programs, timeout_s=3, memory_mb=128, n_workers=4)

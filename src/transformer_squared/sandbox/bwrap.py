@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import cgroup, runner, seccomp
+from .runner import TAIL_CHARS as STDERR_CHARS, SandboxResult  # noqa: F401  (the public result type)
 from ..errors import ConfigError, SandboxError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ N_PROC = 32  # tasks (processes and threads) per run: the pids cgroup, else RLIM
 N_CPU = 1  # cores per run, all its processes together (cgroup cpu quota, where we have that controller)
 FILE_MB = 16  # RLIMIT_FSIZE in MiB: largest file the program may write (its own tmpfs only)
 TMP_MB = 64  # size in MiB of each private tmpfs (/tmp, /dev/shm); it also counts in the memory cgroup
-STDERR_CHARS = 2000  # how much of the end of stderr a result keeps
 WORK_DIR = "/tmp"  # the program's folder inside the sandbox
 PROGRAM = "/tmp/program.py"
 PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -59,19 +59,6 @@ ENV = {"PATH": PATH, "HOME": WORK_DIR, "TMPDIR": WORK_DIR, "LANG": "C.UTF-8"}
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # symlinks into /usr on merged-/usr systems
 SETUP_S = 30  # longest wait for bwrap to set a sandbox up
 UNSAFE_HINT = "or pass --unsafe-exec to run generated code unconfined"
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    passed: bool  # the program returned (the runner's token came back) and the status is 0, within the limits
-    status: str  # "passed", "failed", "exited" (ended before its checks), "timeout", "memory" or "killed" (a signal)
-    stderr_tail: str  # the last STDERR_CHARS characters of stderr
-    stdout_tail: str = ""  # the last STDERR_CHARS characters of stdout
-
-    @property
-    def exited(self) -> bool:
-        """Whether the program ended before its checks returned (sys.exit, os._exit, atexit, ...): reward hacking."""
-        return self.status == "exited"
 
 
 @dataclass(frozen=True)
@@ -128,7 +115,7 @@ def _filesystem(python: str) -> list[str]:
     ]
 
 
-def _argv(tools: _Bwrap, fds: _Fds, uid: int, extra: list[str]) -> list[str]:
+def _argv(tools: _Bwrap, fds: runner.Fds, uid: int, extra: list[str]) -> list[str]:
     """The bwrap command line: the runner, as `uid` (root) or nobody (user namespace), runs the program in `fds`."""
     if tools.setpriv:  # root: no user namespace (it would map the run's uid to root); setpriv drops to `uid`
         isolate = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -150,51 +137,13 @@ def _argv(tools: _Bwrap, fds: _Fds, uid: int, extra: list[str]) -> list[str]:
     ]
 
 
-def _memfd(name: str, data: bytes) -> int:
-    """An anonymous file holding `data`, at offset 0 (bwrap reads it)."""
-    fd = os.memfd_create(name)  # close-on-exec: only the Popen that passes it gets it
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-@dataclass(frozen=True)
-class _Fds:
-    """What one bwrap gets besides its arguments; the parent keeps `token` and the read ends of the pipes."""
-
-    program: int  # memfd: the program's text, bound read-only at PROGRAM
-    filter: int | None  # memfd: the seccomp filter (None where seccomp.py has no table for the machine)
-    stdin: int  # read end of a pipe holding the token (the write end is already closed)
-    result: int  # write end of the pipe the runner writes the token to
-    result_r: int  # its read end (the parent's)
-    token: bytes  # the run's random token
-
-    @property
-    def passed(self) -> tuple[int, ...]:
-        """The descriptors bwrap inherits besides stdin."""
-        return tuple(fd for fd in (self.program, self.filter, self.result) if fd is not None)
-
-    def close_child_ends(self) -> None:
-        """Close what only bwrap needs, once it started (or failed to); exactly once: threads reuse numbers."""
-        for fd in (*self.passed, self.stdin):
-            os.close(fd)
-
-
-def _input_fds(program: str, stack: ExitStack) -> _Fds:
-    """The program, the seccomp filter, a fresh token in a closed pipe and the result pipe; the caller must
-    call `close_child_ends` once bwrap started; `stack` closes the parent's read end."""
-    token = secrets.token_hex(runner.TOKEN_BYTES // 2).encode()
-    result_r, result = os.pipe()
-    stack.callback(os.close, result_r)
-    stdin, token_w = os.pipe()
-    os.write(token_w, token)  # 32 bytes: far below a pipe's capacity
-    os.close(token_w)
-    program_fd = _memfd("program.py", program.encode("utf-8", errors="surrogateescape"))
+def _input_fds(program: str, stack: ExitStack) -> runner.Fds:
+    """runner.open_inputs with this machine's seccomp filter (a warning where seccomp.py has no table for it)."""
     bpf = seccomp.build()
     if bpf is None:
         _warn_once("sandbox: no seccomp table for this machine: programs can open any kind of socket and use "
                    "io_uring, and as root create user namespaces and use the kernel keyrings")
-    return _Fds(program_fd, None if bpf is None else _memfd("seccomp", bpf), stdin, result, result_r, token)
+    return runner.open_inputs(program, bpf, stack)
 
 
 _uids_lock, _uids_used = threading.Lock(), set[int]()  # run uids in use by this process
@@ -305,41 +254,7 @@ def _kill(pidfd: int) -> None:
         pass  # already gone
 
 
-@dataclass
-class _Output:
-    """The parent's ends of a run's pipes: bounded tails of stdout, stderr and the result (the token)."""
-
-    tails: dict[int, runner.Tail]  # read end → what was read from it
-    stdout: int  # read ends
-    stderr: int
-    result: int
-
-    @classmethod
-    def open(cls, result_r: int, stack: ExitStack) -> tuple[_Output, int, int]:
-        """(the output, the stdout and stderr write ends for the child: close them once it started)."""
-        out_r, out_w = os.pipe()
-        stack.callback(os.close, out_r)
-        err_r, err_w = os.pipe()
-        stack.callback(os.close, err_r)
-        tails = {out_r: runner.Tail(runner.TAIL_BYTES), err_r: runner.Tail(runner.TAIL_BYTES),
-                 result_r: runner.Tail(runner.RESULT_BYTES)}
-        return cls(tails, out_r, err_r, result_r), out_w, err_w
-
-    def text(self, fd: int) -> str:
-        return self.tails[fd].text(STDERR_CHARS)
-
-    def has(self, token: bytes) -> bool:
-        """Whether the result pipe carried exactly the token."""
-        return self.tails[self.result].n_bytes == len(token) and bytes(self.tails[self.result].data) == token
-
-    def result_of(self, code: int, token: bytes, timed_out: bool, oom: bool) -> SandboxResult:
-        err = self.text(self.stderr)
-        status = runner.status(code, self.has(token), timed_out, oom, err)
-        return SandboxResult(passed=status == "passed", status=status, stderr_tail=err,
-                             stdout_tail=self.text(self.stdout))
-
-
-def _start(tools: _Bwrap, program: str, uid: int, stack: ExitStack) -> tuple[subprocess.Popen, int, int, int, _Fds,
+def _start(tools: _Bwrap, program: str, uid: int, stack: ExitStack) -> tuple[subprocess.Popen, int, int, int, runner.Fds,
                                                                              _Output]:
     """Start bwrap, halted once the sandbox is set up: (bwrap, its PID 1, a pidfd on it, the fd that lets it go,
     its inputs, its output).
@@ -351,7 +266,7 @@ def _start(tools: _Bwrap, program: str, uid: int, stack: ExitStack) -> tuple[sub
     stack.callback(os.close, info_r)
     stack.callback(os.close, block_w)  # only after PID 1 is dead: EOF would let it run too
     fds = _input_fds(program, stack)
-    output, out_w, err_w = _Output.open(fds.result_r, stack)
+    output, out_w, err_w = runner.Output.open(fds.result_r, stack)
     try:
         argv = _argv(tools, fds, uid, ["--info-fd", str(info_w), "--block-fd", str(block_r)])
         proc = subprocess.Popen(argv, pass_fds=(*fds.passed, info_w, block_r), stdin=fds.stdin, stdout=out_w,
@@ -418,7 +333,7 @@ def _run_unsafe(program: str, timeout_s: float, memory_mb: int) -> SandboxResult
         path = Path(work) / "program.py"
         path.write_text(program, encoding="utf-8", errors="surrogateescape")
         fds = _input_fds("", stack)
-        output, out_w, err_w = _Output.open(fds.result_r, stack)
+        output, out_w, err_w = runner.Output.open(fds.result_r, stack)
         try:
             proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", limiter + runner.RUNNER, str(fds.result),
                                      str(path)], cwd=work, env={**ENV, "HOME": work, "TMPDIR": work},

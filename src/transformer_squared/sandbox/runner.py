@@ -15,13 +15,16 @@ in advance (one that reads the runner's memory while it runs could: see docs/saf
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 TOKEN_BYTES = 32  # length of the per-run random token
 EXITED = 3  # the runner's status when the program raised SystemExit before its checks returned
-TAIL_BYTES = 8000  # how much of the end of stdout and stderr the parent keeps (UTF-8: 2000 characters at least)
+TAIL_CHARS = 2000  # how much of the end of stdout and stderr a result keeps
+TAIL_BYTES = 4 * TAIL_CHARS  # how much the parent reads into it (UTF-8: at most 4 bytes a character)
 RESULT_BYTES = 4096  # the most the parent keeps from the result pipe (the token is TOKEN_BYTES)
 
 RUNNER = """\
@@ -80,6 +83,19 @@ run()
 """.replace("EXITED", str(EXITED))
 
 
+@dataclass(frozen=True)
+class SandboxResult:
+    passed: bool  # the program returned (the runner's token came back) and the status is 0, within the limits
+    status: str  # "passed", "failed", "exited" (ended before its checks), "timeout", "memory" or "killed" (a signal)
+    stderr_tail: str  # the last TAIL_CHARS characters of stderr
+    stdout_tail: str = ""  # the last TAIL_CHARS characters of stdout
+
+    @property
+    def exited(self) -> bool:
+        """Whether the program ended before its checks returned (sys.exit, os._exit, atexit, ...): reward hacking."""
+        return self.status == "exited"
+
+
 @dataclass
 class Tail:
     """The last `limit` bytes read from a pipe, and how many were read in all."""
@@ -132,3 +148,80 @@ def status(code: int, token_seen: bool, timed_out: bool, oom: bool, stderr_tail:
     if oom or "MemoryError" in stderr_tail:
         return "memory"
     return "killed" if code < 0 or code > 128 else "failed"  # bwrap reports death by signal N as 128 + N
+
+
+def memfd(name: str, data: bytes) -> int:
+    """An anonymous file holding `data`, at offset 0 (bwrap reads it)."""
+    fd = os.memfd_create(name)  # close-on-exec: only the Popen that passes it gets it
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+@dataclass(frozen=True)
+class Fds:
+    """What one bwrap gets besides its arguments; the parent keeps `token` and the read ends of the pipes."""
+
+    program: int  # memfd: the program's text, bound read-only at /tmp/program.py
+    filter: int | None  # memfd: the seccomp filter (None where seccomp.py has no table for the machine)
+    stdin: int  # read end of a pipe holding the token (the write end is already closed)
+    result: int  # write end of the pipe the runner writes the token to
+    result_r: int  # its read end (the parent's)
+    token: bytes  # the run's random token
+
+    @property
+    def passed(self) -> tuple[int, ...]:
+        """The descriptors bwrap inherits besides stdin."""
+        return tuple(fd for fd in (self.program, self.filter, self.result) if fd is not None)
+
+    def close_child_ends(self) -> None:
+        """Close what only bwrap needs, once it started (or failed to); exactly once: threads reuse numbers."""
+        for fd in (*self.passed, self.stdin):
+            os.close(fd)
+
+
+def open_inputs(program: str, bpf: bytes | None, stack: ExitStack) -> Fds:
+    """The program, the seccomp filter `bpf`, a fresh token in a closed pipe and the result pipe; the caller must
+    call `close_child_ends` once bwrap started; `stack` closes the parent's read end."""
+    token = secrets.token_hex(TOKEN_BYTES // 2).encode()
+    result_r, result = os.pipe()
+    stack.callback(os.close, result_r)
+    stdin, token_w = os.pipe()
+    os.write(token_w, token)  # 32 bytes: far below a pipe's capacity
+    os.close(token_w)
+    program_fd = memfd("program.py", program.encode("utf-8", errors="surrogateescape"))
+    return Fds(program_fd, None if bpf is None else memfd("seccomp", bpf), stdin, result, result_r, token)
+
+
+@dataclass
+class Output:
+    """The parent's ends of a run's pipes: bounded tails of stdout, stderr and the result (the token)."""
+
+    tails: dict[int, Tail]  # read end → what was read from it
+    stdout: int  # read ends
+    stderr: int
+    result: int
+
+    @classmethod
+    def open(cls, result_r: int, stack: ExitStack) -> tuple[Output, int, int]:
+        """(the output, the stdout and stderr write ends for the child: close them once it started)."""
+        out_r, out_w = os.pipe()
+        stack.callback(os.close, out_r)
+        err_r, err_w = os.pipe()
+        stack.callback(os.close, err_r)
+        tails = {out_r: Tail(TAIL_BYTES), err_r: Tail(TAIL_BYTES),
+                 result_r: Tail(RESULT_BYTES)}
+        return cls(tails, out_r, err_r, result_r), out_w, err_w
+
+    def text(self, fd: int) -> str:
+        return self.tails[fd].text(TAIL_CHARS)
+
+    def has(self, token: bytes) -> bool:
+        """Whether the result pipe carried exactly the token."""
+        return self.tails[self.result].n_bytes == len(token) and bytes(self.tails[self.result].data) == token
+
+    def result_of(self, code: int, token: bytes, timed_out: bool, oom: bool) -> SandboxResult:
+        err = self.text(self.stderr)
+        verdict = status(code, self.has(token), timed_out, oom, err)
+        return SandboxResult(passed=verdict == "passed", status=verdict, stderr_tail=err,
+                             stdout_tail=self.text(self.stdout))
