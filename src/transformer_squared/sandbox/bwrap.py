@@ -20,24 +20,23 @@ from __future__ import annotations
 
 import functools
 import json
-import secrets
-import threading
 import logging
 import math
 import os
 import resource
+import secrets
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Iterator
 
 from . import cgroup, runner, seccomp
