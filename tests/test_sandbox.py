@@ -2,7 +2,9 @@
 
 Hostile programs use Python-level bypasses (`posix`, `_io`, `_socket`, ctypes) on purpose: the isolation
 must come from the OS. Canary files live in pytest's tmp folders and are never anything that matters.
-Tests (a)-(h) are the holes of issue 11, each of which the old in-process sandbox let through.
+Tests (a)-(h) are the holes of issue 11, each of which the old in-process sandbox let through; the
+forgeries and resource tricks of issue 19 (exits before the checks, host file handles, sockets, io_uring,
+a shared uid) follow them.
 """
 
 from __future__ import annotations
