@@ -334,14 +334,32 @@ def test_a_program_that_ends_before_its_checks_fails(trick):
     assert result.status == ("failed" if trick.startswith("atexit") else "exited"), result
 
 
-def test_the_token_is_in_no_program_text_argument_or_environment():
-    """The runner's pipe carries the token only after the checks: writing anything else to it fails the run."""
+def test_writing_guesses_to_every_descriptor_then_exiting_fails():
+    """The runner's pipe must carry exactly the token, which is in no program text, argument or environment."""
     program = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n"
                "        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n"
-               "cmd = open('/proc/self/cmdline', 'rb').read() + open('/proc/self/environ', 'rb').read()\n"
                "os._exit(0)\n")
     result = run_code(program)
     assert not result.passed and result.status == "exited"
+
+
+def test_only_the_token_makes_a_pass_and_the_program_cannot_read_it(monkeypatch):
+    """A known token (patched in) written to the runner's pipe forges a pass, so it must stay out of reach:
+    it is not in the program's command line, environment, or any descriptor the program can read."""
+    from transformer_squared.sandbox import runner
+
+    known = "7" * runner.TOKEN_BYTES
+    monkeypatch.setattr(runner.secrets, "token_hex", lambda n: known)
+    forge = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    if fd > 2:\n        try:\n"
+             f"            os.write(fd, {known.encode()!r})\n        except OSError:\n            pass\n"
+             "os._exit(0)\n")
+    assert run_code(forge).passed  # the positive control: knowing the token is all it takes
+    look = ("import os\nseen = open('/proc/self/cmdline', 'rb').read() + open('/proc/self/environ', 'rb').read()\n"
+            "for fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n        os.set_blocking(fd, False)\n"
+            "        seen += os.read(fd, 4096)\n    except OSError:\n        pass\n"
+            f"assert {known.encode()!r} not in seen\n")
+    result = run_code(look)
+    assert result.passed, result.stderr_tail
 
 
 def test_no_host_file_is_writable_or_fallocatable_through_a_descriptor():

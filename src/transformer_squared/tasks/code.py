@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +19,16 @@ from .base import Example
 
 
 @dataclass
-class CodeTask:
+class CodeTask(ABC):
     """The base of HumanEval and MBPP: each builds its programs, this runs them."""
 
     timeout_s: float = 5  # per program, in the sandbox
     memory_mb: int = 512  # per program, in the sandbox
     unsafe_exec: bool = False  # where bubblewrap cannot run, run programs unconfined instead of refusing
 
+    @abstractmethod
     def programs(self, examples: list[Example], predictions: list[str]) -> list[str]:
-        """The Python program that checks each prediction (defined by each code task)."""
-        raise NotImplementedError(f"{type(self).__name__} must define programs()")
+        """The Python program that checks each prediction."""
 
     def runs(self, examples: list[Example], predictions: list[str]) -> list[SandboxResult]:
         """Each prediction's program run in the sandbox: whether it passed, and if not how it ended."""
