@@ -102,4 +102,9 @@ def test_results_record_the_position_bias_block(adapted, tmp_path):
     bias = res["routing"]["position_bias"]
     assert bias["n"] == len(res["predictions"]) == 8 and bias["orders"] == 3 and bias["calibrated"] is True
     assert sum(bias["share_by_position"]) == pytest.approx(1.0)
+    assert bias["seconds"] >= 0
+    from transformer_squared.report.tables import routing_lines
+
+    assert any(x.startswith("position bias over 3 cyclic orders (n = 8): decision follows the expert")
+               for x in routing_lines(res))
     assert "position_bias" not in evaluate(am, cfg, tmp_path / "s.json", strategy="prompt")["routing"]

@@ -15,6 +15,7 @@ The place of an expert in the list must not decide (small models favour the firs
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -40,7 +41,7 @@ class Classifier:
         self.source: str | None = None  # folder of the classification expert (cls)
         self._calibration: dict[int, Tensor] = {}  # shift → content-free log-probabilities by place, (K + 1,)
         self._bias: dict[str, Any] = {"n": 0, "same_expert": 0, "same_position": 0,
-                                      "by_position": [0] * len(self.options)}
+                                      "by_position": [0] * len(self.options), "seconds": 0.0}
 
     def fit(self, task: Task, examples: list[Example]) -> list[str]:
         return []
@@ -78,11 +79,16 @@ class Classifier:
         n_opt = len(self.options)
         if not requests:
             return torch.empty(0, n_opt)
-        every = self.cfg.cyclic or self.cfg.position_bias
-        per_order = torch.stack([self.order_scores(requests, r) for r in (range(n_opt) if every else [0])])  # (O, n, K + 1)
+        first = self.order_scores(requests, 0)  # (n, K + 1)
+        if not (self.cfg.cyclic or self.cfg.position_bias):
+            return first
+        t0 = time.perf_counter()
+        per_order = torch.stack([first, *(self.order_scores(requests, r) for r in range(1, n_opt))])  # (K + 1, n, K + 1)
         if self.cfg.position_bias:
             self._count(per_order.argmax(-1))
-        return per_order.mean(0) if self.cfg.cyclic else per_order[0]
+            if not self.cfg.cyclic:  # the other orders only measured: their time is the measurement's
+                self._bias["seconds"] += time.perf_counter() - t0
+        return per_order.mean(0) if self.cfg.cyclic else first
 
     def _count(self, choice: Tensor) -> None:
         """Add one batch of per-order decisions (option index, (K + 1 orders, n)) to the position-bias counts."""
@@ -105,7 +111,8 @@ class Classifier:
         return {"n": b["n"], "orders": n_opt, "calibrated": self.cfg.calibrate, "cyclic_average": self.cfg.cyclic,
                 "follows_expert": b["same_expert"] / b["n"] if b["n"] else None,
                 "follows_position": b["same_position"] / b["n"] if b["n"] else None,
-                "share_by_position": [c / total for c in b["by_position"]] if total else None}
+                "share_by_position": [c / total for c in b["by_position"]] if total else None,
+                "seconds": round(b["seconds"], 3)}  # of pass 1's time, spent only on measuring (not with cyclic)
 
     def mix(self, requests: list[Request]) -> Tensor:
         choice = self.scores(requests).argmax(-1).tolist() if requests else []

@@ -87,6 +87,12 @@ def routing_lines(results: dict[str, Any]) -> list[str]:
     acc = r["accuracy"]
     if acc:
         lines.append(f"routing accuracy {_pct(acc['accuracy'])} % {_ci(acc['ci95'])} (n = {acc['n']})")
+    bias = r.get("position_bias")
+    if bias and bias["n"]:
+        lines.append(f"position bias over {bias['orders']} cyclic orders (n = {bias['n']}): decision follows the expert "
+                     f"{_pct(bias['follows_expert'])} %, the place {_pct(bias['follows_position'])} %; decisions by place "
+                     + " / ".join(_pct(x) for x in bias["share_by_position"]) + f" % (measuring took "
+                     f"{bias['seconds']:.2f} s of pass 1)")
     frac = t["pass1_fraction_of_pass2"]
     lines.append(f"pass 1 {t['pass1_seconds']:.2f} s, pass 2 {t['pass2_seconds']:.2f} s"
                  + ("" if frac is None else f" (pass 1 = {100 * frac:.1f} % of pass 2)"))
