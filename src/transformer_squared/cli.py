@@ -108,6 +108,9 @@ def generate(
     fit_task: Optional[str] = typer.Option(None, "--fit-task", help="fewshot: search α on labelled shots of this task."),
     fit_data: Optional[str] = typer.Option(None, "--fit-data", help="fewshot: --fit-task's data (default: the task's)."),
     fit_split: Optional[str] = typer.Option(None, "--fit-split", help="fewshot: --fit-task's split (default train)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="fewshot: labelled examples for the α search (default 10)."),
+    population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
+    generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
     device: str = DEVICE,
@@ -119,7 +122,8 @@ def generate(
     from .experts.adapted import load_adapted
 
     scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from, fit_task=fit_task,
-                            fit_data=fit_data, fit_split=fit_split) if strategy else None
+                            fit_data=fit_data, fit_split=fit_split, shots=shots, population=population,
+                            generations=generations) if strategy else None
     if scfg is not None and alpha:
         raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
     am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,

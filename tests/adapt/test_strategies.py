@@ -112,6 +112,7 @@ def test_decisions_and_config_checks():
     per_target[0, 1] = 1.0
     per_target[1, 0, 0] = 0.5
     assert decisions(per_target, ["a", "b"]) == ["b", "mixture"]
+    assert decisions(torch.zeros(3, 0), []) == ["base"] * 3 and decisions(torch.zeros(0, 2), ["a", "b"]) == []
     with pytest.raises(ConfigError, match="^fewshot.shots 0: must be at least 1; fewshot.elite 2: a share in \\(0, 1\\)$"):
         StrategyConfig.of("fewshot", shots=0, elite=2)
     with pytest.raises(ConfigError, match="strategy 'prompt' has no setting 'shots'"):

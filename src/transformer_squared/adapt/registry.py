@@ -197,8 +197,8 @@ def one_hot(choice: list[int], n_experts: int) -> Tensor:
 
 def decisions(alpha: Tensor, labels: list[str]) -> list[str]:
     """The routing decision per row: the expert's label for a one-hot row, "base" for zeros, else "mixture"."""
-    if alpha.shape[0] == 0:
-        return []
+    if alpha.numel() == 0:  # no requests, or no experts (every row is the base weights)
+        return [BASE] * alpha.shape[0]
     flat = alpha.reshape(alpha.shape[0], alpha.shape[1], -1)  # (n, K, 1 or n_targets)
     out = []
     for row in flat:
