@@ -126,7 +126,7 @@ def test_config_checks_report_every_problem_together():
         load_config(StrategyConfig, flags=["--name", "cls", "--batch_size", "0", "--fewshot.population", "0",
                                            "--first.expert", "-1"])
     assert str(e.value) == ("batch_size 0: must be at least 1; fewshot.population 0: must be at least 1; "
-                            "first.expert -1: an index, at least 0; strategy cls needs its classification "
-                            "expert: --cls-expert DIR (train one with `t2 train --task route --experts ...`)")
+                            "first.expert -1: an index, at least 0; strategy cls needs --cls-expert DIR, its "
+                            "classification expert (cls.expert; train one with `t2 train --task route --experts ...`)")
     cfg = load_config(StrategyConfig, flags=["--name", "first", "--first.expert", "1", "--seed", "3"])
     assert cfg.section() == cfg.first and cfg.first.expert == 1 and cfg.seed == 3

@@ -33,8 +33,8 @@ class ClsSettings:
 
 def check(settings: ClsSettings) -> list[str]:
     """What `cls` needs when chosen: its classification expert."""
-    return [] if settings.expert else ["strategy cls needs its classification expert: --cls-expert DIR "
-                                       "(train one with `t2 train --task route --experts ...`)"]
+    return [] if settings.expert else ["strategy cls needs --cls-expert DIR, its classification expert "
+                                       "(cls.expert; train one with `t2 train --task route --experts ...`)"]
 
 
 def build(am: Any, cfg: StrategyConfig) -> Classifier:
