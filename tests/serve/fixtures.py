@@ -23,10 +23,17 @@ def build_model_and_experts(root: Path) -> tuple[Path, list[Path]]:
 
     from transformer_squared.models.load import load_model
 
-    os.environ.setdefault("T2_HOME", str(root / "home"))
-    folder = build_tiny_llama(root / "tiny-llama")
-    model, _ = load_model(str(folder), device="cpu")
-    experts = [e.save(root / e.meta.label) for e in make_experts(model)]
+    old = os.environ.get("T2_HOME")
+    os.environ["T2_HOME"] = str(root / "home")  # the servers started with this root reuse the SVD cache
+    try:
+        folder = build_tiny_llama(root / "tiny-llama")
+        model, _ = load_model(str(folder), device="cpu")
+        experts = [e.save(root / e.meta.label) for e in make_experts(model)]
+    finally:
+        if old is None:
+            os.environ.pop("T2_HOME")
+        else:
+            os.environ["T2_HOME"] = old
     return folder, [Path(p) for p in experts]
 
 
@@ -39,12 +46,17 @@ def free_port() -> int:
 class Server:
     """`t2 serve ...` as a child process; `url` ends in /v1."""
 
-    def __init__(self, args: list[str], home: Path, timeout: float = 120.0) -> None:
+    def __init__(self, args: list[str], home: Path, wait: bool = True) -> None:
         self.port = free_port()
         env = {**os.environ, "T2_HOME": str(home), "PYTHONPATH": str(REPO / "src")}
         cmd = [sys.executable, "-m", "transformer_squared.cli", "serve", *args, "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.url = f"http://127.0.0.1:{self.port}/v1"
+        if wait:
+            self.wait()
+
+    def wait(self, timeout: float = 180.0) -> None:
+        """Return once /health answers; RuntimeError with the server's output if it exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -26,9 +26,16 @@ MSG = [{"role": "user", "content": "What is 12 times 7?"}]
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     folder, experts = build_model_and_experts(root)
-    srv = Server(["--model", str(folder), "--experts", *map(str, experts), "--max_wait_ms", "30"], root / "home")
-    yield srv, folder, experts, root
-    srv.stop()
+    args = ["--model", str(folder), "--experts", *map(str, experts)]
+    srv = Server(args + ["--max_wait_ms", "30"], root / "home", wait=False)
+    small = Server(args + ["--max_batch_size", "1", "--max_queue", "1"], root / "home", wait=False)  # 429, SIGTERM
+    try:
+        srv.wait()
+        small.wait()
+        yield srv, folder, experts, root, small
+    finally:
+        srv.stop(signal.SIGKILL)
+        small.stop(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -221,9 +228,7 @@ def test_disconnect_stops_generation(client, setup):
 
 def test_full_queue_429_and_sigterm_drains(setup):
     """max_batch_size 1, max_queue 1: a burst gets 429s; SIGTERM lets the accepted requests finish, then exits."""
-    _, folder, experts, root = setup
-    srv = Server(["--model", str(folder), "--experts", *map(str, experts), "--max_batch_size", "1",
-                  "--max_queue", "1"], root / "home")
+    srv = setup[4]
     try:
         body = {"model": "STEM", "messages": MSG, "max_tokens": 40, "temperature": 0}
         results: list = [None] * 6
