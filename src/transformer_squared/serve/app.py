@@ -6,6 +6,7 @@ the worker sends back (as one JSON body, or as server-sent events when `stream` 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -33,6 +34,11 @@ class State:
     scheduler: Scheduler
     base_name: str
     created: int
+    tokenizer: Any = None  # the event loop's own copy: a fast tokenizer is not safe to share across threads
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = copy.deepcopy(self.am.tokenizer)
 
     def model_ids(self) -> list[str]:
         strategies = list(self.scheduler.router.strategies)
@@ -126,7 +132,7 @@ def build_app(state: State) -> FastAPI:
     async def chat(request: Request) -> Any:
         req = parse(ChatRequest, await _json(request))
         strategy, alpha = state.resolve(req.model, req.alpha)
-        tok = state.am.tokenizer
+        tok = state.tokenizer
         msgs = [{"role": m.role, "content": m.text()} for m in req.messages]
         if getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -144,7 +150,7 @@ def build_app(state: State) -> FastAPI:
     async def completions(request: Request) -> Any:
         req = parse(CompletionRequest, await _json(request))
         strategy, alpha = state.resolve(req.model, req.alpha)
-        tok = state.am.tokenizer
+        tok = state.tokenizer
         p = req.prompt
         if isinstance(p, str) or (p and all(isinstance(x, str) for x in p)):
             texts = [p] if isinstance(p, str) else list(p)

@@ -89,7 +89,7 @@ async def collect(state: Any, request: Request, req: Any, jobs: list, events: An
     if chat:
         body = chat_response(new_id("chatcmpl"), req.model, out, finish, n_prompt, n_completion, routes[0])
     else:
-        tok = state.am.tokenizer
+        tok = state.tokenizer
         choices = []
         for i in range(n_rows):
             prefix = texts[i // req.n] if req.echo else ""

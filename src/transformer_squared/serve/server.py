@@ -5,7 +5,9 @@ uvicorn. SIGTERM or Ctrl-C stops accepting connections, lets the requests in fli
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import threading
 import time
 from typing import Callable
 
@@ -32,6 +34,10 @@ def prepare(cfg: ServeConfig) -> State:
     return State(am, cfg, scheduler, cfg.name or cfg.model, int(time.time()))
 
 
+def _drained(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(cfg: ServeConfig, ready: Callable[[str], None] = lambda url: None) -> None:
     """Serve until SIGTERM / SIGINT; `ready(url)` is called once the socket listens."""
     import uvicorn
@@ -47,6 +53,8 @@ def serve(cfg: ServeConfig, ready: Callable[[str], None] = lambda url: None) -> 
     config = uvicorn.Config(build_app(state), log_level=cfg.log_level, timeout_graceful_shutdown=
                             None if cfg.graceful_timeout_s is None else int(max(1, cfg.graceful_timeout_s)))
     server = uvicorn.Server(config)
+    if threading.current_thread() is threading.main_thread():  # uvicorn re-raises SIGTERM after its drain:
+        signal.signal(signal.SIGTERM, _drained)  # then this handler ends the process with status 0
     host, port = sock.getsockname()[:2]
     ready(f"http://{host}:{port}/v1 (models: {', '.join(state.model_ids())}; mixed batches: {state.scheduler.form})")
     server.run(sockets=[sock])
