@@ -254,3 +254,38 @@ def test_full_queue_429_and_sigterm_drains(setup):
         assert code == 0 and "Traceback" not in out, out
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_lm_eval_local_completions_scores_multiple_choice(setup, tmp_path):
+    """lm-eval's `local-completions` model against the server: each choice's log-likelihood equals the
+    expert's, computed here by one forward pass with the expert merged."""
+    import torch
+
+    lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("tenacity")  # lm-eval's API models need it (lm-eval[api])
+    from lm_eval.tasks import TaskManager
+
+    from transformer_squared.experts.adapted import load_adapted
+
+    questions = [("2 + 2 =", ["3", "4", "5"], 1), ("The sky is", ["blue", "green", "loud"], 0)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in questions))
+    (tmp_path / "t2_serve_mc.yaml").write_text(
+        f"task: t2_serve_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: \"{{question}}\"\ndoc_to_choice: \"{{choices}}\"\n"
+        "doc_to_target: \"{{answer}}\"\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
+    args = (f"model=STEM,base_url={setup[0].url}/completions,tokenizer={setup[1]},tokenizer_backend=huggingface,"
+            "num_concurrent=2,max_retries=1,add_bos_token=True")  # as the model was trained: BOS first
+    res = lm_eval.simple_evaluate(model="local-completions", model_args=args, tasks=["t2_serve_mc"],
+                                  task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+                                  log_samples=True)
+    am = load_adapted(str(setup[1]), experts=setup[2], device="cpu")
+    tok = am.tokenizer
+    by_doc = {s["doc_id"]: [r[0][0] for r in s["resps"]] for s in res["samples"]["t2_serve_mc"]}
+    with torch.no_grad(), am.svf.merged(am.z(torch.tensor([1.0, 0.0]))):
+        for d, (q, choices, _) in enumerate(questions):
+            for c, got in zip(choices, by_doc[d]):
+                ctx, full = tok.encode(q), tok.encode(q + " " + c)
+                logp = torch.log_softmax(am.model(torch.tensor([full])).logits[0].double(), -1)  # (T, V)
+                want = sum(float(logp[i - 1, full[i]]) for i in range(len(ctx), len(full)))
+                assert got == pytest.approx(want, abs=1e-3)
