@@ -196,6 +196,8 @@ def test_concurrent_mixed_batches_match_one_at_a_time(client, setup):
     ("chat/completions", {"model": "t2", "messages": MSG, "tools": [{"type": "function"}]}, "tools"),
     ("completions", {"model": "t2", "prompt": "hi", "max_tokens": 2000}, "max_tokens"),
     ("completions", {"model": "t2", "prompt": [[1, 2], [10**9]]}, "prompt"),
+    ("completions", {"model": "t2", "prompt": [5] * 1100, "max_tokens": 0}, "prompt"),
+    ("completions", {"model": "t2", "prompt": []}, "prompt"),
     ("completions", {"model": "t2", "prompt": "hi", "logprobs": "yes"}, "logprobs"),
     ("completions", {"model": "t2", "prompt": "hi", "echo": True, "bar": None}, "bar"),
 ])

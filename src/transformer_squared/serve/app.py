@@ -74,12 +74,15 @@ class Events:
         self.loop, self.queue = loop, asyncio.Queue()
 
     def emit(self, kind: str, payload: dict) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+        except RuntimeError:  # the event loop is closed (shutdown after a timeout): nobody is listening
+            pass
 
 
 def _sampling(req: Any, n_prompt: int, limit: int | None, default: int, max_tokens: int | None, field: str,
               logprobs: int | None = None, echo: bool = False) -> Sampling:
-    if limit is not None and n_prompt >= limit and not (max_tokens == 0):
+    if limit is not None and (n_prompt > limit or (n_prompt == limit and max_tokens != 0)):
         raise APIError(f"the prompt has {n_prompt} tokens; the model's context is {limit}", field_of(req))
     if max_tokens is None:
         max_tokens = default if limit is None else max(0, min(default, limit - n_prompt))
