@@ -128,3 +128,43 @@ def test_serve_config_reports_all_problems():
     with pytest.raises(ConfigError, match="cls-expert"):
         ServeConfig(experts=["a"], strategy="cls")
     assert ServeConfig(experts=["a"]).pass1 == "prompt" and ServeConfig().pass1 is None
+
+
+@pytest.mark.parametrize("form", ["delta", "merged"])
+def test_rows_joining_a_running_batch_decode_like_alone(tiny, form):
+    """Continuous batching: two rows (one with a longer prompt) join after the first step of a running
+    batch and one more after the third; every row gives the tokens it gives alone."""
+    model, tok = tiny
+    experts = make_experts(model)
+    svf = attach(model, experts)
+    zs = [{t: z.detach() for t, z in e.z().items()} for e in experts]
+    alpha = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8], [0.0, 0.0], [0.6, 0.4]])
+    if form == "merged":
+        alpha = alpha[:1].expand(5, 2)
+    prompts = ["Short", "A prompt of middling size", "This one is clearly the longest prompt of all five here",
+               "Four", "Fifth and last"]
+    n_new = [6, 4, 5, 3, 4]
+    rows, _ = _greedy(model, tok, prompts, n_new)
+    steps = [0]
+
+    def join(n_running, layers=None):
+        steps[0] += 1
+        take = {2: [1, 2], 4: [3, 4]}.get(steps[0])
+        if take is None:
+            return None
+        ctx = layers.push(mix_batch(zs, alpha[take])) if layers is not None else torch.no_grad()
+        return [rows[i] for i in take], ctx
+
+    if form == "merged":
+        z = mix_batch(zs, alpha[:1])
+        with svf.merged({t: v[0] for t, v in z.items()}):
+            decode(model, tok, rows[:1], set(), None, join=join)
+    else:
+        with per_row(svf, mix_batch(zs, alpha[:1]), form) as layers:
+            decode(model, tok, rows[:1], set(), None, layers.select, join=lambda n: join(n, layers))
+    for b in range(5):
+        alone, _ = _greedy(model, tok, prompts[b : b + 1], n_new[b : b + 1])
+        z = mix_batch(zs, alpha[b : b + 1])
+        with svf.merged({t: v[0] for t, v in z.items()}):
+            decode(model, tok, alone, eos_ids=set(), context_len=None)
+        assert rows[b].out == alone[0].out and len(rows[b].out) == n_new[b], b

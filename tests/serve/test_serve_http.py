@@ -173,11 +173,13 @@ def test_concurrent_mixed_batches_match_one_at_a_time(client, setup):
         return chat(client, model, messages, n, extra_body={"alpha": alpha} if alpha else None).choices[0].message.content
 
     alone = [one(r) for r in reqs]
-    before = setup[0].health()["mixed_batches"]
+    before = setup[0].health()
     with ThreadPoolExecutor(32) as pool:
         together = list(pool.map(one, reqs))
     assert together == alone
-    assert setup[0].health()["mixed_batches"] > before  # the concurrent run did mix experts in one batch
+    after = setup[0].health()
+    assert after["mixed_batches"] > before["mixed_batches"]  # the concurrent run did mix experts in one batch
+    assert after["joined"] > before["joined"]  # and requests took the slots that finished rows left
 
 
 @pytest.mark.parametrize("path, body, param", [

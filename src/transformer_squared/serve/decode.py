@@ -3,13 +3,17 @@
 A batch is prefilled once (left-padded, positions counted from each row's first real token), then
 decoded one token per step with a KV cache. A row ends at an end-of-sequence token, a stop string,
 its token budget, the model's context, or when its client goes away (`cancelled`); finished rows
-leave the batch (their cache rows are dropped), and the batch ends when its last row does.
+leave the batch (their cache rows are dropped). Between steps `join` may hand over waiting rows:
+they are prefilled on their own and appended to the running batch (continuous batching; the KV
+caches are left-aligned with zero padding that the attention mask hides). The batch ends when its
+last row does.
 Text reaches the row's `emit` callback as it becomes final: held back while it could still be the
 start of a stop string or ends inside a multi-byte character.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -118,14 +122,12 @@ class Text:
             row.sent = len(text)
 
 
-@torch.no_grad()
-def decode(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int], context_len: int | None,
-           select: Callable[[Tensor], None] | None = None) -> None:
-    """Run rows to their ends (see the module docstring); `select(keep)` follows the rows that stay."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    text = Text(tokenizer)
-    gens = [_generator(r.sampling.seed) for r in rows]
+Join = Callable[[int], "tuple[list[Row], AbstractContextManager] | None"]  # rows running → (new rows, prefill context)
+
+
+def _prefill(model: Any, rows: list[Row], pad: int, device: torch.device) -> tuple[Any, Tensor, Tensor, Tensor]:
+    """Forward over the rows' prompts: (KV cache, last logits (B, V), attention mask (B, T), last positions (B,));
+    emits the prompt log-probabilities of rows that asked for them."""
     enc = pad_left([r.ids for r in rows], pad, device)
     everything = any(r.sampling.prompt_logprobs for r in rows)
     out = model(**enc, use_cache=True, logits_to_keep=0 if everything else keep_last(enc, 1))
@@ -134,10 +136,58 @@ def decode(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int], conte
     for b, r in enumerate(rows):
         if r.sampling.prompt_logprobs:
             r.emit("prompt_logprobs", prompt_logprobs(out.logits[b, T - len(r.ids):], r.ids, r.sampling.logprobs or 1))
-    logits = out.logits[:, -1, :].float()  # (B, V)
-    mask, pos = enc["attention_mask"], enc["position_ids"][:, -1]  # (B, T), (B,)
+    return cache, out.logits[:, -1, :].float(), enc["attention_mask"], enc["position_ids"][:, -1]
+
+
+def joinable(cache: Any) -> bool:
+    """Whether rows can be appended to this KV cache: plain full-attention layers (keys, values (B, H, T, D))."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None
+                                for layer in layers)
+
+
+def _left(x: Tensor, T: int, dim: int) -> Tensor:
+    """x zero-padded on the left of `dim` to length T (padding is masked out by the attention mask)."""
+    n = T - x.shape[dim]
+    if n == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = n
+    return torch.cat([x.new_zeros(shape), x], dim)
+
+
+def append_rows(cache: Any, mask: Tensor, other: Any, other_mask: Tensor) -> Tensor:
+    """Rows of `other` appended to `cache` in place, both left-aligned to the longer; the joint mask (B, T)."""
+    T = max(mask.shape[1], other_mask.shape[1])
+    for a, b in zip(cache.layers, other.layers):
+        a.keys = torch.cat([_left(a.keys, T, -2), _left(b.keys, T, -2)])  # (B_a + B_b, H, T, D)
+        a.values = torch.cat([_left(a.values, T, -2), _left(b.values, T, -2)])
+    return torch.cat([_left(mask, T, 1), _left(other_mask, T, 1)])  # (B_a + B_b, T)
+
+
+@torch.no_grad()
+def decode(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int], context_len: int | None,
+           select: Callable[[Tensor], None] | None = None, join: Join | None = None) -> None:
+    """Run rows to their ends (see the module docstring); `select(keep)` follows the rows that stay, and
+    `join(n_running)` may hand over waiting rows (with the context their prefill runs in) at each step."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    text = Text(tokenizer)
+    rows = list(rows)
+    gens = [_generator(r.sampling.seed) for r in rows]
+    cache, logits, mask, pos = _prefill(model, rows, pad, device)
     active = list(range(len(rows)))
     while True:
+        new = join(len(active)) if join is not None and joinable(cache) else None
+        if new:
+            new_rows, ctx = new
+            with ctx:
+                cache2, logits2, mask2, pos2 = _prefill(model, new_rows, pad, device)
+            mask = append_rows(cache, mask, cache2, mask2)
+            logits, pos = torch.cat([logits, logits2]), torch.cat([pos, pos2])
+            active += range(len(rows), len(rows) + len(new_rows))
+            rows += new_rows
+            gens += [_generator(r.sampling.seed) for r in new_rows]
         nxt = []
         for j, b in enumerate(active):
             r = rows[b]
@@ -152,7 +202,7 @@ def decode(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int], conte
         for b in active:
             if rows[b].finish is not None and rows[b].finish != "cancelled":
                 text.finish(rows[b])
-        if not keep:
+        if not keep:  # the scheduler starts the next batch with whatever waits (pass 1 included)
             return
         if len(keep) < len(active):
             k = torch.tensor(keep, device=device)

@@ -41,21 +41,42 @@ class ServingLinear(nn.Module):
 
 
 class RowLayers:
-    """The swapped layers of one mixed batch; `select` keeps the rows still running (finished rows leave)."""
+    """The swapped layers of one mixed batch: `select` keeps the rows still running (finished rows leave),
+    `push` appends rows (requests that join the running batch)."""
 
-    def __init__(self) -> None:
-        self.layers: list[tuple[nn.Module, str]] = []  # (layer, name of its per-row tensor)
+    def __init__(self, svf: SVFModel) -> None:
+        self.svf = svf
+        self.layers: list[tuple[nn.Module, str, str]] = []  # (layer, name of its per-row tensor, target)
 
     def select(self, keep: Tensor) -> None:
         """Keep rows `keep` (indices into the current rows) of every layer's per-row scales."""
-        for layer, attr in self.layers:
+        for layer, attr, _ in self.layers:
             setattr(layer, attr, getattr(layer, attr)[keep])
+
+    @contextmanager
+    def push(self, z_rows: dict[str, Tensor]) -> Iterator[None]:
+        """Inside: the layers run only the new rows (their prefill); after: old rows, then the new ones."""
+        old, new = [], []
+        for layer, attr, name in self.layers:
+            f = self.svf.factors[name]
+            s2 = adapted_s(f.S, z_rows[name].to(f.S.device), self.svf.normalise)  # (B_new, r)
+            new.append((s2 if attr == "scale" else s2 - f.S).to(f.U.dtype))
+            old.append(getattr(layer, attr))
+            setattr(layer, attr, new[-1])
+        try:
+            yield
+        except BaseException:
+            for (layer, attr, _), o in zip(self.layers, old):
+                setattr(layer, attr, o)
+            raise
+        for (layer, attr, _), o, n in zip(self.layers, old, new):
+            setattr(layer, attr, torch.cat([o, n]))
 
 
 @contextmanager
 def per_row(svf: SVFModel, z_rows: dict[str, Tensor], form: str) -> Iterator[RowLayers]:
     """Swap every target for a per-row layer (form 'serving' or 'delta') with z (B, r) per target."""
-    rows = RowLayers()
+    rows = RowLayers(svf)
     swapped = []
     try:
         for name, zb in z_rows.items():
@@ -70,7 +91,7 @@ def per_row(svf: SVFModel, z_rows: dict[str, Tensor], form: str) -> Iterator[Row
                 layer, attr = FactoredLinear(base, f, s2 - f.S), "ds_batch"
             setattr(parent, child, layer)
             swapped.append((parent, child, base))
-            rows.layers.append((layer, attr))
+            rows.layers.append((layer, attr, name))
         yield rows
     finally:
         for parent, child, base in swapped:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,7 +67,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stopping = False
         self.stats = {"completed": 0, "cancelled": 0, "batches": 0, "mixed_batches": 0, "largest_batch": 0,
-                      "tokens": 0}
+                      "tokens": 0, "joined": 0}
         self._thread = threading.Thread(target=self._loop, name="t2-serve-worker", daemon=True)
 
     def start(self) -> None:
@@ -150,27 +151,67 @@ class Scheduler:
     def _run(self, jobs: list[Job]) -> None:
         alpha = self._alpha(jobs) if self.am.experts else None
         if alpha is None:
-            for j in jobs:
-                j.emit("route", {"strategy": None, "decision": "base", "alpha": {}, "pass1_seconds": 0.0})
+            self._route_base(jobs)
         rows = [r for j in jobs for r in j.rows]
-        for j in jobs:  # a row stops when its job's client went away
-            for r in j.rows:
-                r.cancelled = j.cancelled.is_set
+        self._watch(jobs)
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(rows))
         if alpha is None or len(group_rows(alpha)) == 1:
             key = None if alpha is None else next(iter(group_rows(alpha)))
             z = None if alpha is None else self.am.z(alpha[0])
             self.am._use(None if z is None else key, z)  # the holder of merged-weight state is the adapted model
-            decode(self.am.model, self.am.tokenizer, rows, self.eos, self.context_len)
+            decode(self.am.model, self.am.tokenizer, rows, self.eos, self.context_len,
+                   join=self._joiner(jobs, key, None))
         else:
             self.stats["mixed_batches"] += 1
-            per_seq = torch.cat([alpha[i : i + 1].expand(len(j.rows), *alpha.shape[1:]) for i, j in enumerate(jobs)])
             if self.form == "delta":  # the delta form adds to x·Wᵀ: the base weights must be in place
                 self.am._use(None, None)
-            with per_row(self.am.svf, mix_batch(self.am.zs, per_seq), self.form) as layers:
-                decode(self.am.model, self.am.tokenizer, rows, self.eos, self.context_len, layers.select)
-        done = [r for r in rows if r.finish != "cancelled"]
-        self.stats["completed"] += len({id(j) for j in jobs if not j.cancelled.is_set()})
+            with per_row(self.am.svf, mix_batch(self.am.zs, self._per_seq(jobs, alpha)), self.form) as layers:
+                decode(self.am.model, self.am.tokenizer, rows, self.eos, self.context_len, layers.select,
+                       join=self._joiner(jobs, None, layers))
+        self.stats["completed"] += sum(1 for j in jobs if not j.cancelled.is_set())
         self.stats["cancelled"] += sum(1 for j in jobs if j.cancelled.is_set())
-        self.stats["tokens"] += sum(len(r.out) for r in done)
+        self.stats["tokens"] += sum(len(r.out) for j in jobs for r in j.rows if r.finish != "cancelled")
+
+    @staticmethod
+    def _per_seq(jobs: list[Job], alpha: Tensor) -> Tensor:
+        """α per sequence: each job's row repeated for its n sequences."""
+        return torch.cat([alpha[i : i + 1].expand(len(j.rows), *alpha.shape[1:]) for i, j in enumerate(jobs)])
+
+    @staticmethod
+    def _route_base(jobs: list[Job]) -> None:
+        for j in jobs:
+            j.emit("route", {"strategy": None, "decision": "base", "alpha": {}, "pass1_seconds": 0.0})
+
+    @staticmethod
+    def _watch(jobs: list[Job]) -> None:
+        for j in jobs:  # a row stops when its job's client went away
+            for r in j.rows:
+                r.cancelled = j.cancelled.is_set
+
+    def _joiner(self, jobs: list[Job], key: bytes | None, layers: Any) -> Callable[[int], Any]:
+        """`decode`'s join: waiting jobs whose mixture needs no pass 1 take free slots of the running batch,
+        first come first served (the queue's head only, so nobody is overtaken). A merged batch takes jobs
+        of its own mixture; a mixed batch (`layers`) takes any fixed mixture, appended to its per-row layers."""
+        def join(n_running: int) -> tuple[list[Row], Any] | None:
+            free, taken, n = self.cfg.max_batch_size - n_running, [], 0
+            with self._cv:
+                while self._queue and not self._queue[0].cancelled.is_set():
+                    j = self._queue[0]
+                    if j.strategy is not None or n + len(j.rows) > free:
+                        break
+                    if layers is None and (j.alpha.numpy().tobytes() if j.alpha is not None else None) != key:
+                        break
+                    taken.append(self._queue.popleft())
+                    n += len(j.rows)
+            if not taken:
+                return None
+            self.stats["joined"] += len(taken)
+            jobs.extend(taken)
+            self._watch(taken)
+            alpha = self._alpha(taken) if self.am.experts else None
+            if alpha is None:
+                self._route_base(taken)
+            ctx = nullcontext() if layers is None else layers.push(mix_batch(self.am.zs, self._per_seq(taken, alpha)))
+            return [r for j in taken for r in j.rows], ctx
+        return join
