@@ -156,7 +156,8 @@ def main() -> None:
                      f"({100 * (after - before) / before:+.1f} %)")
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
         lines.append(f"server: mixed batches in the {health['factored_form']} form; {health['batches']} batches, "
-                     f"{health['mixed_batches']} mixed, largest {health['largest_batch']}")
+                     f"{health['mixed_batches']} mixed, largest {health['largest_batch']}; {health['joined']} requests joined "
+                     "a running batch")
         if time.monotonic() > deadline:
             lines.append(f"stopped at --time-limit {args.time_limit:.0f} s: counts above are partial")
         report = "\n".join(lines)
