@@ -25,7 +25,7 @@ def test_serve_flags_and_yaml_problems_exit_2(tmp_path, capsys):
 
 def test_serve_strategy_needs_its_inputs(capsys):
     for args, needle in ((["--strategy", "cls"], "--cls-expert"), (["--strategy", "fewshot"], "--alpha-from"),
-                         (["--strategy", "nope"], "choose one of")):
+                         (["--strategy", "nope"], "unknown strategy")):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--experts", "a", "b", *args])
         assert e.value.code == 2 and needle in capsys.readouterr().err

@@ -41,7 +41,7 @@ class State:
             self.tokenizer = copy.deepcopy(self.am.tokenizer)
 
     def model_ids(self) -> list[str]:
-        strategies = list(self.scheduler.router.strategies)
+        strategies = list(self.scheduler.router.pipelines)
         return [self.base_name, *self.am.labels] + ([T2] if strategies else []) + [f"{T2}:{s}" for s in strategies]
 
     def resolve(self, model: str, alpha: dict[str, float] | None) -> tuple[str | None, torch.Tensor | None]:

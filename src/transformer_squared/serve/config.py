@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import ConfigError
+from ..errors import ConfigError, T2Error
 from ..models.load import DEFAULT_MODEL
 
 FORMS = ("auto", "serving", "delta")
@@ -52,17 +52,35 @@ class ServeConfig:
             problems.append(f"graceful_timeout_s {self.graceful_timeout_s}: must be positive (or none: wait for all)")
         if self.strategy is not None and not self.experts:
             problems.append(f"strategy '{self.strategy}' chooses among experts: give --experts")
-        if self.strategy is not None:
-            from ..adapt import STRATEGIES
+        if self.pass1 is not None:
+            try:
+                self.strategy_config(self.pass1)
+            except T2Error as e:
+                problems.append(str(e))
+            else:
+                from ..adapt.registry import SHOTS, STRATEGIES
 
-            if self.strategy not in STRATEGIES.names():
-                problems.append(f"strategy '{self.strategy}': choose one of {', '.join(sorted(STRATEGIES.names()))}")
-        if self.strategy == "cls" and not self.cls_expert:
-            problems.append("strategy cls needs --cls-expert DIR")
-        if self.strategy == "fewshot" and not self.alpha_from:
-            problems.append("strategy fewshot needs --alpha-from FILE (the α a `t2 eval --strategy fewshot` run saved)")
+                if STRATEGIES.get(self.pass1).needs == SHOTS and not self.given(self.pass1):
+                    problems.append(f"strategy {self.pass1} needs labelled shots: give --alpha-from FILE "
+                                    f"(the α a `t2 eval --strategy {self.pass1}` run saved)")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def given(self, name: str) -> dict[str, str]:
+        """The strategy settings this config gives (`cls_expert`, `alpha_from`) that strategy `name` takes."""
+        from dataclasses import fields
+
+        from ..adapt import STRATEGIES
+
+        own = {f.name for f in fields(STRATEGIES.get(name).settings)}
+        values = {"cls_expert": self.cls_expert, "alpha_from": self.alpha_from}
+        return {k: v for k, v in values.items() if v is not None and (k in own or k.removeprefix(f"{name}_") in own)}
+
+    def strategy_config(self, name: str):  # -> adapt.StrategyConfig (adapt is imported late: it loads the tasks)
+        """Strategy `name` with the settings this config gives it (its problems raise ConfigError)."""
+        from ..adapt import StrategyConfig
+
+        return StrategyConfig.of(name, **self.given(name))
 
     @property
     def pass1(self) -> str | None:

@@ -1,27 +1,27 @@
 """Pass 1 for the server: the one place where a request's text becomes a mixture α.
 
-This is a thin adapter over `adapt.build_strategy(am, cfg).mix(requests)` and `adapt.decisions`,
-kept in one class so that the shared two-pass pipeline (`adapt.pipeline.Pipeline.route`) can replace it.
+Each offered strategy is one `adapt.Pipeline` (the two-pass pipeline shared with `t2 eval`, `t2 generate`
+and the lm-eval backend); pass 1 is its `route`, pass 2 the server's scheduler.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from torch import Tensor
 
-from ..adapt import Request, StrategyConfig, build_strategy, decisions
+from ..adapt import STRATEGIES, Pipeline, Request, decisions
+from ..adapt.registry import NOTHING
 from .config import ServeConfig
 
 
 def offered(cfg: ServeConfig) -> list[str]:
-    """Strategies the server offers as `t2:<name>`: its own, prompt and uniform (they need nothing more),
-    cls with a classification expert, fewshot with a saved α. The first one is model `t2`."""
+    """Strategies the server offers as `t2:<name>`: its own (model `t2`, listed first), every strategy that
+    needs nothing more, and those whose need this config gives (a classification expert, a saved α)."""
     if not cfg.experts:
         return []
-    names = [cfg.pass1, "prompt", "uniform"] + (["cls"] if cfg.cls_expert else []) + (["fewshot"] if cfg.alpha_from else [])
-    return list(dict.fromkeys(names))
+    ready = [n for n in STRATEGIES.in_order() if STRATEGIES.get(n).needs == NOTHING or cfg.given(n)]
+    return list(dict.fromkeys([cfg.pass1, *ready]))
 
 
 class Router:
@@ -29,16 +29,13 @@ class Router:
 
     def __init__(self, am: Any, cfg: ServeConfig) -> None:
         self.am = am
-        self.strategies = {name: build_strategy(am, StrategyConfig(name=name, cls_expert=cfg.cls_expert,
-                                                                   alpha_from=cfg.alpha_from))
-                           for name in offered(cfg)}
-        self.default = next(iter(self.strategies), None)
+        self.pipelines = {name: Pipeline(am, cfg.strategy_config(name)) for name in offered(cfg)}
+        self.default = next(iter(self.pipelines), None)
 
     def route(self, name: str, texts: list[str]) -> tuple[Tensor, list[str], float]:
         """α (n, K) or (n, K, n_targets), the decision per text, and the seconds pass 1 took."""
-        t0 = time.perf_counter()
-        alpha = self.strategies[name].mix([Request(t) for t in texts]).float()
-        return alpha, decisions(alpha, self.am.labels), time.perf_counter() - t0
+        routed = self.pipelines[name].route([Request(t) for t in texts])
+        return routed.alpha.float(), routed.decisions, routed.seconds
 
     def fixed(self, alpha: Tensor) -> tuple[Tensor, list[str]]:
         """A request's own α (n, K) and its decisions."""
