@@ -1,9 +1,10 @@
-"""Shared fixtures: a temporary T2_HOME, a tiny random Llama folder, and the real SmolLM2 (slow)."""
+"""Shared fixtures: a temporary T2_HOME, a tiny random Llama folder, the real SmolLM2 (slow), and the bwrap skip."""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,6 +16,28 @@ from tiny import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VMLU_DIR = REPO.parent / "shared" / "data" / "vmlu"
+NO_BWRAP = "bubblewrap (bwrap) not installed: apt-get install bubblewrap"  # the one skip reason of needs_bwrap tests
+
+
+def bwrap_installed() -> bool:
+    """Whether the sandbox's bubblewrap is on PATH (`make install` installs it where it runs as root with apt-get)."""
+    return shutil.which("bwrap") is not None
+
+
+@pytest.fixture(autouse=True)
+def _needs_bwrap(request):
+    """Skip tests marked `needs_bwrap` where bubblewrap is missing; skipped here, they fold into one summary line."""
+    if request.node.get_closest_marker("needs_bwrap") is not None and not bwrap_installed():
+        pytest.skip(NO_BWRAP)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Report every bwrap skip at this file's line, so `-ra` folds them into one line: SKIPPED [n] ...: reason."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2] == f"Skipped: {NO_BWRAP}":
+        report.longrepr = (__file__, bwrap_installed.__code__.co_firstlineno, report.longrepr[2])
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -89,12 +89,14 @@ def temp_entries() -> set[str]:
 
 # ---- behaviour ------------------------------------------------------------------------------------
 
+@pytest.mark.needs_bwrap
 def test_correct_program_passes_and_wrong_assert_fails():
     assert run_code("assert sorted([3, 1, 2]) == [1, 2, 3]").status == "passed"
     result = run_code("assert 1 + 1 == 3")
     assert not result.passed and result.status == "failed" and "AssertionError" in result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_runs_as_nobody_in_a_fresh_folder_with_a_minimal_environment(monkeypatch):
     monkeypatch.setenv("T2_TEST_SECRET", "hunter2")
     program = (
@@ -111,6 +113,7 @@ def test_runs_as_nobody_in_a_fresh_folder_with_a_minimal_environment(monkeypatch
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_home_and_venv_are_not_visible():
     venv = Path(os.path.realpath(sys.prefix))
     with tempfile.NamedTemporaryFile(dir=Path.home(), prefix=".t2-canary-") as canary:
@@ -123,6 +126,7 @@ def test_home_and_venv_are_not_visible():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_no_new_user_namespaces():
     """A user namespace would hand the program capabilities over it: bwrap --disable-userns, or seccomp as root."""
     program = BYPASS + "assert ctypes.CDLL(None).unshare(0x10000000) == -1  # CLONE_NEWUSER\n"
@@ -130,6 +134,7 @@ def test_no_new_user_namespaces():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_no_key_shared_through_the_kernel_keyring():
     """Every sandbox used to be uid nobody of the machine, sharing one user keyring: a channel between runs."""
     numbers = {"x86_64": (248, 249), "aarch64": (217, 218)}.get(os.uname().machine)  # add_key, request_key
@@ -144,6 +149,7 @@ def test_no_key_shared_through_the_kernel_keyring():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_sleep_forever_times_out():
     start = time.monotonic()
     result = run_code("import time\nwhile True:\n    time.sleep(1)", timeout_s=1)
@@ -151,11 +157,13 @@ def test_sleep_forever_times_out():
     assert time.monotonic() - start < 3
 
 
+@pytest.mark.needs_bwrap
 def test_unbounded_allocation_is_stopped():
     result = run_code("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", memory_mb=256)
     assert not result.passed and result.status == "memory"
 
 
+@pytest.mark.needs_bwrap
 def test_fork_bomb_is_stopped_and_leaves_nothing(marker):
     bomb = marked(marker) + "while True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n"
     result = run_code(bomb, timeout_s=1)
@@ -163,6 +171,7 @@ def test_fork_bomb_is_stopped_and_leaves_nothing(marker):
     assert processes_named(marker) == [] and run_cgroups() == []
 
 
+@pytest.mark.needs_bwrap
 def test_no_network_at_all():
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(0)
@@ -175,6 +184,7 @@ def test_no_network_at_all():
             server.accept()  # nothing ever connected
 
 
+@pytest.mark.needs_bwrap
 def test_runs_cannot_see_each_other():
     name = "t2-" + uuid.uuid4().hex
     write = f"open('/tmp/{name}', 'w').write('x')\nopen('/dev/shm/{name}', 'w').write('x')\n"
@@ -182,12 +192,14 @@ def test_runs_cannot_see_each_other():
     assert [r.passed for r in run_many([write, read, write, read], n_workers=2)] == [True] * 4
 
 
+@pytest.mark.needs_bwrap
 def test_run_many_keeps_order():
     results = run_many(["pass", "raise SystemExit(1)", "import sys\nsys.exit(0)", "1/0"], n_workers=2)
     assert [r.passed for r in results] == [True, False, True, False]
     assert "ZeroDivisionError" in results[3].stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_future_imports_stay_first():
     program = "from __future__ import annotations\ndef f(x: Undefined) -> int:\n    return 1\nassert f(0) == 1"
     assert run_code(program).passed
@@ -204,6 +216,7 @@ def test_bad_limits_are_config_errors():
 
 # ---- the holes of issue 11 ------------------------------------------------------------------------
 
+@pytest.mark.needs_bwrap
 def test_a_future_import_line_runs_confined(tmp_path):
     """(a) `from __future__ import x; code` was hoisted above the confinement and ran as root."""
     canary = tmp_path / "a.txt"
@@ -213,6 +226,7 @@ def test_a_future_import_line_runs_confined(tmp_path):
     assert not canary.exists()
 
 
+@pytest.mark.needs_bwrap
 def test_b_no_other_process_can_rewrite_a_program(tmp_path, marker):
     """(b) the work folder was nobody's before program.py was read: a leftover nobody process rewrote programs."""
     canary = tmp_path / "b.txt"
@@ -229,6 +243,7 @@ def test_b_no_other_process_can_rewrite_a_program(tmp_path, marker):
     assert not canary.exists()
 
 
+@pytest.mark.needs_bwrap
 def test_c_program_cannot_outlive_its_timeout(marker):
     """(c) clearing the parent-death signal and calling setsid kept a program alive after its timeout."""
     program = marked(marker) + "if posix.fork() == 0:\n    posix.setsid()\nimport time\ntime.sleep(30)\n"
@@ -238,6 +253,7 @@ def test_c_program_cannot_outlive_its_timeout(marker):
     assert processes_named(marker) == []
 
 
+@pytest.mark.needs_bwrap
 def test_d_root_only_file_is_unreadable(tmp_path):
     """(d) the child kept CAP_DAC_READ_SEARCH and read any file."""
     canary = tmp_path / "d.txt"
@@ -247,6 +263,7 @@ def test_d_root_only_file_is_unreadable(tmp_path):
     assert not result.passed and "top secret" not in result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_e_writes_outside_the_work_folder_do_not_persist():
     """(e) files written to /tmp and /dev/shm outside the work folder stayed on the machine."""
     paths = [Path("/tmp") / f"t2-canary-{uuid.uuid4().hex}", Path("/dev/shm") / f"t2-canary-{uuid.uuid4().hex}"]
@@ -259,6 +276,7 @@ def test_e_writes_outside_the_work_folder_do_not_persist():
             p.unlink(missing_ok=True)
 
 
+@pytest.mark.needs_bwrap
 @pytest.mark.skipif(not has_cgroups(), reason="per-run memory limits need a writable cgroup")
 def test_f_memory_is_limited_per_run_not_per_process():
     """(f) RLIMIT_AS is per process: four children of 150 MiB each fitted under 256 MiB."""
@@ -270,6 +288,7 @@ def test_f_memory_is_limited_per_run_not_per_process():
     assert not result.passed and result.status == "memory"
 
 
+@pytest.mark.needs_bwrap
 @pytest.mark.skipif(ROOT and not has_cgroups(), reason="as root, per-run task limits need a writable cgroup")
 def test_f_tasks_are_limited_per_run_not_per_user():
     """(f) RLIMIT_NPROC counted every sandbox of uid nobody: one program holding 30 made the others fail."""
@@ -281,6 +300,7 @@ def test_f_tasks_are_limited_per_run_not_per_user():
     assert [r.passed for r in results[1:]] == [True] * 8, [r.stderr_tail[-200:] for r in results[1:]]
 
 
+@pytest.mark.needs_bwrap
 def test_g_unix_sockets_of_the_machine_are_unreachable(tmp_path):
     """(g) filesystem Unix sockets (here a world-writable one) stayed reachable."""
     path = tmp_path / "g.sock"
@@ -295,6 +315,7 @@ def test_g_unix_sockets_of_the_machine_are_unreachable(tmp_path):
             server.accept()
 
 
+@pytest.mark.needs_bwrap
 def test_h_python_level_bypasses_change_nothing():
     """(h) the in-process guard fell to `posix.system` and `importlib.reload(os)`; the OS must hold alone."""
     shared = Path(tempfile.mkdtemp(prefix="t2-h-"))
@@ -309,6 +330,7 @@ def test_h_python_level_bypasses_change_nothing():
 
 # ---- many programs, cleanup -----------------------------------------------------------------------
 
+@pytest.mark.needs_bwrap
 def test_run_many_200_programs_some_hostile(marker):
     """A bounded pool: every correct program passes, every hostile one fails, nothing is left behind."""
     hostile = {

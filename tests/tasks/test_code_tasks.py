@@ -26,6 +26,7 @@ HUMANEVAL_ROW = {
 }
 
 
+@pytest.mark.needs_bwrap
 def test_mbpp_splits_by_task_id_and_scores_in_the_sandbox(tmp_path, jsonl):
     path = jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
     task = get_task("mbpp")
@@ -70,6 +71,7 @@ def test_extract_completion(completion, appended):
     assert extract_completion(completion) == appended
 
 
+@pytest.mark.needs_bwrap
 def test_humaneval_local_file(tmp_path, jsonl):
     path = jsonl(tmp_path / "he.jsonl", [HUMANEVAL_ROW])
     task = HumanEval(timeout_s=1)  # one completion loops forever
@@ -93,6 +95,7 @@ def test_humaneval_packaged_file():
     assert all(e.meta["entry_point"] in e.question for e in ex)
 
 
+@pytest.mark.needs_bwrap
 def test_humaneval_test_field_cannot_escape_the_sandbox(tmp_path, jsonl):
     """Issue 11 (a): a data file's `test` holding `from __future__ import x; code` ran that code as root."""
     canary = tmp_path / "escaped.txt"
