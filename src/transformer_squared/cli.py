@@ -305,7 +305,8 @@ def recipe_run(
     import json
 
     from .report.comparison import compare, load_results
-    from .recipe.runner import load_recipe, run_recipe
+    from .recipe.config import load_recipe
+    from .recipe.runner import run_recipe
     from .report.tables import comparison_table
 
     cfg = load_recipe(file, list(ctx.args), data, out)

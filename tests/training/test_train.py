@@ -255,7 +255,7 @@ def test_config_checks_and_flags(tmp_path):
 
 
 def test_every_shipped_recipe_loads():
-    from transformer_squared.recipe.runner import is_recipe
+    from transformer_squared.recipe.config import is_recipe
 
     files = sorted(f for f in (REPO / "recipes").glob("*.yaml") if not is_recipe(f))  # pipelines: tests/test_recipe.py
     assert files

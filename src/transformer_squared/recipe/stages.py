@@ -1,4 +1,4 @@
-"""The stages of a recipe (see recipe.py): what each one computes, from which settings, into which files.
+"""The stages of a recipe (run by recipe/runner.py): what each one computes, from which settings, into which files.
 
 Output folder: `split.json` (shared by every system), `experts/<category>/`, `router/` (the
 classification expert) and `baselines/<method>/` (run folders), `fewshot_alpha.json` (α of the few-shot
@@ -12,15 +12,25 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..baselines.adapter import DISPLAY
 from ..errors import ConfigError
-from .runner import RecipeConfig, Stage, slug
 from ..training import splits
+from .config import RecipeConfig, slug
 
 
 FEWSHOT_ALPHA = "fewshot_alpha.json"
+
+
+@dataclass
+class Stage:
+    """One resumable step: its settings (a changed setting invalidates it), outputs and work."""
+
+    name: str
+    settings: dict[str, Any]
+    outputs: list[Path]
+    run: Callable[[], Any]
 
 
 @dataclass(frozen=True)
