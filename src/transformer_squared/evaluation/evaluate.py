@@ -28,7 +28,7 @@ from .. import __version__, distributed
 from . import seen
 from ..adapt import Strategy, StrategyConfig, build_strategy, request_of
 from ..adapt.two_pass import pass2_order, route_all
-from ..experts.adapted import AdaptedModel
+from ..experts.adapted import AdaptedModel, load_experts
 from ..atomic import check_file_target, write_json
 from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
 from ..errors import ConfigError, DataError
@@ -312,7 +312,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         examples = splits.select(examples, cfg.subset)
     if cfg.exclude_run:
         examples = _exclude_run(examples, Path(cfg.exclude_run))
-    loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
+    loaded = load_experts(experts)
     check_together(loaded)
     names = [e.meta.label if isinstance(e, Expert) else str(e) for e in experts]
     records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), _read_seen(Path(f))) for f in also_seen]
