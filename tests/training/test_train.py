@@ -190,12 +190,12 @@ def test_split_is_stratified_seeded_and_disjoint():
         n = 10 + 5 * s
         assert sum(e.subject == f"{s:02d}" for e in a["val"]) == round(0.2 * n)
         assert sum(e.subject == f"{s:02d}" for e in a["holdout"]) == round(0.1 * n)
-    assert {e.category for e in splits.select(ex, "category=stem")} == {"STEM"}
-    assert {e.subject for e in splits.select(ex, "subject=01,04")} == {"01", "04"}
+    assert {e.category for e in splits.filter_subset(ex, "category=stem")} == {"STEM"}
+    assert {e.subject for e in splits.filter_subset(ex, "subject=01,04")} == {"01", "04"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        splits.select(ex, "topic=x")
+        splits.filter_subset(ex, "topic=x")
     with pytest.raises(ConfigError, match="selects no example"):
-        splits.select(ex, "category=Humanities")
+        splits.filter_subset(ex, "category=Humanities")
 
 
 def test_run_folder_and_split_file(tmp_path, tiny_model_dir):

@@ -96,7 +96,7 @@ class EvalConfig:
         return PROTOCOLS if self.protocol == "both" else (self.protocol,)
 
 
-def select(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
+def limit_examples(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
     """The first `limit` examples, or a seeded sample stratified by subject (largest-remainder quotas), in data order."""
     if limit is None or limit >= len(examples):
         return list(examples)
@@ -309,7 +309,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         where = f"part '{cfg.part}' of {cfg.split_file}" if cfg.split_file else f"split '{cfg.split}'{source}"
         raise DataError(f"task '{task.name}' {where}: no questions to evaluate")
     if cfg.subset:
-        examples = splits.select(examples, cfg.subset)
+        examples = splits.filter_subset(examples, cfg.subset)
     if cfg.exclude_run:
         examples = _exclude_run(examples, Path(cfg.exclude_run))
     loaded = load_experts(experts)
@@ -323,7 +323,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         if not examples:
             raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
                               "evaluate another split, or pass --include-seen to score them anyway")
-    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
+    return Plan(task, limit_examples(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
                 loaded)
 
 
@@ -359,7 +359,7 @@ def _fit(strategy: Strategy | None, plan: Plan, cfg: EvalConfig) -> tuple[list[E
     left = [e for e in plan.pool if e.id not in set(used)]
     if not left:
         raise ConfigError(f"strategy '{strategy.name}' used every question of this split to fit itself")
-    return select(left, cfg.limit, cfg.sample, cfg.seed), used, time.perf_counter() - t0
+    return limit_examples(left, cfg.limit, cfg.sample, cfg.seed), used, time.perf_counter() - t0
 
 
 def strategy_experts(strategy: Strategy | StrategyConfig | str | None) -> list[str]:

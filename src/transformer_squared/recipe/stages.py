@@ -90,11 +90,11 @@ class Loader:
 # ---- the work of each stage ---------------------------------------------------------------------
 def make_split(cfg: RecipeConfig, task: Any, path: Path) -> dict[str, Any]:
     """One seeded split of the labelled pool (optionally a stratified sample of it) into train / val / holdout."""
-    from ..evaluation.evaluate import select
+    from ..evaluation.evaluate import limit_examples
 
     d = cfg.data
     names = d.splits or splits.DEFAULT_SPLITS.get(d.task, ["train"])
-    pool = select(splits.labelled_pool(task, d.path, names), d.sample or None, "stratified", d.seed)
+    pool = limit_examples(splits.labelled_pool(task, d.path, names), d.sample or None, "stratified", d.seed)
     parts = splits.stratified_split(pool, d.val_fraction, d.holdout_fraction, d.seed)
     record = splits.split_record(parts, task=d.task, data=d.path, splits=names, subset="", seed=d.seed,
                                  val_fraction=d.val_fraction, holdout_fraction=d.holdout_fraction, sample=d.sample,
