@@ -59,7 +59,7 @@ def _lora(batch: int, steps: int) -> dict:
                       val_fraction=0.0, seed=0)
     recipe = Recipe(cfg, tempfile.mkdtemp(prefix="t2bench."), get_task("mmlu"))
     recipe.task = get_task("mmlu")
-    recipe.parts = splits.prepare(recipe.cfg, recipe.task, recipe.out, False)  # the same questions as the SVF run
+    recipe.parts = splits.make_parts(recipe.cfg, recipe.task, recipe.out, False)  # the same questions as the SVF run
     prompts = recipe.task.format(recipe.batch_examples(0))
     model, tok = load_model(cfg.model, device=cfg.device)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))

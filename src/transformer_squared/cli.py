@@ -186,7 +186,7 @@ def eval_(
     from . import distributed
     from .experts.adapted import load_adapted
     from .atomic import write_text
-    from .evaluation.evaluate import EvalConfig, evaluate, prepare, strategy_experts
+    from .evaluation.evaluate import EvalConfig, evaluate, plan_eval, strategy_experts
     from .report.tables import confusion_table, eval_markdown, eval_table, routing_lines
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
@@ -208,7 +208,7 @@ def eval_(
     if lora is not None and (expert or constant_from is not None):
         raise ConfigError("--lora evaluates a PEFT adapter alone: not with --expert, --strategy or --constant-from")
     adapters = [lora] if lora is not None else []  # their seen questions are left out too
-    plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
+    plan = plan_eval(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
     if constant_from is not None:
         from .evaluation.reference import evaluate_constant
 

@@ -283,7 +283,7 @@ class Plan:
     experts: list[Expert] = field(default_factory=list)  # the experts, loaded and checked against each other
 
 
-def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
+def plan_eval(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
             markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = (),
             also_seen: Sequence[str | Path] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
@@ -382,10 +382,10 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     """Evaluate `cfg.task` with `am`: its fixed mixture merged, or with `strategy` a mixture per question
     chosen in pass 1; write results JSON and submission CSV if asked.
 
-    `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
+    `plan` is `plan_eval(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
-    plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
+    plan = plan or plan_eval(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
     distributed.init(next(am.model.parameters()).device)  # no-op unless launched by torchrun / accelerate
     task = plan.task
     protocols = cfg.protocols(task)

@@ -150,13 +150,13 @@ def eval_config(cfg: RecipeConfig, system: System, split_path: Path | None, test
 def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path, out: Path,
                     submission: Path | None = None) -> dict[str, Any]:
     """Score one system; the constant row learns its letter from the shared split's train part."""
-    from ..evaluation.evaluate import evaluate, prepare, strategy_experts
+    from ..evaluation.evaluate import evaluate, plan_eval, strategy_experts
     from ..evaluation.reference import evaluate_constant
 
     out.parent.mkdir(parents=True, exist_ok=True)
     experts = list(system.members) or ([system.folder] if system.kind == "expert" else [])
     others = [system.folder] if system.kind == "adapter" else strategy_experts(system.strategy)
-    plan = prepare(ecfg, out, submission, experts=experts, also_seen=others)  # leaves out what the system saw
+    plan = plan_eval(ecfg, out, submission, experts=experts, also_seen=others)  # leaves out what the system saw
     if system.kind == "constant":
         res = evaluate_constant(ecfg, split_path, out, submission, plan=plan)
     else:

@@ -170,7 +170,7 @@ def _shared_parts(cfg: Any, task: Any) -> tuple[dict[str, list[Example]], list[s
     return parts, record["splits"]
 
 
-def prepare(cfg: Any, task: Any, run_dir: Path, resume: bool, write: bool = True) -> dict[str, list[Example]]:
+def make_parts(cfg: Any, task: Any, run_dir: Path, resume: bool, write: bool = True) -> dict[str, list[Example]]:
     """A run's train / val / holdout parts, saved as run_dir/split.json unless `write` is off (the
     other ranks of a data-parallel run); on resume: the saved ones.
 

@@ -126,7 +126,7 @@ class Recipe:
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
         distributed.init(pick_device(cfg.device))
-        self.parts = splits.prepare(cfg, self.task, self.out, resume, write=distributed.is_main())
+        self.parts = splits.make_parts(cfg, self.task, self.out, resume, write=distributed.is_main())
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every expert it writes
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets, factor_dtype=cfg.factor_dtype or None)
