@@ -532,12 +532,12 @@ def lm_eval(
 ) -> None:
     """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
     from .atomic import check_file_target, write_text
-    from .interop.lm_eval_adapter import evaluate
+    from .interop.lm_eval_adapter import run_lm_eval
 
     check_file_target(output, "--output")
     names = [t for spec in tasks for t in spec.split(",") if t]
     n = None if limit is None else (int(limit) if limit >= 1 else limit)
-    res = evaluate(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
+    res = run_lm_eval(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
                    include_defaults=not no_builtin_tasks, num_fewshot=num_fewshot, batch_size=batch_size,
                    device=device, dtype=dtype, seed=seed)
     from lm_eval.utils import handle_non_serializable, make_table
