@@ -106,7 +106,7 @@ def generate(
     cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="Classification expert (strategy cls)."),
     alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: the α a `t2 eval` run saved."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
+    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template (default: the template if the model has one)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     num_layers: Optional[int] = LAYERS,
@@ -121,11 +121,11 @@ def generate(
     am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     if scfg is None:
-        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
+        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0])
         return
     from .adapt import TwoPass
 
-    answer = TwoPass(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0]
+    answer = TwoPass(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0]
     err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
     console.print(answer.text)
 

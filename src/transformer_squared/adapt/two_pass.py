@@ -84,7 +84,7 @@ class TwoPass:
         """Pass 1 only: the routing decision per prompt."""
         return decisions(self.strategy.mix([Request(p) for p in prompts]), self.am.labels)
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 128, chat: bool = True, batch_size: int = 8,
+    def generate(self, prompts: list[str], max_new_tokens: int = 128, chat: bool | None = None, batch_size: int = 8,
                  **kwargs: Any) -> list[Answer]:
         """Route every prompt (pass 1), then answer all of them with their mixtures (pass 2)."""
         alpha, decided, pass1 = route(self.strategy, [Request(p) for p in prompts], self.am.labels)

@@ -198,14 +198,14 @@ def strategy_systems(cfg: RecipeConfig, experts: list[System], router: Stage | N
 
 
 def write_generations(cfg: RecipeConfig, loader: Loader, systems: list[System], path: Path) -> dict[str, Any]:
-    """Each prompt answered (chat template, greedy) by every system that has weights: the before/after check."""
+    """Each prompt answered (chat template if the model has one, greedy) by every system that has weights: the before/after check."""
     from ..atomic import write_json
 
     r = cfg.report
     rows = [{"prompt": p, "answers": {}} for p in r.generate]
     for system in systems:
         with loader.adapted(system) as am:
-            texts = am.generate(r.generate, max_new_tokens=r.max_new_tokens, chat=True)
+            texts = am.generate(r.generate, max_new_tokens=r.max_new_tokens, chat=None)  # the template if any
         for row, text in zip(rows, texts):
             row["answers"][system.label] = text
     write_json(rows, path)
