@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import sys
 from pathlib import Path
 
@@ -12,16 +11,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from sandbox_skip import NO_BWRAP, bwrap_installed  # noqa: E402
 from tiny import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VMLU_DIR = REPO.parent / "shared" / "data" / "vmlu"
-NO_BWRAP = "bubblewrap (bwrap) not installed: apt-get install bubblewrap"  # the one skip reason of needs_bwrap tests
-
-
-def bwrap_installed() -> bool:
-    """Whether the sandbox's bubblewrap is on PATH (`make install` installs it where it runs as root with apt-get)."""
-    return shutil.which("bwrap") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +27,11 @@ def _needs_bwrap(request):
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
-    """Report every bwrap skip at this file's line, so `-ra` folds them into one line: SKIPPED [n] ...: reason."""
+    """Report every bwrap skip at one place (the detection), so `-ra` folds them into one line: SKIPPED [n] ...: reason."""
     report = yield
     if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2] == f"Skipped: {NO_BWRAP}":
-        report.longrepr = (__file__, bwrap_installed.__code__.co_firstlineno, report.longrepr[2])
+        report.longrepr = (bwrap_installed.__code__.co_filename, bwrap_installed.__code__.co_firstlineno,
+                           report.longrepr[2])
     return report
 
 

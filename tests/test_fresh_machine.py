@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NO_BWRAP
+from sandbox_skip import NO_BWRAP, bwrap_installed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,13 +28,8 @@ def test_without_bwrap_the_sandbox_tests_skip_with_one_reason(tmp_path):
     assert "failed" not in summary and " skipped" in summary, summary
     n_skipped = int(summary.split(" skipped")[0].split()[-1])
     skip_lines = [line for line in out.splitlines() if line.startswith("SKIPPED")]
-    assert n_skipped >= 20 and skip_lines == [f"SKIPPED [{n_skipped}] tests/conftest.py:{_detect_line()}: {NO_BWRAP}"]
-
-
-def _detect_line() -> int:
-    from conftest import bwrap_installed
-
-    return bwrap_installed.__code__.co_firstlineno
+    where = f"tests/sandbox_skip.py:{bwrap_installed.__code__.co_firstlineno}"
+    assert n_skipped >= 20 and skip_lines == [f"SKIPPED [{n_skipped}] {where}: {NO_BWRAP}"]
 
 
 def _install_step(tmp_path: Path) -> Path:
