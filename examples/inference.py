@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from transformer_squared.adapt import TwoPass
+from transformer_squared.adapt import Pipeline
 from transformer_squared.errors import T2Error
 from transformer_squared.experts.adapted import load_adapted
 
@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         am = load_adapted(args.model, experts=experts)  # checks every expert fits the base weights
-        two_pass = TwoPass(am, args.strategy)  # pass 1: the strategy; pass 2: each prompt with its mixture
-        answers = two_pass.generate(PROMPTS, max_new_tokens=args.max_new_tokens)
+        pipeline = Pipeline(am, args.strategy)  # pass 1: the strategy; pass 2: each prompt with its mixture
+        answers = pipeline.generate(PROMPTS, max_new_tokens=args.max_new_tokens)
     except T2Error as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for prompt, answer in zip(PROMPTS, answers):
         print(f"[{answer.expert}] {prompt}\n    {answer.text.strip()}")
-    print(f"pass 1 {two_pass.timing.pass1:.2f} s, pass 2 {two_pass.timing.pass2:.2f} s")
+    print(f"pass 1 {pipeline.timing.pass1:.2f} s, pass 2 {pipeline.timing.pass2:.2f} s")
     return 0
 
 
