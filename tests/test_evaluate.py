@@ -12,7 +12,7 @@ from transformer_squared.models import engine
 from transformer_squared.evaluation import evaluate as ev
 from transformer_squared.experts.adapted import AdaptedModel
 from transformer_squared.errors import ConfigError
-from transformer_squared.evaluation.evaluate import EvalConfig, evaluate, select
+from transformer_squared.evaluation.evaluate import EvalConfig, evaluate, limit_examples
 from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.evaluation.metrics import wilson
 from transformer_squared.models.load import model_id
@@ -95,11 +95,11 @@ def test_results_json_fields_and_batching_do_not_change_predictions(tiny, vmlu_d
 def test_stratified_sample_is_proportional_seeded_and_in_order():
     examples = [Example(id=f"{s}-{i}", question="q", answer="A", choices=("x", "y"), subject=s)
                 for s, n in (("a", 50), ("b", 30), ("c", 20)) for i in range(n)]
-    got = select(examples, 10, "stratified", seed=1)
+    got = limit_examples(examples, 10, "stratified", seed=1)
     assert [sum(e.subject == s for e in got) for s in "abc"] == [5, 3, 2]
-    assert got == select(examples, 10, "stratified", seed=1) != select(examples, 10, "stratified", seed=2)
+    assert got == limit_examples(examples, 10, "stratified", seed=1) != limit_examples(examples, 10, "stratified", seed=2)
     assert [examples.index(e) for e in got] == sorted(examples.index(e) for e in got)
-    assert select(examples, 4) == examples[:4] and select(examples, None) == examples
+    assert limit_examples(examples, 4) == examples[:4] and limit_examples(examples, None) == examples
 
 
 def test_interrupted_run_resumes_without_redoing_work(tiny, vmlu_dir, tmp_path, monkeypatch):

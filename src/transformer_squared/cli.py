@@ -112,7 +112,7 @@ def generate(
     population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
     generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
+    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template (default: the template if the model has one)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     num_layers: Optional[int] = LAYERS,
@@ -129,11 +129,11 @@ def generate(
     am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     if scfg is None:
-        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
+        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0])
         return
     from .adapt import Pipeline
 
-    answer = Pipeline(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0]
+    answer = Pipeline(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0]
     err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
     console.print(answer.text)
 
@@ -195,7 +195,7 @@ def eval_(
     from . import distributed
     from .experts.adapted import load_adapted
     from .atomic import write_text
-    from .evaluation.evaluate import EvalConfig, evaluate, prepare, strategy_experts
+    from .evaluation.evaluate import EvalConfig, evaluate, plan_eval, strategy_experts
     from .report.tables import confusion_table, eval_markdown, eval_table, routing_lines
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
@@ -217,7 +217,7 @@ def eval_(
     if lora is not None and (expert or constant_from is not None):
         raise ConfigError("--lora evaluates a PEFT adapter alone: not with --expert, --strategy or --constant-from")
     adapters = [lora] if lora is not None else []  # their seen questions are left out too
-    plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
+    plan = plan_eval(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
     if constant_from is not None:
         from .evaluation.reference import evaluate_constant
 
@@ -314,7 +314,8 @@ def recipe_run(
     import json
 
     from .report.comparison import compare, load_results
-    from .recipe.runner import load_recipe, run_recipe
+    from .recipe.config import load_recipe
+    from .recipe.runner import run_recipe
     from .report.tables import comparison_table
 
     cfg = load_recipe(file, list(ctx.args), data, out)
@@ -540,12 +541,12 @@ def lm_eval(
 ) -> None:
     """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
     from .atomic import check_file_target, write_text
-    from .interop.lm_eval_adapter import evaluate
+    from .interop.lm_eval_adapter import run_lm_eval
 
     check_file_target(output, "--output")
     names = [t for spec in tasks for t in spec.split(",") if t]
     n = None if limit is None else (int(limit) if limit >= 1 else limit)
-    res = evaluate(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
+    res = run_lm_eval(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
                    include_defaults=not no_builtin_tasks, num_fewshot=num_fewshot, batch_size=batch_size,
                    device=device, dtype=dtype, seed=seed)
     from lm_eval.utils import handle_non_serializable, make_table

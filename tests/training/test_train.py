@@ -22,7 +22,7 @@ from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.experts.svd import Factors
 from transformer_squared.tasks.base import Example
 from transformer_squared.tasks.code import CodeTask
-from transformer_squared.training.train import Recipe, TrainConfig
+from transformer_squared.training.train import SVFRun, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 LETTERS = ("A", "B", "C")
@@ -62,8 +62,8 @@ def _cfg(tiny_model_dir, **kw) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
-def _recipe(tmp_path, tiny_model_dir, **kw) -> Recipe:
-    r = Recipe(_cfg(tiny_model_dir, **kw), tmp_path / "run", TinyMCQ())
+def _svf_run(tmp_path, tiny_model_dir, **kw) -> SVFRun:
+    r = SVFRun(_cfg(tiny_model_dir, **kw), tmp_path / "run", TinyMCQ())
     r.setup()
     return r
 
@@ -133,15 +133,15 @@ def test_kl_is_zero_at_uniform_z(tiny):
         assert rollout.mcq_terms(model, tok, items, ids, "exact", base_mcq)[1].min() > 0
 
 
-def _expected_reward(recipe: Recipe, examples) -> float:
-    items = recipe.rollouts(0, examples)
-    with torch.no_grad(), recipe.svf.factored({t: z.expand(len(items), -1) for t, z in recipe.z().items()}):
-        return rollout.mcq_terms(recipe.model, recipe.tokenizer, items, recipe.letter_ids, "exact", None)[0].mean().item()
+def _expected_reward(run: SVFRun, examples) -> float:
+    items = run.rollouts(0, examples)
+    with torch.no_grad(), run.svf.factored({t: z.expand(len(items), -1) for t, z in run.z().items()}):
+        return rollout.mcq_terms(run.model, run.tokenizer, items, run.letter_ids, "exact", None)[0].mean().item()
 
 
 @pytest.mark.parametrize("mode", ["factored", "merged"])
 def test_one_step_changes_p_and_raises_expected_reward(tmp_path, tiny_model_dir, mode):
-    r = _recipe(tmp_path, tiny_model_dir, mode=mode, lr=5e-3)
+    r = _svf_run(tmp_path, tiny_model_dir, mode=mode, lr=5e-3)
     batch = r.batch_examples(0)
     before_p = {t: v.detach().clone() for t, v in r.p.items()}
     before = _expected_reward(r, batch)
@@ -152,7 +152,7 @@ def test_one_step_changes_p_and_raises_expected_reward(tmp_path, tiny_model_dir,
 
 
 def _grads(tmp_path, tiny_model_dir, name, **kw) -> dict[str, torch.Tensor]:
-    r = _recipe(tmp_path / name, tiny_model_dir, lr=0.0, **kw)  # lr 0: the step leaves p, grads stay readable
+    r = _svf_run(tmp_path / name, tiny_model_dir, lr=0.0, **kw)  # lr 0: the step leaves p, grads stay readable
     r.train_step(0)
     return {t: v.grad.clone() for t, v in r.p.items()}
 
@@ -162,7 +162,7 @@ def test_micro_batching_gives_the_full_batch_gradient(tmp_path, tiny_model_dir, 
     micro = _grads(tmp_path, tiny_model_dir, "micro", micro_batch_size=2)
     merged = _grads(tmp_path, tiny_model_dir, "merged", micro_batch_size=4, mode="merged")
     # independent: -mean_i Σ_letters p_i·R_i, each question alone (no padding), grad by autograd
-    r = _recipe(tmp_path / "ind", tiny_model_dir)
+    r = _svf_run(tmp_path / "ind", tiny_model_dir)
     model, tok = r.model, r.tokenizer
     p = {t: v.detach().clone().requires_grad_() for t, v in r.p.items()}
     batch = r.batch_examples(0)
@@ -191,16 +191,16 @@ def test_split_is_stratified_seeded_and_disjoint():
         n = 10 + 5 * s
         assert sum(e.subject == f"{s:02d}" for e in a["val"]) == round(0.2 * n)
         assert sum(e.subject == f"{s:02d}" for e in a["holdout"]) == round(0.1 * n)
-    assert {e.category for e in splits.select(ex, "category=stem")} == {"STEM"}
-    assert {e.subject for e in splits.select(ex, "subject=01,04")} == {"01", "04"}
+    assert {e.category for e in splits.filter_subset(ex, "category=stem")} == {"STEM"}
+    assert {e.subject for e in splits.filter_subset(ex, "subject=01,04")} == {"01", "04"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        splits.select(ex, "topic=x")
+        splits.filter_subset(ex, "topic=x")
     with pytest.raises(ConfigError, match="selects no example"):
-        splits.select(ex, "category=Humanities")
+        splits.filter_subset(ex, "category=Humanities")
 
 
 def test_run_folder_and_split_file(tmp_path, tiny_model_dir):
-    r = _recipe(tmp_path, tiny_model_dir, steps=2, holdout_fraction=0.25, label="demo")
+    r = _svf_run(tmp_path, tiny_model_dir, steps=2, holdout_fraction=0.25, label="demo")
     summary = r.train()
     run = tmp_path / "run"
     assert {"config.yaml", "split.json", "metrics.jsonl", "best", "latest"} <= {p.name for p in run.iterdir()}
@@ -221,7 +221,7 @@ def test_run_folder_and_split_file(tmp_path, tiny_model_dir):
 
 
 def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
-    r = _recipe(tmp_path, tiny_model_dir)
+    r = _svf_run(tmp_path, tiny_model_dir)
     r.save_checkpoint("latest")
     p0 = load_file(tmp_path / "run" / "latest" / "expert.safetensors")
     r.train_step(0)
@@ -241,7 +241,7 @@ def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
     # a kill between the two renames of a swap: the old folder comes back on the next read
     os.replace(latest, tmp_path / "run" / ".latest.old")
     monkeypatch.undo()
-    r2 = Recipe(r.cfg, tmp_path / "run", TinyMCQ())
+    r2 = SVFRun(r.cfg, tmp_path / "run", TinyMCQ())
     r2.setup(resume=True)
     assert r2.step == 0 and latest.is_dir()
 
@@ -256,7 +256,7 @@ def test_config_checks_and_flags(tmp_path):
 
 
 def test_every_shipped_recipe_loads():
-    from transformer_squared.recipe.runner import is_recipe
+    from transformer_squared.recipe.config import is_recipe
 
     files = sorted(f for f in (REPO / "recipes").glob("*.yaml") if not is_recipe(f))  # pipelines: tests/test_recipe.py
     assert files
@@ -292,7 +292,7 @@ class TinyGen:
 def test_generative_rollouts_step_with_kl(tmp_path, tiny_model_dir, mode):
     cfg = _cfg(tiny_model_dir, task="tiny-gen", mode=mode, kl=0.1, batch_size=4, micro_batch_size=2, val_fraction=0.25,
                max_new_tokens=4, temperature=1.0, samples_per_prompt=2)
-    r = Recipe(cfg, tmp_path / "run", TinyGen())
+    r = SVFRun(cfg, tmp_path / "run", TinyGen())
     r.setup()
     before = {t: v.detach().clone() for t, v in r.p.items()}
     stats = r.train_step(0)
@@ -300,7 +300,7 @@ def test_generative_rollouts_step_with_kl(tmp_path, tiny_model_dir, mode):
     assert stats["reward"] == -1.0  # a random tiny model never repeats the word: every rollout is wrong
     assert stats["kl"] >= 0 and any(not torch.equal(before[t], r.p[t]) for t in r.p)
     with pytest.raises(ConfigError, match="needs a multiple-choice task"):
-        Recipe(replace(cfg, objective="exact"), tmp_path / "x", TinyGen()).setup()
+        SVFRun(replace(cfg, objective="exact"), tmp_path / "x", TinyGen()).setup()
 
 
 CODE_ANSWERS = {  # what TinyCode's "model" writes for each kind of question, whatever it generated
@@ -334,11 +334,12 @@ class TinyCode(CodeTask):
         return [f"{p}\nassert inc(1) == 2\n" for p in predictions]
 
 
+@pytest.mark.needs_bwrap
 def test_code_rollouts_log_the_share_that_ended_before_the_checks(tmp_path, tiny_model_dir):
     """Issue 19: a forged pass was a +1 reward; now it is −1 and metrics.jsonl shows how often rollouts try it."""
     cfg = _cfg(tiny_model_dir, task="tiny-code", steps=1, batch_size=4, micro_batch_size=4, val_fraction=0.25,
                max_new_tokens=2, temperature=1.0, samples_per_prompt=2, eval_every=1)
-    r = Recipe(cfg, tmp_path / "run", TinyCode())
+    r = SVFRun(cfg, tmp_path / "run", TinyCode())
     r.setup()
     batch = r.batch_examples(0)
     r.train()
@@ -359,7 +360,7 @@ def test_sampled_letters_gradient_averages_to_the_exact_gradient(tmp_path, tiny_
     rel = norm({t: sampled[t] - exact[t] for t in exact}) / norm(exact)
     assert norm(exact) > 0 and rel < 0.03, float(rel)
     with pytest.raises(ConfigError, match="temperature > 0"):
-        Recipe(_cfg(tiny_model_dir, objective="sample"), tmp_path / "y", TinyMCQ()).setup()
+        SVFRun(_cfg(tiny_model_dir, objective="sample"), tmp_path / "y", TinyMCQ()).setup()
 
 
 def test_missing_logger_is_a_config_error(tmp_path, monkeypatch):
@@ -391,7 +392,7 @@ def test_a_run_without_validation_questions_is_refused_up_front(tmp_path, tiny_m
     if kw["val_fraction"] == 0.1:  # strata of 3 questions: round(3 × 0.1) = 0 in every subject
         task.load = lambda data, split: _examples(9)
     with pytest.raises(ConfigError, match=f"val_fraction {kw['val_fraction']} leaves no validation questions"):
-        Recipe(_cfg(tiny_model_dir, **kw), tmp_path / "run", task).setup()
+        SVFRun(_cfg(tiny_model_dir, **kw), tmp_path / "run", task).setup()
     assert not (tmp_path / "run").exists()
 
 
@@ -407,7 +408,7 @@ def _mlp_calls(r) -> list[int]:
 def test_gradient_checkpointing_recomputes_and_gives_the_same_gradient(tmp_path, tiny_model_dir, mode):
     grads, calls = {}, {}
     for on in (False, True):
-        r = _recipe(tmp_path / str(on), tiny_model_dir, lr=0.0, micro_batch_size=4, kl=0.1, mode=mode,
+        r = _svf_run(tmp_path / str(on), tiny_model_dir, lr=0.0, micro_batch_size=4, kl=0.1, mode=mode,
                     gradient_checkpointing=on)
         n = _mlp_calls(r)
         r.train_step(0)

@@ -156,7 +156,7 @@ class BaselineRun:
         if resume and not (self.out / "latest").exists() and not (self.out / ".latest.old").exists():
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
-        self.parts = splits.prepare(cfg, self.task, self.out, resume)
+        self.parts = splits.make_parts(cfg, self.task, self.out, resume)
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every adapter folder it writes
         base, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.model = _peft().get_peft_model(base, peft_config(cfg, base))

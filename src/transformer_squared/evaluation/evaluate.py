@@ -27,7 +27,7 @@ from torch import Tensor
 from .. import __version__, distributed
 from . import seen
 from ..adapt import Pipeline, Strategy, StrategyConfig, pass2_order, request_of, strategy_runs
-from ..experts.adapted import AdaptedModel
+from ..experts.adapted import AdaptedModel, load_experts
 from ..atomic import check_file_target, write_json
 from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
 from ..errors import ConfigError, DataError
@@ -95,7 +95,7 @@ class EvalConfig:
         return PROTOCOLS if self.protocol == "both" else (self.protocol,)
 
 
-def select(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
+def limit_examples(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
     """The first `limit` examples, or a seeded sample stratified by subject (largest-remainder quotas), in data order."""
     if limit is None or limit >= len(examples):
         return list(examples)
@@ -286,7 +286,7 @@ class Plan:
     experts: list[Expert] = field(default_factory=list)  # the experts, loaded and checked against each other
 
 
-def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
+def plan_eval(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
             markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = (),
             also_seen: Sequence[str | Path] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
@@ -312,10 +312,10 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         where = f"part '{cfg.part}' of {cfg.split_file}" if cfg.split_file else f"split '{cfg.split}'{source}"
         raise DataError(f"task '{task.name}' {where}: no questions to evaluate")
     if cfg.subset:
-        examples = splits.select(examples, cfg.subset)
+        examples = splits.filter_subset(examples, cfg.subset)
     if cfg.exclude_run:
         examples = _exclude_run(examples, Path(cfg.exclude_run))
-    loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
+    loaded = load_experts(experts)
     check_together(loaded)
     names = [e.meta.label if isinstance(e, Expert) else str(e) for e in experts]
     records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), _read_seen(Path(f))) for f in also_seen]
@@ -326,7 +326,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         if not examples:
             raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
                               "evaluate another split, or pass --include-seen to score them anyway")
-    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
+    return Plan(task, limit_examples(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
                 loaded)
 
 
@@ -360,7 +360,7 @@ def _fit(pipe: Pipeline, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], li
     left = [e for e in plan.pool if e.id not in set(used)]
     if not left:
         raise ConfigError(f"strategy '{pipe.name}' used every question of this split to fit itself")
-    return select(left, cfg.limit, cfg.sample, cfg.seed), used, pipe.fit_seconds
+    return limit_examples(left, cfg.limit, cfg.sample, cfg.seed), used, pipe.fit_seconds
 
 
 def strategy_experts(strategy: Strategy | StrategyConfig | str | None) -> list[str]:
@@ -382,10 +382,10 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     """Evaluate `cfg.task` with `am`: its fixed mixture merged, or with `strategy` a mixture per question
     chosen in pass 1; write results JSON and submission CSV if asked.
 
-    `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
+    `plan` is `plan_eval(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
-    plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
+    plan = plan or plan_eval(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
     distributed.init(next(am.model.parameters()).device)  # no-op unless launched by torchrun / accelerate
     task = plan.task
     protocols = cfg.protocols(task)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .evaluate import PROTOCOLS, EvalConfig, Plan, _score, assemble, finish, prepare
+from .evaluate import PROTOCOLS, EvalConfig, Plan, _score, assemble, finish, plan_eval
 from ..tasks.base import Example
 from ..training import splits
 
@@ -34,7 +34,7 @@ def evaluate_constant(cfg: EvalConfig, train_split: str | Path, out_path: str | 
                       submission_path: str | Path | None = None, plan: Plan | None = None) -> dict[str, Any]:
     """The reference row: each question of `cfg` answered with the best constant letter learned from the
     train part of `train_split` (a split.json or run folder); no model. Results as `evaluate` writes them."""
-    plan = plan or prepare(cfg, out_path, submission_path)
+    plan = plan or plan_eval(cfg, out_path, submission_path)
     task, examples = plan.task, plan.examples
     if task.kind != "mcq":
         raise ConfigError(f"--constant-from: '{task.name}' is not multiple choice")

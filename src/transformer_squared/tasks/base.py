@@ -61,12 +61,23 @@ class Task(Protocol):
 TASKS: Registry[Task] = Registry("task")
 
 
-def chat_format(texts: list[str], tokenizer: Any = None, chat: bool = False) -> list[str]:
-    """With `chat`, wrap each text as one user turn with the tokenizer's chat template; else return the texts."""
-    if not chat:
+def uses_chat(tokenizer: Any, chat: bool | None) -> bool:
+    """Whether prompts get the chat template: `chat` True (ConfigError naming the model when its tokenizer has
+    none), None = if the tokenizer has one, False = never. The one chat policy of tasks, generation and pass 1."""
+    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if chat is None:
+        return has_template
+    if chat and not has_template:
+        name = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise ConfigError(f"{name}: chat=True needs a chat template and its tokenizer has none; ask for plain prompts "
+                          "(chat: false, t2 generate --no-chat) or for the template only if available (chat: null)")
+    return bool(chat)
+
+
+def chat_format(texts: list[str], tokenizer: Any = None, chat: bool | None = False) -> list[str]:
+    """Each text as one user turn of the tokenizer's chat template when `uses_chat(tokenizer, chat)`; else the texts."""
+    if not uses_chat(tokenizer, chat):
         return list(texts)
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("chat=True needs a tokenizer with a chat template")
     return [
         tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
         for t in texts

@@ -1,7 +1,7 @@
-"""Train an SVF expert with REINFORCE (paper §3.1): `TrainConfig` and a torchtune-style `Recipe`.
+"""Train an SVF expert with REINFORCE (paper §3.1): `TrainConfig` and `SVFRun`, a run with torchtune's verbs.
 
-    recipe = Recipe(TrainConfig(task="vmlu", data="data/vmlu", subset="category=STEM"), "runs/stem")
-    recipe.setup(); recipe.train(); recipe.cleanup()
+    run = SVFRun(TrainConfig(task="vmlu", data="data/vmlu", subset="category=STEM"), "runs/stem")
+    run.setup(); run.train(); run.cleanup()
 
 Run folder: `config.yaml` (resolved), `split.json`, `metrics.jsonl`, `best/` (by validation
 accuracy) and `latest/` (plus optimizer and RNG state, for `resume`).
@@ -97,7 +97,7 @@ class TrainConfig:
             raise ConfigError("; ".join(problems))
 
 
-class Recipe:
+class SVFRun:
     """setup() → train() → cleanup(); save_checkpoint() writes latest/ (and best/)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, task: Any = None) -> None:
@@ -126,7 +126,7 @@ class Recipe:
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
         distributed.init(pick_device(cfg.device))
-        self.parts = splits.prepare(cfg, self.task, self.out, resume, write=distributed.is_main())
+        self.parts = splits.make_parts(cfg, self.task, self.out, resume, write=distributed.is_main())
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every expert it writes
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets, factor_dtype=cfg.factor_dtype or None)
@@ -351,7 +351,7 @@ def _seed_all(seed: int) -> None:
 
 def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, task: Any = None) -> dict[str, Any]:
     """setup → train → cleanup; returns the summary (best validation accuracy, steps, folder)."""
-    return trainloop.run_job(Recipe(cfg, out_dir, task), resume)
+    return trainloop.run_job(SVFRun(cfg, out_dir, task), resume)
 
 
 def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any], flags: list[str],
