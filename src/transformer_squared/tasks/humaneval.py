@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..sandbox.bwrap import run_many
-from .base import TASKS, Example, Kind, chat_format
+from .base import TASKS, Example, chat_format
+from .kinds import CODE, TaskKind, right_or_wrong
 from .io import get, load_records, unique
 from .mbpp import CODE_FENCE
 
@@ -49,7 +50,7 @@ class HumanEval:
 
     name: str = "humaneval"
     version: str = "1"
-    kind: Kind = "generate"
+    kind: TaskKind = CODE
     categories: tuple[str, ...] = ()
     timeout_s: float = 5  # per program, in the sandbox
     memory_mb: int = 512  # per program, in the sandbox
@@ -82,6 +83,9 @@ class HumanEval:
             for e, code in zip(examples, predictions, strict=True)
         ]
         return [r.passed for r in run_many(programs, self.timeout_s, self.memory_mb, unsafe_exec=self.unsafe_exec)]
+
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        return right_or_wrong(self.score(examples, predictions))
 
 
 TASKS.register("humaneval", HumanEval())

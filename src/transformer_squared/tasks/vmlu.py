@@ -21,6 +21,7 @@ from ..atomic import write_text
 from ..errors import ConfigError, DataError
 from .base import TASKS, Example
 from .io import LETTERS, get, get_choices, load_records, need_data, to_letter, unique
+from .kinds import MultipleChoiceKind, TaskKind
 from .mcq import MultipleChoice
 
 CATEGORIES = ("STEM", "Social Science", "Humanities", "Other")
@@ -137,6 +138,7 @@ class VMLU(MultipleChoice):
 
     name: str = "vmlu"
     version: str = "1"
+    kind: TaskKind = MultipleChoiceKind(writer=write_submission)  # the benchmark's own id,answer CSV (A-E)
     categories: tuple[str, ...] = CATEGORIES
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:
