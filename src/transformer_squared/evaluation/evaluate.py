@@ -453,8 +453,8 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
     }
 
 
-def finish(results: dict[str, Any], task: Task, cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
-           out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
+def finish(results: dict[str, Any], task: Task, cfg: EvalConfig, examples: list[Example],
+           records: dict[str, dict[str, Any]], out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
     """Write the submission file and the results JSON (if asked; rank 0 only in a data-parallel run), drop
     the partial file; returns `results`."""
     if submission_path is not None:

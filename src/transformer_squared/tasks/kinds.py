@@ -53,7 +53,8 @@ class Constant:
 class ModelCalls:
     """The two ways a kind asks a model for answers; the caller binds the model, weights and batch settings."""
 
-    score_letters: Callable[[list[str], list[tuple[str, ...]]], tuple[list[str], list[Any]]]  # → (greedy next-token texts, log π over each prompt's letters)
+    # (prompts, letters per prompt) → (greedy next-token texts, log π over each prompt's letters, (n_letters,) each)
+    score_letters: Callable[[list[str], list[tuple[str, ...]]], tuple[list[str], list[Any]]]
     generate: Callable[[list[str]], list[str]]  # → one completion per prompt
 
 
@@ -124,7 +125,7 @@ class MultipleChoiceKind:
 
     writer: Writer = answer_csv  # the submission file (VMLU: the benchmark's own checks)
     name: ClassVar[str] = "mcq"
-    protocols: ClassVar[tuple[str, ...]] = ("generate", "letter")  # greedy next token read as a letter; argmax over the letters
+    protocols: ClassVar[tuple[str, ...]] = ("generate", "letter")  # greedy next token as the letter; argmax over letters
     selection: ClassVar[str] = "letter"
     objectives: ClassVar[dict[str, str]] = {"exact": "exact-letters", "sample": "sampled-letters"}
     letters: ClassVar[bool] = True
@@ -182,7 +183,8 @@ class GenerativeKind:
         if not counts:
             raise DataError("best constant answer: the training part has no labelled question")
         best = min(counts, key=lambda x: (-counts[x], x))
-        return Constant([best] * len(examples), best, f"the most frequent answer ({counts[best]} of {sum(counts.values())})")
+        how = f"the most frequent answer ({counts[best]} of {sum(counts.values())})"
+        return Constant([best] * len(examples), best, how)
 
     def submission(self, path: str | Path, ids: Sequence[str], predictions: Sequence[str],
                    completions: Sequence[str]) -> str:
