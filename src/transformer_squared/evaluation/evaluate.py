@@ -1,5 +1,5 @@
 """Run a task with the base model, one expert, a fixed mixture, or a two-pass strategy (a mixture per
-question chosen in pass 1, paper §3.2); metrics, results JSON, submission CSV.
+question chosen in pass 1, paper §3.2); metrics, results JSON, submission file.
 
 The task's kind (tasks/kinds.py) reads the answers: multiple choice gets both protocols from one
 forward pass per batch, `generate` (the greedy next token read as the letter, VMLU's official
@@ -388,7 +388,7 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
              total: Callable[[int], None] | None = None, plan: Plan | None = None,
              strategy: Strategy | StrategyConfig | str | None = None) -> dict[str, Any]:
     """Evaluate `cfg.task` with `am`: its fixed mixture merged, or with `strategy` a mixture per question
-    chosen in pass 1; write results JSON and submission CSV if asked.
+    chosen in pass 1; write results JSON and submission file if asked.
 
     `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
