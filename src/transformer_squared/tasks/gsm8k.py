@@ -15,8 +15,8 @@ from typing import Any
 
 from ..errors import DataError
 from .base import TASKS, Example, chat_format
-from .kinds import GENERATIVE, TaskKind, right_or_wrong
 from .io import get, load_records, need_data, unique
+from .kinds import GENERATIVE, TaskKind, right_or_wrong
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 INSTRUCTION = (

@@ -16,8 +16,8 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..sandbox.bwrap import run_many
 from .base import TASKS, Example, chat_format
-from .kinds import CODE, TaskKind, right_or_wrong
 from .io import get, load_records, unique
+from .kinds import CODE, TaskKind, right_or_wrong
 from .mbpp import CODE_FENCE
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Chen et al. 2021, section 2.3

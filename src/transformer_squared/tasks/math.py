@@ -18,8 +18,8 @@ from typing import Any
 
 from ..errors import DataError
 from .base import TASKS, Example, chat_format
-from .kinds import GENERATIVE, TaskKind, right_or_wrong
 from .io import Record, get, load_records, need_data, unique
+from .kinds import GENERATIVE, TaskKind, right_or_wrong
 
 CATEGORIES = (
     "Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory", "Prealgebra",

@@ -16,8 +16,8 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..sandbox.bwrap import run_many
 from .base import TASKS, Example, chat_format
-from .kinds import CODE, TaskKind, right_or_wrong
 from .io import get, is_hub_id, load_hub, need_data, read_jsonl, split_path, unique
+from .kinds import CODE, TaskKind, right_or_wrong
 
 SPLIT_IDS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
 CODE_FENCE = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", re.DOTALL)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .base import TASKS, Example, chat_format
-from .kinds import MULTIPLE_CHOICE, TaskKind, right_or_wrong
 from .io import LETTERS, get, get_choices, load_records, need_data, to_letter, unique
+from .kinds import MULTIPLE_CHOICE, TaskKind, right_or_wrong
 
 
 def parse_letter(text: str, letters: tuple[str, ...]) -> str:
