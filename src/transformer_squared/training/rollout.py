@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..models import engine
 from ..registry import Registry
+from ..tasks.kinds import right_or_wrong
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Item:
     letter_rewards: tuple[float, ...] = ()  # MCQ: the reward of answering each letter
     answer_ids: list[int] = field(default_factory=list)  # generate: token ids of the rolled-out answer
     reward: float = 0.0  # generate: reward of that answer
+    exited: bool = False  # code tasks: the answer's program ended before its checks (reward hacking, issue 19)
 
 
 class LetterIds:
@@ -131,14 +133,17 @@ def generate_rollouts(
     pr = [p for p in prompts for _ in range(samples)]
     texts = engine.generate(model, tokenizer, pr, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed)
-    rewards = task.reward(ex, task.parse(ex, texts))
+    parsed = task.parse(ex, texts)
+    runs = task.runs(ex, parsed) if hasattr(task, "runs") else None  # code tasks: how each program ended
+    rewards = right_or_wrong([r.passed for r in runs]) if runs is not None else task.reward(ex, parsed)
+    exited = [r.exited for r in runs] if runs is not None else [False] * len(ex)
     items = []
-    for p, text, reward in zip(pr, texts, rewards, strict=True):
+    for p, text, reward, early in zip(pr, texts, rewards, exited, strict=True):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) < max_new_tokens and tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]  # the answer stopped: learn to stop too
         items.append(Item(p, answer_ids=ids[:max_new_tokens] or [tokenizer.eos_token_id],
-                          reward=float(reward)))
+                          reward=float(reward), exited=early))
     return items
 
 
