@@ -161,6 +161,8 @@ def test_kind_contract(name, tmp_path):
         assert task.score(ex, answers.predictions[protocol]) == [True] * len(ex), protocol
     assert (answers.letter_logp is not None) == kind.letters
     preds = answers.predictions[kind.selection]
+    if not kind.letters:  # rollouts: the float reward of each answer, and whether its program ended early
+        assert kind.rollout_rewards(task, ex, preds) == ([1.0] * len(ex), [False] * len(ex))
     text = kind.submission(tmp_path / "sub", [e.id for e in ex], preds, answers.completions)
     if kind.name == "mcq":
         assert list(csv.reader(io.StringIO(text))) == [["id", "answer"]] + [[e.id, e.answer] for e in ex]

@@ -177,6 +177,10 @@ class GenerativeKind:
         completions = model.generate(prompts)
         return Answers(completions, {"generate": task.parse(examples, completions)})
 
+    def rollout_rewards(self, task: Any, examples: list[Any], predictions: list[str]) -> tuple[list[float], list[bool]]:
+        """(reward, ended before its checks) of each rolled-out answer: `task.reward`, and never early."""
+        return [float(r) for r in task.reward(examples, predictions)], [False] * len(examples)
+
     def constant(self, task: Any, train: list[Any], examples: list[Any]) -> Constant:
         """The most frequent gold answer of `train` (ties: the smallest string) for every question."""
         counts = Counter(e.answer for e in train if e.answer)
@@ -197,6 +201,12 @@ class CodeKind(GenerativeKind):
     """A program checked in the sandbox: as generative, but no constant answer, and HumanEval's sample format."""
 
     name: ClassVar[str] = "code"
+
+    def rollout_rewards(self, task: Any, examples: list[Any], predictions: list[str]) -> tuple[list[float], list[bool]]:
+        """±1 on the sandbox runner's verdict, and whether each program ended before its checks (reward
+        hacking, counted by training): one run per answer gives both."""
+        runs = task.runs(examples, predictions)
+        return right_or_wrong([r.passed for r in runs]), [r.exited for r in runs]
 
     def constant(self, task: Any, train: list[Any], examples: list[Any]) -> Constant:
         raise ConfigError(f"--constant-from: '{task.name}' is a code task; one program cannot answer every question")

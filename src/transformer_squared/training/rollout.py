@@ -19,7 +19,6 @@ from torch import Tensor
 
 from ..models import engine
 from ..registry import Registry
-from ..tasks.kinds import right_or_wrong
 
 
 @dataclass
@@ -128,15 +127,13 @@ def generate_rollouts(
     model: Any, tokenizer: Any, task: Any, examples: list[Any], prompts: list[str], samples: int,
     max_new_tokens: int, temperature: float, seed: int, batch_size: int,
 ) -> list[Item]:
-    """Answer each prompt `samples` times (greedy when temperature is 0), reward (Task.reward), tokenize the answers."""
+    """Answer each prompt `samples` times (greedy when temperature is 0), reward (the task's kind: Task.reward, or
+    the sandbox's verdict for code), tokenize the answers."""
     ex = [e for e in examples for _ in range(samples)]
     pr = [p for p in prompts for _ in range(samples)]
     texts = engine.generate(model, tokenizer, pr, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed)
-    parsed = task.parse(ex, texts)
-    runs = task.runs(ex, parsed) if hasattr(task, "runs") else None  # code tasks: how each program ended
-    rewards = right_or_wrong([r.passed for r in runs]) if runs is not None else task.reward(ex, parsed)
-    exited = [r.exited for r in runs] if runs is not None else [False] * len(ex)
+    rewards, exited = task.kind.rollout_rewards(task, ex, task.parse(ex, texts))  # code: early exits too
     items = []
     for p, text, reward, early in zip(pr, texts, rewards, exited, strict=True):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
