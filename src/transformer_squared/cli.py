@@ -105,6 +105,12 @@ def generate(
     strategy: Optional[str] = STRATEGY,
     cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="Classification expert (strategy cls)."),
     alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: the α a `t2 eval` run saved."),
+    fit_task: Optional[str] = typer.Option(None, "--fit-task", help="fewshot: search α on labelled shots of this task."),
+    fit_data: Optional[str] = typer.Option(None, "--fit-data", help="fewshot: --fit-task's data (default: the task's)."),
+    fit_split: Optional[str] = typer.Option(None, "--fit-split", help="fewshot: --fit-task's split (default train)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="fewshot: labelled examples for the α search (default 10)."),
+    population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
+    generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
     device: str = DEVICE,
@@ -115,7 +121,9 @@ def generate(
     """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
     from .experts.adapted import load_adapted
 
-    scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from) if strategy else None
+    scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from, fit_task=fit_task,
+                            fit_data=fit_data, fit_split=fit_split, shots=shots, population=population,
+                            generations=generations) if strategy else None
     if scfg is not None and alpha:
         raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
     am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,
@@ -123,18 +131,19 @@ def generate(
     if scfg is None:
         console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
         return
-    from .adapt import TwoPass
+    from .adapt import Pipeline
 
-    answer = TwoPass(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0]
+    answer = Pipeline(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0]
     err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
     console.print(answer.text)
 
 
 def _strategy_config(name: str, **kw: Any) -> Any:
-    """StrategyConfig from CLI values (None values keep the defaults); checks them before any model loads."""
+    """StrategyConfig from CLI values (None values keep the defaults; the others go to the shared fields or
+    the strategy's own section); checks them before any model loads."""
     from .adapt import StrategyConfig
 
-    return StrategyConfig(name=name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if v is not None})
+    return StrategyConfig.of(name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if v is not None})
 
 
 @app.command("eval")
