@@ -560,6 +560,28 @@ def lm_eval(
         console.print(f"results: {output}")
 
 
+@app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve_(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of ServeConfig keys (flags override it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id."),
+    expert: Optional[List[Path]] = typer.Option(None, "--experts", "--expert", "-e", help="Expert folders: --experts A B."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Pass 1 of model t2: prompt, cls, fewshot, uniform."),
+    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="cls: the classification expert folder."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="TCP port (default 8000; 0: any free one)."),
+) -> None:
+    """OpenAI-compatible server that adapts every request (other ServeConfig keys as --key value)."""
+    from .config import load_config
+    from .serve import ServeConfig, serve
+
+    named = {"model": model, "strategy": strategy, "cls_expert": cls_expert, "host": host, "port": port,
+             "experts": ",".join(map(str, expert)) if expert else None}
+    flags = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
+    cfg = load_config(ServeConfig, config, flags + list(ctx.args))
+    serve(cfg, ready=lambda url: err.print(f"serving {url}", highlight=False, soft_wrap=True))
+
+
 def _click_errors() -> tuple[type[Exception], type[Exception]]:
     """(ClickException, NoArgsIsHelpError) of the click that typer runs on (typer ≥ 0.22 vendors its own)."""
     try:
