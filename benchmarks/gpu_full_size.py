@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from transformer_squared.tasks.kinds import MULTIPLE_CHOICE, right_or_wrong
+
 # Token lengths of VMLU valid prompts (official template, Llama-3 tokenizer): deciles 5 %, 15 %, …, 95 %.
 VMLU_LENGTH_DECILES = (77, 87, 93, 98, 105, 112, 120, 130, 144, 181)
 FILLER = "Trong lịch sử Việt Nam, sự kiện nào sau đây có ý nghĩa quan trọng nhất đối với nền kinh tế và văn hoá?"
@@ -65,7 +67,7 @@ class Synthetic:
     examples: list = field(default_factory=list)
     name: str = "vmlu-like"
     version: str = "1"
-    kind: str = "mcq"
+    kind: object = MULTIPLE_CHOICE
     categories: tuple = ("STEM",)
 
     def load(self, data, split):
@@ -81,6 +83,9 @@ class Synthetic:
 
     def score(self, examples, predictions):
         return [p == e.answer for e, p in zip(examples, predictions)]
+
+    def reward(self, examples, predictions):
+        return right_or_wrong(self.score(examples, predictions))
 
 
 class Peak:

@@ -237,8 +237,9 @@ def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
     from ..tasks import get_task
 
     task = get_task(cfg.data.task)
-    if task.kind != "mcq":
-        raise ConfigError(f"data.task '{cfg.data.task}': recipes compare multiple-choice tasks")
+    if not task.kind.letters:
+        raise ConfigError(f"data.task '{cfg.data.task}': recipes compare multiple-choice tasks ('{task.name}' is "
+                          f"{task.kind.name})")
     split_path = out / splits.SPLIT_FILE
     loader = Loader(cfg)
     stages = [Stage("split", asdict(cfg.data), [split_path], lambda: make_split(cfg, task, split_path)),

@@ -1,4 +1,4 @@
-"""The `Task` protocol: load a split, format prompts, parse answers, score them (STYLE §3).
+"""The `Task` protocol: load a split, format prompts, parse answers, score and reward them (STYLE §3).
 
 A task is data wherever possible: its splits, prompt template, option letters and a
 subject → category table. Python is for parsing and rewards only.
@@ -7,12 +7,13 @@ subject → category table. Python is for parsing and rewards only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from ..registry import Registry
 
-Kind = Literal["mcq", "generate"]
+if TYPE_CHECKING:  # kinds imports io, which imports this module
+    from .kinds import TaskKind
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Task(Protocol):
 
     name: str  # registry name
     version: str  # bumped whenever prompts, parsing or data handling change
-    kind: Kind  # "mcq": one letter among `Example.letters`; "generate": free text
+    kind: TaskKind  # multiple choice, generative or code (tasks/kinds.py): protocols, objective, submission
     categories: tuple[str, ...]  # category names in report order (may be empty)
 
     def load(self, data: str | None, split: str) -> list[Example]:
@@ -55,6 +56,10 @@ class Task(Protocol):
 
     def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
         """Whether each prediction is correct (code tasks run their tests in the sandbox)."""
+        ...
+
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        """The RL reward of each prediction, a float (usually `kinds.right_or_wrong(self.score(...))`: ±1)."""
         ...
 
 
