@@ -105,8 +105,14 @@ def generate(
     strategy: Optional[str] = STRATEGY,
     cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="Classification expert (strategy cls)."),
     alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: the α a `t2 eval` run saved."),
+    fit_task: Optional[str] = typer.Option(None, "--fit-task", help="fewshot: search α on labelled shots of this task."),
+    fit_data: Optional[str] = typer.Option(None, "--fit-data", help="fewshot: --fit-task's data (default: the task's)."),
+    fit_split: Optional[str] = typer.Option(None, "--fit-split", help="fewshot: --fit-task's split (default train)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="fewshot: labelled examples for the α search (default 10)."),
+    population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
+    generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
+    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template (default: the template if the model has one)."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     num_layers: Optional[int] = LAYERS,
@@ -115,26 +121,29 @@ def generate(
     """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
     from .experts.adapted import load_adapted
 
-    scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from) if strategy else None
+    scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from, fit_task=fit_task,
+                            fit_data=fit_data, fit_split=fit_split, shots=shots, population=population,
+                            generations=generations) if strategy else None
     if scfg is not None and alpha:
         raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
     am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
     if scfg is None:
-        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
+        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0])
         return
-    from .adapt import TwoPass
+    from .adapt import Pipeline
 
-    answer = TwoPass(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0]
+    answer = Pipeline(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0]
     err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
     console.print(answer.text)
 
 
 def _strategy_config(name: str, **kw: Any) -> Any:
-    """StrategyConfig from CLI values (None values keep the defaults); checks them before any model loads."""
+    """StrategyConfig from CLI values (None values keep the defaults; the others go to the shared fields or
+    the strategy's own section); checks them before any model loads."""
     from .adapt import StrategyConfig
 
-    return StrategyConfig(name=name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if v is not None})
+    return StrategyConfig.of(name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if v is not None})
 
 
 @app.command("eval")
@@ -163,8 +172,9 @@ def eval_(
     chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template (VMLU's official: off)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (halved on out-of-memory)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation budget of generative tasks."),
-    submission: Optional[Path] = typer.Option(None, "--submission", help="Write the id,answer CSV (unlabelled test split)."),
-    submission_protocol: str = typer.Option("letter", "--submission-protocol", help="generate or letter."),
+    submission: Optional[Path] = typer.Option(None, "--submission", help="Write the submission file: id,answer CSV (multiple choice), JSONL otherwise."),
+    submission_protocol: str = typer.Option("", "--submission-protocol",
+                                            help="generate or letter ('': letter for multiple choice, else generate)."),
     subset: str = typer.Option("", "--subset", help="Only these questions: category=STEM, subject=28,29, ..."),
     exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run (or an expert) used."),
     include_seen: bool = typer.Option(False, "--include-seen", help="Also score questions the experts were trained on."),
@@ -186,7 +196,7 @@ def eval_(
     from . import distributed
     from .experts.adapted import load_adapted
     from .atomic import write_text
-    from .evaluation.evaluate import EvalConfig, evaluate, prepare, strategy_experts
+    from .evaluation.evaluate import EvalConfig, evaluate, plan_eval, strategy_experts
     from .report.tables import confusion_table, eval_markdown, eval_table, routing_lines
 
     cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
@@ -208,7 +218,7 @@ def eval_(
     if lora is not None and (expert or constant_from is not None):
         raise ConfigError("--lora evaluates a PEFT adapter alone: not with --expert, --strategy or --constant-from")
     adapters = [lora] if lora is not None else []  # their seen questions are left out too
-    plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
+    plan = plan_eval(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
     if constant_from is not None:
         from .evaluation.reference import evaluate_constant
 
@@ -308,7 +318,8 @@ def recipe_run(
     import json
 
     from .report.comparison import compare, load_results
-    from .recipe.runner import load_recipe, run_recipe
+    from .recipe.config import load_recipe
+    from .recipe.runner import run_recipe
     from .report.tables import comparison_table
 
     cfg = load_recipe(file, list(ctx.args), data, out)
@@ -534,12 +545,12 @@ def lm_eval(
 ) -> None:
     """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
     from .atomic import check_file_target, write_text
-    from .interop.lm_eval_adapter import evaluate
+    from .interop.lm_eval_adapter import run_lm_eval
 
     check_file_target(output, "--output")
     names = [t for spec in tasks for t in spec.split(",") if t]
     n = None if limit is None else (int(limit) if limit >= 1 else limit)
-    res = evaluate(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
+    res = run_lm_eval(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
                    include_defaults=not no_builtin_tasks, num_fewshot=num_fewshot, batch_size=batch_size,
                    device=device, dtype=dtype, seed=seed)
     from lm_eval.utils import handle_non_serializable, make_table
@@ -551,6 +562,28 @@ def lm_eval(
         slim = {k: v for k, v in res.items() if k != "samples"}
         write_text(json.dumps(slim, indent=2, default=handle_non_serializable), output)
         console.print(f"results: {output}")
+
+
+@app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve_(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of ServeConfig keys (flags override it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id."),
+    expert: Optional[List[Path]] = typer.Option(None, "--experts", "--expert", "-e", help="Expert folders: --experts A B."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Pass 1 of model t2: prompt, cls, fewshot, uniform."),
+    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="cls: the classification expert folder."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="TCP port (default 8000; 0: any free one)."),
+) -> None:
+    """OpenAI-compatible server that adapts every request (other ServeConfig keys as --key value)."""
+    from .config import load_config
+    from .serve import ServeConfig, serve
+
+    named = {"model": model, "strategy": strategy, "cls_expert": cls_expert, "host": host, "port": port,
+             "experts": ",".join(map(str, expert)) if expert else None}
+    flags = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
+    cfg = load_config(ServeConfig, config, flags + list(ctx.args))
+    serve(cfg, ready=lambda url: err.print(f"serving {url}", highlight=False, soft_wrap=True))
 
 
 def _click_errors() -> tuple[type[Exception], type[Exception]]:

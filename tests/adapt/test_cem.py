@@ -53,7 +53,7 @@ def test_a_small_population_keeps_two_elite_and_does_not_stop_at_once():
 def test_fewshot_fitness_equals_hand_computation(adapted, tmp_path):
     task = get_task("vmlu")
     shots = task.load(str(write_vmlu(tmp_path / "vmlu", per_subject=1)), "valid")[:3]
-    fs = build_strategy(adapted, StrategyConfig("fewshot", shots=3))
+    fs = build_strategy(adapted, StrategyConfig.of("fewshot", shots=3))
     pop = torch.tensor([[1.0, 0.0], [0.2, 0.7]])
     acc, ll = fs.fitness(task, shots, pop)
     prompts = task.format(shots)
@@ -72,7 +72,7 @@ def test_fewshot_fitness_equals_hand_computation(adapted, tmp_path):
 def test_fewshot_saves_alpha_excludes_shots_and_reuses_it(adapted, tmp_path):
     data = write_vmlu(tmp_path / "vmlu", per_subject=1)
     cfg = EvalConfig(task="vmlu", data=str(data), protocol="letter", batch_size=8)
-    scfg = StrategyConfig("fewshot", shots=3, population=6, generations=3, alpha_per="target")
+    scfg = StrategyConfig.of("fewshot", shots=3, population=6, generations=3, alpha_per="target")
     out = tmp_path / "r.json"
     res = evaluate(adapted, cfg, out, strategy=scfg)
     shots = res["strategy"]["shots"]
@@ -85,11 +85,11 @@ def test_fewshot_saves_alpha_excludes_shots_and_reuses_it(adapted, tmp_path):
     assert all(r["routing"] == {"decision": "mixture", "alpha": None} for r in res["predictions"])
     again = evaluate(adapted, cfg, strategy=scfg)  # seeded: the same α
     assert again["strategy"]["alpha"] == saved["alpha"]
-    reused = evaluate(adapted, cfg, strategy=StrategyConfig("fewshot", alpha_per="target", alpha_from=str(alpha_path(out))))
+    reused = evaluate(adapted, cfg, strategy=StrategyConfig.of("fewshot", alpha_per="target", alpha_from=str(alpha_path(out))))
     assert "search" not in reused["strategy"] and reused["strategy"]["excluded_ids"] == shots
     assert [r["prediction"] for r in reused["predictions"]] == [r["prediction"] for r in res["predictions"]]
     with pytest.raises(ConfigError, match="need \\(2,\\)"):
-        build_strategy(adapted, StrategyConfig("fewshot", alpha_from=str(alpha_path(out))))
+        build_strategy(adapted, StrategyConfig.of("fewshot", alpha_from=str(alpha_path(out))))
 
 
 def test_fewshot_scores_alpha_the_way_evaluation_runs_it_in_bfloat16(tiny_model_dir, tmp_path):
@@ -106,7 +106,7 @@ def test_fewshot_scores_alpha_the_way_evaluation_runs_it_in_bfloat16(tiny_model_
     am = AdaptedModel(model, tok, attach(model, experts), experts)
     task = get_task("vmlu")
     shots = task.load(str(write_vmlu(tmp_path / "vmlu", per_subject=1)), "valid")[:4]
-    fs = build_strategy(am, StrategyConfig("fewshot", shots=4))
+    fs = build_strategy(am, StrategyConfig.of("fewshot", shots=4))
     pop = torch.tensor([[0.3, 0.6], [0.9, 0.1]])
     _, ll = fs.fitness(task, shots, pop)
     for c in range(2):  # evaluation: one α for every question, run grouped (merged)
@@ -114,7 +114,7 @@ def test_fewshot_scores_alpha_the_way_evaluation_runs_it_in_bfloat16(tiny_model_
         want = sum(float(lp[e.letters.index(e.answer)]) for e, lp in zip(shots, logp)) / 4
         assert float(ll[c]) == pytest.approx(want, rel=0, abs=1e-6)
     assert fs.record()["scored"] == "merged"
-    factored = build_strategy(am, StrategyConfig("fewshot", shots=4, mixed=True))
+    factored = build_strategy(am, StrategyConfig.of("fewshot", shots=4, mixed=True))
     _, ll_f = factored.fitness(task, shots, pop)
     assert factored.record()["scored"] == "factored"
     assert not torch.equal(ll_f, ll)  # the two forms do round differently in bfloat16

@@ -54,7 +54,7 @@ def _am(adapted, reverse: bool = False) -> AdaptedModel:
 
 def _route(adapted, reverse: bool = False, **settings) -> tuple[list[str], dict]:
     am = _am(adapted, reverse)
-    s = build_strategy(am, StrategyConfig("prompt", position_bias=True, **settings))
+    s = build_strategy(am, StrategyConfig.of("prompt", position_bias=True, **settings))
     return decisions(s.mix(REQUESTS), am.labels), s.position_bias()
 
 
@@ -79,7 +79,7 @@ def test_calibrated_or_cyclic_router_follows_the_expert(adapted, settings):
 def test_calibration_is_the_empty_request_of_the_same_order(adapted):
     """Calibrated score = log p(choice | request) − log p(choice | empty request), by hand from the rigged scores."""
     am = _am(adapted)
-    s = build_strategy(am, StrategyConfig("prompt"))
+    s = build_strategy(am, StrategyConfig.of("prompt"))
     got = s.scores(REQUESTS[:1])[0]
     want = (torch.log_softmax(torch.tensor([RIGGED + CONTENT, 0.0, 0.0]), 0)
             - torch.log_softmax(torch.tensor([RIGGED, 0.0, 0.0]), 0))
@@ -98,7 +98,7 @@ def test_results_record_the_position_bias_block(adapted, tmp_path):
 
     am = _am(adapted)
     cfg = EvalConfig(task="vmlu", data=str(write_vmlu(tmp_path / "vmlu", per_subject=1)), protocol="letter")
-    res = evaluate(am, cfg, tmp_path / "r.json", strategy=StrategyConfig("prompt", position_bias=True))
+    res = evaluate(am, cfg, tmp_path / "r.json", strategy=StrategyConfig.of("prompt", position_bias=True))
     bias = res["routing"]["position_bias"]
     assert bias["n"] == len(res["predictions"]) == 8 and bias["orders"] == 3 and bias["calibrated"] is True
     assert sum(bias["share_by_position"]) == pytest.approx(1.0)

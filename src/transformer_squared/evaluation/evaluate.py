@@ -1,9 +1,10 @@
 """Run a task with the base model, one expert, a fixed mixture, or a two-pass strategy (a mixture per
-question chosen in pass 1, paper §3.2); metrics, results JSON, submission CSV.
+question chosen in pass 1, paper §3.2); metrics, results JSON, submission file.
 
-Multiple choice gets both protocols from one forward pass per batch: `generate` (the greedy next
-token read as the letter, VMLU's official protocol) and `letter` (argmax over the valid letters).
-Generative tasks: generate → task.parse → task.score. With a strategy, pass 1 routes every
+The task's kind (tasks/kinds.py) reads the answers: multiple choice gets both protocols from one
+forward pass per batch, `generate` (the greedy next token read as the letter, VMLU's official
+protocol) and `letter` (argmax over the valid letters); generative and code tasks generate → parse;
+task.score scores them. The kind also writes the submission file. With a strategy, pass 1 routes every
 pending question first, then pass 2 runs them grouped by mixture (each merged once) or, with
 `mixed_batches`, factored with one mixture per row; per question the results record the routing
 decision (and α) and the seconds of each pass (its batch's time divided by the batch's size).
@@ -26,10 +27,9 @@ from torch import Tensor
 
 from .. import __version__, distributed
 from . import seen
-from ..adapt import Strategy, StrategyConfig, build_strategy, request_of
-from ..adapt.two_pass import pass2_order, route_all
-from ..experts.adapted import AdaptedModel
-from ..atomic import check_file_target, write_json
+from ..adapt import Pipeline, Strategy, StrategyConfig, pass2_order, request_of, strategy_runs
+from ..experts.adapted import AdaptedModel, load_experts
+from ..atomic import check_file_target, write_json, write_text
 from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
 from ..errors import ConfigError, DataError
 from ..models.engine import check_context
@@ -37,9 +37,10 @@ from ..experts.expert import META, Expert, check_together, read_seen
 from .metrics import CATEGORY_MEAN_CI, accuracy_metrics, routing_metrics
 from ..models.load import model_id
 from ..tasks import Example, Task, get_task
+from ..tasks.kinds import ModelCalls
 from ..training import splits
 
-PROTOCOLS = ("generate", "letter")
+PROTOCOLS = ("generate", "letter")  # every protocol of any kind; a task's kind says which it has
 FORMAT_VERSION = 1
 Progress = Callable[[int], None]
 
@@ -51,7 +52,7 @@ class EvalConfig:
     task: str = "vmlu"  # registry name of the task
     data: str | None = None  # local folder/file or Hugging Face dataset id (None: the task's default)
     split: str = "valid"  # split to evaluate
-    protocol: str = "both"  # MCQ: generate, letter or both (one forward pass gives both); other tasks: generate
+    protocol: str = "both"  # generate, letter or both (all the task's kind has); letter: multiple choice only
     chat: bool = False  # wrap prompts in the model's chat template (VMLU's official protocol: no)
     limit: int | None = None  # evaluate at most this many questions (None: all)
     sample: str = "first"  # how `limit` picks: "first" N, or "stratified" (seeded, proportional per subject)
@@ -59,7 +60,7 @@ class EvalConfig:
     batch_size: int = 8  # prompts per forward pass (halved automatically on out-of-memory)
     max_new_tokens: int = 512  # generation budget of generative tasks, in tokens
     save_every: int = 8  # batches between saves of the partial results (resume)
-    submission_protocol: str = "letter"  # predictions written to the submission CSV
+    submission_protocol: str = ""  # predictions written to the submission file ('': letter for MCQ, else generate)
     subset: str = ""  # filter before `limit`: "category=STEM", "subject=28,29" ('' keeps all)
     exclude_run: str | None = None  # a training run folder (or its split.json): skip its train and val ids
     include_seen: bool = False  # also score questions the experts in use were trained or selected on
@@ -73,7 +74,7 @@ class EvalConfig:
         problems = []
         if self.protocol not in (*PROTOCOLS, "both"):
             problems.append(f"protocol '{self.protocol}': choose generate, letter or both")
-        if self.submission_protocol not in PROTOCOLS:
+        if self.submission_protocol not in ("", *PROTOCOLS):
             problems.append(f"submission_protocol '{self.submission_protocol}': choose generate or letter")
         if self.part not in splits.PARTS:
             problems.append(f"part '{self.part}': choose one of {', '.join(splits.PARTS)}")
@@ -88,15 +89,25 @@ class EvalConfig:
             raise ConfigError("; ".join(problems))
 
     def protocols(self, task: Task) -> tuple[str, ...]:
-        """The protocols to report for `task` (generative tasks have only `generate`)."""
-        if task.kind != "mcq":
-            if self.protocol == "letter":
-                raise ConfigError(f"protocol 'letter' needs a multiple-choice task; '{task.name}' is generative")
-            return ("generate",)
-        return PROTOCOLS if self.protocol == "both" else (self.protocol,)
+        """The protocols to report for `task`: those of its kind (generative tasks have only `generate`)."""
+        kind = task.kind
+        if self.protocol == "both":
+            return kind.protocols
+        if self.protocol not in kind.protocols:
+            raise ConfigError(f"protocol '{self.protocol}': task '{task.name}' is {kind.name}, whose protocols are "
+                              f"{', '.join(kind.protocols)} ('letter' needs a multiple-choice task)")
+        return (self.protocol,)
+
+    def submission_for(self, task: Task) -> str:
+        """The protocol whose predictions go into the submission file ('' : the kind's own)."""
+        protocol = self.submission_protocol or task.kind.selection
+        if protocol not in task.kind.protocols:
+            raise ConfigError(f"submission_protocol '{protocol}': task '{task.name}' is {task.kind.name}, whose "
+                              f"protocols are {', '.join(task.kind.protocols)}")
+        return protocol
 
 
-def select(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
+def limit_examples(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
     """The first `limit` examples, or a seeded sample stratified by subject (largest-remainder quotas), in data order."""
     if limit is None or limit >= len(examples):
         return list(examples)
@@ -138,10 +149,10 @@ def _experts(am: AdaptedModel) -> list[dict[str, Any]]:
     return out
 
 
-def label_of(am: AdaptedModel, adapter: dict[str, Any] | None, strategy: Strategy | None = None) -> str:
+def label_of(am: AdaptedModel, adapter: dict[str, Any] | None, pipe: Pipeline | None = None) -> str:
     """The default row name of a system: the strategy, the adapter's method, the experts' labels, or "base"."""
-    if strategy is not None:
-        return f"Transformer² ({strategy.name})"
+    if pipe is not None and pipe.name is not None:
+        return f"Transformer² ({pipe.name})"
     if adapter is not None:
         return DISPLAY.get(adapter["method"], adapter["method"])
     if am.experts:
@@ -149,14 +160,14 @@ def label_of(am: AdaptedModel, adapter: dict[str, Any] | None, strategy: Strateg
     return "base"
 
 
-def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, strategy: Strategy | None = None) -> str:
+def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, pipe: Pipeline) -> str:
     """Everything that changes a question's record; a partial file with another key is not resumed.
 
     Records are per question id and hold every protocol, so --limit, --sample and --protocol may change.
     """
     alpha = am.alpha.tolist() if am.alpha is not None else None
     fields = {k: getattr(cfg, k) for k in ("data", "split", "chat", "max_new_tokens", "mixed_batches")}
-    routing = strategy.record() if strategy is not None else None
+    routing = pipe.record()
     ident = [model_id(am.model), str(am.model.dtype), _experts(am), alpha, task.name, task.version, fields, routing]
     if (adapter := adapter_identity(am.model)) is not None:  # keeps keys of adapter-free runs unchanged
         ident.append(adapter["sha256"])
@@ -211,20 +222,17 @@ def _score(task: Task, examples: list[Example], preds: dict[str, list[str]]) -> 
     return out
 
 
-def _run_chunk(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], prompts: list[str],
+def _run_chunk(pipe: Pipeline, task: Task, cfg: EvalConfig, examples: list[Example], prompts: list[str],
                alpha: Tensor | None, progress: Progress | None) -> dict[str, dict[str, Any]]:
-    """Records (prediction and correctness per protocol, raw completion, seconds) for one chunk of questions."""
+    """Records (prediction and correctness per protocol, raw completion, seconds) for one chunk of questions
+    (pass 2, each question with its row of `alpha`, or the fixed mixture)."""
     t0 = time.perf_counter()
-    if task.kind == "mcq":
-        letters = [e.letters for e in examples]
-        greedy, logp = am.score_letters(prompts, letters, alpha, cfg.mixed_batches, cfg.batch_size, progress)
-        preds = {"generate": task.parse(examples, greedy),
-                 "letter": [e.letters[int(lp.argmax())] for e, lp in zip(examples, logp)]}
-        completions = greedy
-    else:
-        completions = am.generate(prompts, cfg.max_new_tokens, alpha, cfg.mixed_batches, chat=False,
-                                  batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
-        preds = {"generate": task.parse(examples, completions)}
+    calls = ModelCalls(
+        lambda p, letters: pipe.score_letters(p, letters, alpha, batch_size=cfg.batch_size, progress=progress),
+        lambda p: [a.text for a in pipe.generate(p, cfg.max_new_tokens, chat=False, alpha=alpha,
+                                                  batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)])
+    answers = task.kind.predict(task, examples, prompts, calls)
+    preds, completions = answers.predictions, answers.completions
     seconds = (time.perf_counter() - t0) / len(examples)
     correct = _score(task, examples, preds)
     return {
@@ -235,10 +243,12 @@ def _run_chunk(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exa
 
 
 def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], out_path: Path | None = None,
-            progress: Progress | None = None, strategy: Strategy | None = None) -> dict[str, dict[str, Any]]:
-    """Records for every example by id (with pass-1 routing when a strategy is given), resuming
+            progress: Progress | None = None, pipe: Pipeline | None = None) -> dict[str, dict[str, Any]]:
+    """Records for every example by id (with pass-1 routing when the pipeline has a strategy), resuming
     from and saving to `out_path`'s partial file."""
-    key = _run_key(am, cfg, task, strategy)
+    pipe = pipe or Pipeline(am, mixed=cfg.mixed_batches)
+    routed = pipe.strategy is not None
+    key = _run_key(am, cfg, task, pipe)
     part = partial_path(out_path) if out_path is not None else None
     saved = _load_partials(out_path, key)
     records, routing = saved["records"], saved["routing"]
@@ -255,16 +265,16 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
     check_context(am.model, am.tokenizer, prompts, [f"question {e.id}" for e in pending])  # before any pass
     with am.holding():  # weights stay merged between chunks: one merge per mixture (and per classifier) per run
         alpha = None
-        if strategy is not None:
+        if routed:
             requests = {e.id: request_of(e, task.name) for e in pending}
-            alpha = route_all(strategy, am.labels, requests, routing, step, save)
+            alpha = pipe.route_all(requests, routing, step, save)
         order = pass2_order([len(p) for p in prompts], alpha, cfg.mixed_batches)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
-            chunk = _run_chunk(am, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx],
+            chunk = _run_chunk(pipe, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx],
                                None if alpha is None else alpha[idx], progress)
             for rid, rec in chunk.items():
-                if strategy is not None:
+                if routed:
                     rec["routing"] = routing[rid]
             records.update(chunk)
             save()
@@ -284,7 +294,7 @@ class Plan:
     answered_seen: list[str] = field(default_factory=list)  # ids an expert saw, answered for a complete submission, out of the metrics
 
 
-def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
+def plan_eval(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
             markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = (),
             also_seen: Sequence[str | Path] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
@@ -300,8 +310,8 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         check_file_target(path, flag)
     task = get_task(cfg.task, cfg.unsafe_exec)
     cfg.protocols(task)
-    if submission_path is not None and task.kind != "mcq":
-        raise ConfigError(f"--submission: only multiple-choice tasks have an id,answer submission ('{task.name}' is generative)")
+    if submission_path is not None:
+        cfg.submission_for(task)
     if cfg.split_file:
         examples = splits.load_part(task, cfg.data, splits.load_split(cfg.split_file), cfg.part)
     else:
@@ -311,10 +321,10 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         where = f"part '{cfg.part}' of {cfg.split_file}" if cfg.split_file else f"split '{cfg.split}'{source}"
         raise DataError(f"task '{task.name}' {where}: no questions to evaluate")
     if cfg.subset:
-        examples = splits.select(examples, cfg.subset)
+        examples = splits.filter_subset(examples, cfg.subset)
     if cfg.exclude_run:
         examples = _exclude_run(examples, Path(cfg.exclude_run))
-    loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
+    loaded = load_experts(experts)
     check_together(loaded)
     names = [e.meta.label if isinstance(e, Expert) else str(e) for e in experts]
     records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), _read_seen(Path(f))) for f in also_seen]
@@ -327,9 +337,9 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
             raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
                               "evaluate another split, or pass --include-seen to score them anyway")
     if submission_path is not None and excluded:  # a submission has every id: answer the seen ones too
-        return Plan(task, select(everything, cfg.limit, cfg.sample, cfg.seed), [], without, examples, loaded,
+        return Plan(task, limit_examples(everything, cfg.limit, cfg.sample, cfg.seed), [], without, examples, loaded,
                     answered_seen=[e.id for e in excluded])
-    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
+    return Plan(task, limit_examples(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
                 loaded)
 
 
@@ -354,27 +364,24 @@ def _read_seen(folder: Path) -> Tensor | None:
     return read_seen(folder)
 
 
-def _fit(strategy: Strategy | None, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], list[str], float]:
-    """The questions to evaluate, the ids a strategy used to fit itself (left out), and the fit's seconds."""
-    if strategy is None:
-        return plan.examples, [], 0.0
-    t0 = time.perf_counter()
-    used = strategy.fit(plan.task, plan.pool)
+def _fit(pipe: Pipeline, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], list[str], float]:
+    """The questions to evaluate, the ids the strategy used to fit itself on the evaluated task's labelled
+    pool (left out), and the fit's seconds."""
+    used = pipe.fit(plan.task, plan.pool)
     if not used:
-        return plan.examples, [], time.perf_counter() - t0
+        return plan.examples, [], pipe.fit_seconds
     left = [e for e in plan.pool if e.id not in set(used)]
     if not left:
-        raise ConfigError(f"strategy '{strategy.name}' used every question of this split to fit itself")
+        raise ConfigError(f"strategy '{pipe.name}' used every question of this split to fit itself")
     answered_seen = [e for e in plan.examples if e.id in set(plan.answered_seen)]  # not in the pool it fits on
-    return select(left, cfg.limit, cfg.sample, cfg.seed) + answered_seen, used, time.perf_counter() - t0
+    return limit_examples(left, cfg.limit, cfg.sample, cfg.seed) + answered_seen, used, pipe.fit_seconds
 
 
 def strategy_experts(strategy: Strategy | StrategyConfig | str | None) -> list[str]:
-    """Expert folders a strategy runs besides the mixed experts (cls: its classification expert)."""
-    if getattr(strategy, "name", None) != "cls":
-        return []
-    folder = getattr(strategy, "cls_expert", None) or getattr(strategy, "source", None)
-    return [str(folder)] if folder else []
+    """Expert folders a strategy runs besides the mixed experts (a classification expert), as its module declares."""
+    if strategy is None or isinstance(strategy, (str, StrategyConfig)):
+        return strategy_runs(strategy)
+    return strategy_runs(getattr(strategy, "cfg", None))
 
 
 def routing_seconds(record: dict[str, Any]) -> float:
@@ -387,43 +394,44 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
              total: Callable[[int], None] | None = None, plan: Plan | None = None,
              strategy: Strategy | StrategyConfig | str | None = None) -> dict[str, Any]:
     """Evaluate `cfg.task` with `am`: its fixed mixture merged, or with `strategy` a mixture per question
-    chosen in pass 1; write results JSON and submission CSV if asked.
+    chosen in pass 1; write results JSON and submission file if asked.
 
-    `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
+    `plan` is `plan_eval(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
-    plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
+    plan = plan or plan_eval(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
     distributed.init(next(am.model.parameters()).device)  # no-op unless launched by torchrun / accelerate
     task = plan.task
     protocols = cfg.protocols(task)
-    strategy = None if strategy is None else build_strategy(am, strategy)
-    examples, used, fit_seconds = _fit(strategy, plan, cfg)
+    pipe = Pipeline(am, strategy, mixed=cfg.mixed_batches)
+    examples, used, fit_seconds = _fit(pipe, plan, cfg)
     if total is not None:
         total(len(examples))
     out = Path(out_path) if out_path is not None else None
     t0 = time.perf_counter()
-    records = predict(am, task, cfg, examples, out, progress, strategy)
+    records = predict(am, task, cfg, examples, out, progress, pipe)
     seconds = time.perf_counter() - t0
     times = {e.id: {"pass1_s": routing_seconds(records[e.id]), "pass2_s": records[e.id]["pass2_s"]} for e in examples}
     pass1 = sum(t["pass1_s"] for t in times.values())
     pass2 = sum(t["pass2_s"] for t in times.values())
     adapter = adapter_identity(am.model)
-    system = {"label": cfg.label or label_of(am, adapter, strategy), "model": model_id(am.model),
+    system = {"label": cfg.label or label_of(am, adapter, pipe), "model": model_id(am.model),
               "dtype": str(am.model.dtype).removeprefix("torch."), "device": str(next(am.model.parameters()).device),
               "experts": _experts(am), "alpha": am.alpha.tolist() if am.alpha is not None else None, "adapter": adapter}
     timing = {"seconds": round(seconds, 3), "n_questions": len(examples), "fit_seconds": round(fit_seconds, 3),
               "pass1_seconds": round(pass1, 3), "pass2_seconds": round(pass2, 3),
               "pass1_fraction_of_pass2": pass1 / pass2 if pass2 > 0 else None, "per_question": times}
     results = assemble(plan, cfg, examples, records, system, timing)
-    if strategy is not None:
-        results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
+    if pipe.strategy is not None:
+        results["strategy"] = pipe.record() | {"excluded_ids": used, "n_excluded": len(used),
                                                    "mixed_batches": cfg.mixed_batches}
         results["routing"] = routing_metrics(results["predictions"], am.labels)
-        if hasattr(strategy, "position_bias") and strategy.position_bias() is not None:  # prompt/cls with position_bias
-            results["routing"]["position_bias"] = strategy.position_bias()
+        bias = getattr(pipe.strategy, "position_bias", lambda: None)()  # prompt/cls with position_bias
+        if bias is not None:
+            results["routing"]["position_bias"] = bias
         if out is not None and results["strategy"].get("alpha") is not None and distributed.is_main():
             write_json(results["strategy"], alpha_path(out))  # fewshot: reusable with --alpha-from
-    return finish(results, cfg, examples, records, out, submission_path)
+    return finish(results, task, cfg, examples, records, out, submission_path)
 
 
 def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
@@ -442,7 +450,7 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
     return {
         "format_version": FORMAT_VERSION, "t2_version": __version__, **system,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "task": {"name": task.name, "version": task.version, "kind": task.kind, "split": cfg.split,
+        "task": {"name": task.name, "version": task.version, "kind": task.kind.name, "split": cfg.split,
                  "data": None if cfg.data is None else str(cfg.data),
                  "part": None if not cfg.split_file else {"file": str(cfg.split_file), "name": cfg.part}},
         "protocol": list(protocols), "config": asdict(cfg), "git": _git(),
@@ -455,14 +463,13 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
     }
 
 
-def finish(results: dict[str, Any], cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
-           out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
-    """Write the submission CSV and the results JSON (if asked; rank 0 only in a data-parallel run), drop
+def finish(results: dict[str, Any], task: Task, cfg: EvalConfig, examples: list[Example],
+           records: dict[str, dict[str, Any]], out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
+    """Write the submission file and the results JSON (if asked; rank 0 only in a data-parallel run), drop
     the partial file; returns `results`."""
     if submission_path is not None:
-        preds = [records[e.id]["prediction"][cfg.submission_protocol] for e in examples]
-        results["submission"] = write_submission(submission_path, [e.id for e in examples], preds,
-                                                 cfg.submission_protocol, write=distributed.is_main())
+        results["submission"] = write_submission(submission_path, task, cfg, examples, records,
+                                                 write=distributed.is_main())
     if out is not None and distributed.is_main():  # data parallel: rank 0 writes the one results file
         write_json(results, out)
     distributed.barrier()
@@ -471,15 +478,14 @@ def finish(results: dict[str, Any], cfg: EvalConfig, examples: list[Example], re
     return results
 
 
-def write_submission(path: str | Path, ids: list[str], preds: list[str], protocol: str,
-                     write: bool = True) -> dict[str, Any]:
-    """The benchmark's `id,answer` CSV from one protocol's predictions (VMLU's writer checks every line)."""
-    from ..tasks.vmlu import write_submission as write_csv
-
-    missing = [i for i, p in zip(ids, preds) if p == ""]
-    if missing:
-        raise ConfigError(f"--submission: {len(missing)} question(s) without a letter under protocol '{protocol}' "
-                          f"(first: {missing[0]}); use --submission-protocol letter")
+def write_submission(path: str | Path, task: Task, cfg: EvalConfig, examples: list[Example],
+                     records: dict[str, dict[str, Any]], write: bool = True) -> dict[str, Any]:
+    """The task's submission file (its kind's format: VMLU's id,answer CSV, id,answer CSV for other multiple
+    choice, JSONL otherwise) from one protocol's predictions; every rank checks it, rank 0 writes it."""
+    protocol = cfg.submission_for(task)
+    ids = [e.id for e in examples]
+    text = task.kind.submission(path, ids, [records[i]["prediction"][protocol] for i in ids],
+                                [records[i]["completion"] for i in ids])
     if write:
-        write_csv(path, ids, preds)
+        write_text(text, Path(path))
     return {"path": str(path), "protocol": protocol, "n": len(ids)}

@@ -1,8 +1,9 @@
-"""The stages of a recipe (see recipe.py): what each one computes, from which settings, into which files.
+"""The stages of a recipe (run by recipe/runner.py): what each one computes, from which settings, into which files.
 
 Output folder: `split.json` (shared by every system), `experts/<category>/`, `router/` (the
-classification expert) and `baselines/<method>/` (run folders), `fewshot_alpha.json` (α of the few-shot
-strategy, found on the validation part), `eval/<system>.json` (holdout results), `submissions/<system>.csv`
+classification expert of strategies that need one) and `baselines/<method>/` (run folders),
+`fit/<strategy>.json` (what a strategy that needs labelled shots fitted on the validation part, e.g. an α),
+`eval/<system>.json` (holdout results), `submissions/<system>.csv`
 (+ .json), `report/` (report.md, report.json, chart.png), `generations.json`, `stages/` (markers).
 """
 
@@ -12,15 +13,24 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from ..adapt import CLASSIFIER, SHOTS, STRATEGIES
 from ..baselines.adapter import DISPLAY
 from ..errors import ConfigError
-from .runner import RecipeConfig, Stage, slug
 from ..training import splits
+from .config import RecipeConfig, slug
 
 
-FEWSHOT_ALPHA = "fewshot_alpha.json"
+
+@dataclass
+class Stage:
+    """One resumable step: its settings (a changed setting invalidates it), outputs and work."""
+
+    name: str
+    settings: dict[str, Any]
+    outputs: list[Path]
+    run: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,11 @@ class Loader:
 # ---- the work of each stage ---------------------------------------------------------------------
 def make_split(cfg: RecipeConfig, task: Any, path: Path) -> dict[str, Any]:
     """One seeded split of the labelled pool (optionally a stratified sample of it) into train / val / holdout."""
-    from ..evaluation.evaluate import select
+    from ..evaluation.evaluate import limit_examples
 
     d = cfg.data
     names = d.splits or splits.DEFAULT_SPLITS.get(d.task, ["train"])
-    pool = select(splits.labelled_pool(task, d.path, names), d.sample or None, "stratified", d.seed)
+    pool = limit_examples(splits.labelled_pool(task, d.path, names), d.sample or None, "stratified", d.seed)
     parts = splits.stratified_split(pool, d.val_fraction, d.holdout_fraction, d.seed)
     record = splits.split_record(parts, task=d.task, data=d.path, splits=names, subset="", seed=d.seed,
                                  val_fraction=d.val_fraction, holdout_fraction=d.holdout_fraction, sample=d.sample,
@@ -140,13 +150,13 @@ def eval_config(cfg: RecipeConfig, system: System, split_path: Path | None, test
 def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path, out: Path,
                     submission: Path | None = None) -> dict[str, Any]:
     """Score one system; the constant row learns its letter from the shared split's train part."""
-    from ..evaluation.evaluate import evaluate, prepare, strategy_experts
+    from ..evaluation.evaluate import evaluate, plan_eval, strategy_experts
     from ..evaluation.reference import evaluate_constant
 
     out.parent.mkdir(parents=True, exist_ok=True)
     experts = list(system.members) or ([system.folder] if system.kind == "expert" else [])
     others = [system.folder] if system.kind == "adapter" else strategy_experts(system.strategy)
-    plan = prepare(ecfg, out, submission, experts=experts, also_seen=others)  # leaves out what the system saw
+    plan = plan_eval(ecfg, out, submission, experts=experts, also_seen=others)  # leaves out what the system saw
     if system.kind == "constant":
         res = evaluate_constant(ecfg, split_path, out, submission, plan=plan)
     else:
@@ -156,46 +166,54 @@ def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path,
     return {"n": m.get("n"), "accuracy": m.get("weighted_average")}
 
 
-def fit_fewshot(cfg: RecipeConfig, loader: Loader, system: System, split_path: Path, path: Path) -> dict[str, Any]:
-    """The few-shot strategy's α, searched (CEM) on shots from the validation part, saved for its evaluations."""
-    from ..adapt import build_strategy
+def fit_strategy(cfg: RecipeConfig, loader: Loader, system: System, split_path: Path, path: Path) -> dict[str, Any]:
+    """Fit a strategy that needs labelled shots on the validation part (through the pipeline) and save
+    what it recorded, for its evaluations to reuse."""
+    from ..adapt import Pipeline
     from ..atomic import write_json
     from ..tasks import get_task
 
     task = get_task(cfg.data.task)
     val = splits.load_part(task, cfg.data.path, splits.load_split(split_path), "val")
     with loader.adapted(system) as am:
-        strategy = build_strategy(am, replace(system.strategy, alpha_from=None))
-        strategy.fit(task, val)
-        record = strategy.record()
+        pipe = Pipeline(am, system.strategy)
+        shots = pipe.fit(task, val)
+        record = pipe.record()
     write_json(record, path)
-    return {"alpha": record["alpha"], "shots": len(record["shots"])}
+    return {"shots": len(shots)}
+
+
+def fit_path(out: Path, name: str) -> Path:
+    """Where the fit stage of strategy `name` saves its record."""
+    return out / "fit" / f"{name}.json"
 
 
 def strategy_systems(cfg: RecipeConfig, experts: list[System], router: Stage | None, out: Path) -> list[System]:
-    """A Transformer² row per strategy: the category experts mixed by pass 1 (cls: with the router's expert;
-    fewshot: with the α saved by its fit stage)."""
+    """A Transformer² row per strategy: the category experts mixed by pass 1; a strategy that needs a
+    classifier gets the router's expert, one that needs labelled shots the record of its fit stage."""
     rows = []
     for name in cfg.eval.strategies:
-        scfg = replace(cfg.eval.strategy, name=name, task_chat=cfg.eval.chat,
-                       cls_expert=str(out / "router" / "best") if name == "cls" else None,
-                       alpha_from=str(out / FEWSHOT_ALPHA) if name == "fewshot" else None)
-        needs = tuple(e.stage for e in experts) + ((router.name,) if name == "cls" and router else ()) + \
-            (("fewshot alpha",) if name == "fewshot" else ())
+        spec = STRATEGIES.get(name)
+        settings, needs = cfg.eval.strategy.section(name), tuple(e.stage for e in experts)
+        if spec.needs == CLASSIFIER:
+            settings, needs = spec.given(settings, str(out / "router" / "best")), needs + ((router.name,) if router else ())
+        elif spec.needs == SHOTS:
+            settings, needs = spec.given(settings, str(fit_path(out, name))), needs + (f"fit {name}",)
+        scfg = replace(cfg.eval.strategy, name=name, task_chat=cfg.eval.chat, **{name: settings})
         rows.append(System(f"Transformer² ({name})", "strategy", members=tuple(e.folder for e in experts),
                            needs=needs, strategy=scfg))
     return rows
 
 
 def write_generations(cfg: RecipeConfig, loader: Loader, systems: list[System], path: Path) -> dict[str, Any]:
-    """Each prompt answered (chat template, greedy) by every system that has weights: the before/after check."""
+    """Each prompt answered (chat template if the model has one, greedy) by every system that has weights: the before/after check."""
     from ..atomic import write_json
 
     r = cfg.report
     rows = [{"prompt": p, "answers": {}} for p in r.generate]
     for system in systems:
         with loader.adapted(system) as am:
-            texts = am.generate(r.generate, max_new_tokens=r.max_new_tokens, chat=True)
+            texts = am.generate(r.generate, max_new_tokens=r.max_new_tokens, chat=None)  # the template if any
         for row, text in zip(rows, texts):
             row["answers"][system.label] = text
     write_json(rows, path)
@@ -219,8 +237,9 @@ def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
     from ..tasks import get_task
 
     task = get_task(cfg.data.task)
-    if task.kind != "mcq":
-        raise ConfigError(f"data.task '{cfg.data.task}': recipes compare multiple-choice tasks")
+    if not task.kind.letters:
+        raise ConfigError(f"data.task '{cfg.data.task}': recipes compare multiple-choice tasks ('{task.name}' is "
+                          f"{task.kind.name})")
     split_path = out / splits.SPLIT_FILE
     loader = Loader(cfg)
     stages = [Stage("split", asdict(cfg.data), [split_path], lambda: make_split(cfg, task, split_path)),
@@ -246,10 +265,12 @@ def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
                        lambda: train_run("expert", rcfg, out / "router"))
         stages.append(router)
     strategies = strategy_systems(cfg, experts, router, out) if experts else []
-    fewshot = next((s for s in strategies if s.strategy.name == "fewshot"), None)
-    if fewshot is not None:
-        stages.append(Stage("fewshot alpha", _settings(cfg, fewshot, None, stages), [out / FEWSHOT_ALPHA],
-                            lambda: fit_fewshot(cfg, loader, fewshot, split_path, out / FEWSHOT_ALPHA)))
+    for system in strategies:
+        name = system.strategy.name
+        if STRATEGIES.get(name).needs == SHOTS:  # fitted without the record it is about to write
+            unfitted = replace(system, strategy=replace(system.strategy, **{name: cfg.eval.strategy.section(name)}))
+            stages.append(Stage(f"fit {name}", _settings(cfg, unfitted, None, stages), [fit_path(out, name)],
+                                lambda s=unfitted: fit_strategy(cfg, loader, s, split_path, fit_path(out, s.strategy.name))))
     rows = systems + (experts if cfg.eval.experts else []) + strategies
     results = []
     for system in rows:  # right after the stage that trains it (base and constant: at once; strategies: last)
