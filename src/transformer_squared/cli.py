@@ -5,15 +5,24 @@ Typed library errors become one line on stderr and exit code 2 (a traceback only
 
 from __future__ import annotations
 
+import collections
+import fnmatch
+import inspect
 import logging
 import sys
+import typing
 from pathlib import Path
-from typing import Any, List, Optional
+from dataclasses import dataclass
+from types import UnionType
+from typing import Any, Callable, List, Optional, Union
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from .config import Leaf, leaves, load_config
 from .errors import ConfigError, T2Error
+from .evaluation.runs import EvalRun, GenerateRun
 from .models.load import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,9 +42,9 @@ DATA_HELP = ("Local folder/file or Hugging Face dataset id; for rg a generator N
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps.")
 DTYPE = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16.")
 TRUST = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model (off by default).")
-STRATEGY = typer.Option(None, "--strategy", help="Pass-1 strategy choosing a mixture per prompt: prompt, cls, fewshot, "
-                        "oracle, uniform.")
 MULTI_FLAGS = ("--experts", "--expert", "-e")  # flags that take several values: --experts A B C
+BOOL_FLAGS: dict[str, str] = {}  # generated boolean flags: '--eval.chat' → '--no-eval.chat' (for '--eval.chat false')
+KNOWN_FLAGS: set[str] = set()  # every generated flag
 
 
 def _expand_multi(args: list[str]) -> list[str]:
@@ -54,6 +63,130 @@ def _expand_multi(args: list[str]) -> list[str]:
             flag = None
         out.append(a)
     return out
+
+
+@dataclass
+class _Opt:
+    """One generated option: its click parameter name, flags, the dotted keys it sets, and how it is shown."""
+
+    param: str  # the callback's keyword
+    decls: list[str]  # flags ('--eval.chat/--no-eval.chat' for a boolean)
+    keys: list[str]  # the config keys it sets
+    leaf: Leaf  # the (first) field it sets: type, default, help
+    shared: bool = False  # a short flag for several keys (set only where their section exists)
+
+
+def _annotation(tp: Any) -> Any:
+    """The click-facing type of a config field: bool, int, float, a list of those, else str (checked later)."""
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (Union, UnionType) else [tp]
+    base = inner[0] if len(inner) == 1 else str
+    if typing.get_origin(base) in (list, tuple):
+        item = (typing.get_args(base) or (str,))[0]
+        return List[item if item in (int, float) else str]
+    return Optional[base if base in (bool, int, float) else str]
+
+
+def _bool(decl: str) -> str:
+    """'--eval.chat' → '--eval.chat/--no-eval.chat'."""
+    return f"{decl}/--no-{decl[2:]}"
+
+
+def _options(cls: type) -> list[_Opt]:
+    """The options of a run config: `--section.key` for every field, plus its short flags: the field's own
+    name where no other field has it, and the config's FLAGS (several keys for one flag where they share it)."""
+    fields = leaves(cls)
+    keys = [f.key for f in fields]
+    by_key = {f.key: f for f in fields}
+    short = getattr(cls, "FLAGS", {})
+    targets: dict[str, list[str]] = {}
+    for flag, patterns in short.items():
+        hits = [k for p in patterns for k in keys if fnmatch.fnmatchcase(k, p)]
+        missing = [p for p in patterns if "*" not in p and p not in keys]
+        assert not missing, f"{cls.__name__}.FLAGS {flag}: no field {missing}"
+        targets[flag] = list(dict.fromkeys(hits))
+    count = collections.Counter(k.rsplit(".", 1)[-1] for k in keys)
+    opts = []
+    for f in fields:
+        name = f.key.rsplit(".", 1)[-1]
+        own = "--" + name.replace("_", "-")
+        decls = [own] if name == f.key else ["--" + f.key]  # a top-level key is its own short flag
+        if count[name] == 1 and own not in short and own not in decls:
+            decls.append(own)
+        decls += [flag for flag, hit in targets.items() if hit == [f.key]]
+        opts.append(_Opt(f.key.replace(".", "__"), decls, [f.key], f))
+    for flag, hit in targets.items():
+        if len(hit) > 1:
+            opts.append(_Opt("_" + flag.strip("-").replace("-", "_"), [flag], hit, by_key[hit[0]], shared=True))
+    return opts
+
+
+def _show(value: Any) -> str:
+    return "''" if value == "" else "none" if value is None else (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
+
+
+def _parameter(opt: _Opt) -> inspect.Parameter:
+    tp = _annotation(opt.leaf.type)
+    decls = opt.decls
+    if tp == Optional[bool]:
+        decls = [_bool(d) if d.startswith("--") else d for d in decls]
+        BOOL_FLAGS.update({d.split("/")[0]: d.split("/")[1] for d in decls if "/" in d})
+    if opt.shared:
+        note = f"sets {', '.join(opt.keys)} (default: as those keys)"
+    else:
+        note = f"{opt.leaf.help} (default: {_show(opt.leaf.default)})".strip()
+    KNOWN_FLAGS.update(x for d in decls for x in d.split("/"))
+    option = typer.Option(None, *decls, help=escape(note), show_default=False)
+    return inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=tp)
+
+
+def _put(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = list(value) if isinstance(value, (list, tuple)) else value
+
+
+def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], None], help: str,
+            argument: str | None = None, fill: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Register `t2 NAME`: its options generated from the run config `cls` (flags, help and defaults from the
+    dataclass), `--config FILE.yaml`, and `argument` (a field) as the positional argument; `run(cfg)` does the work.
+
+    Order: the config's defaults, then the YAML file, then flags; `fill(values)` may reinterpret the given
+    values (argument order) before the config checks itself."""
+    opts = _options(cls)
+
+    def callback(**kw: Any) -> None:
+        values: dict[str, Any] = {}
+        soft: dict[str, Any] = {}
+        given = set()
+        if argument is not None and kw.get(argument) is not None:
+            values[argument] = kw[argument]
+        for opt in opts:
+            value = kw[opt.param]
+            if value is None or (isinstance(value, (list, tuple)) and not value):
+                continue
+            for key in opt.keys:
+                if not opt.shared:
+                    _put(values, key, value)
+                    given.add(key)
+        for opt in (o for o in opts if o.shared and kw[o.param] is not None):
+            for key in opt.keys:
+                if key not in given:
+                    _put(soft, key, kw[opt.param])
+        if fill is not None:
+            fill(values)
+        run(load_config(cls, kw["config"], values=values, soft=soft))
+
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+        None, "--config", "-c", help="YAML file of these keys (sections as mappings); flags override it."))]
+    if argument is not None:
+        params.insert(0, inspect.Parameter(argument, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
+                                           default=typer.Argument(None, help=dict(
+                                               (f.key, f.help) for f in leaves(cls)).get(argument, ""))))
+    params += [_parameter(o) for o in opts if o.leaf.key != argument]
+    callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    callback.__doc__ = help
+    group.command(name)(callback)
 
 
 LAYERS = typer.Option(None, "--num-layers", help="random: models only: build this many decoder layers (full-size matrices).")
@@ -96,154 +229,53 @@ def decompose(
     console.print(f"SVD cache: {folder}")
 
 
-@app.command()
-def generate(
-    prompt: str = typer.Argument(..., help="The user message."),
-    model: str = MODEL,
-    expert: Optional[List[Path]] = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder(s); several are mixed."),
-    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
-    strategy: Optional[str] = STRATEGY,
-    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="Classification expert (strategy cls)."),
-    alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: the α a `t2 eval` run saved."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    trust_remote_code: bool = TRUST,
-) -> None:
-    """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
-    from .experts.adapted import load_adapted
+def _generate(cfg: Any) -> None:
+    from .evaluation.runs import run_generate
 
-    scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from) if strategy else None
-    if scfg is not None and alpha:
-        raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
-    am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,
-                      trust_remote_code=trust_remote_code)
-    if scfg is None:
-        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0])
-        return
-    from .adapt import TwoPass
-
-    answer = TwoPass(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=not no_chat)[0]
-    err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
+    answer = run_generate(cfg)
+    if answer.expert is not None:
+        err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
     console.print(answer.text)
 
 
-def _strategy_config(name: str, **kw: Any) -> Any:
-    """StrategyConfig from CLI values (None values keep the defaults); checks them before any model loads."""
-    from .adapt import StrategyConfig
+def _prompt_after_experts(values: dict[str, Any]) -> None:
+    """`t2 generate --expert DIR "PROMPT"`: the flag's values run on to the prompt; when no prompt was given,
+    a last value that is not an existing folder is the prompt."""
+    experts = values.get("experts") or []
+    if not values.get("prompt") and experts and not Path(experts[-1]).is_dir():
+        values["prompt"] = experts.pop()
 
-    return StrategyConfig(name=name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if v is not None})
 
-
-@app.command("eval")
-def eval_(
-    task: str = typer.Option(..., "--task", "-t", help="Task name (vmlu, mmlu, mcq, gsm8k, ...)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Results JSON (resumes from OUT.partial.json)."),
-    model: str = MODEL,
-    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
-    split: str = typer.Option("valid", "--split"),
-    expert: Optional[List[Path]] = typer.Option(None, "--expert", "--experts", "-e",
-                                                help="Expert folder(s): --experts A B C; mixed, or routed by --strategy."),
-    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
-    strategy: Optional[str] = STRATEGY,
-    mixed_batches: bool = typer.Option(False, "--mixed-batches", help="Pass 2 factored in mixed batches (one mixture "
-                                       "per row) instead of merged per group; same predictions."),
-    shots: Optional[int] = typer.Option(None, "--shots", help="fewshot: labelled examples for the α search (default 10)."),
-    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="cls: the classification expert folder."),
-    alpha_per: Optional[str] = typer.Option(None, "--alpha-per", help="fewshot: one α per expert or per target."),
-    alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: reuse the α saved by an earlier run."),
-    population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
-    generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N questions."),
-    sample: str = typer.Option("first", "--sample", help="How --limit picks: first or stratified (by subject, seeded)."),
-    seed: int = typer.Option(0, "--seed"),
-    protocol: str = typer.Option("both", "--protocol", help="generate, letter or both (one forward pass gives both)."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template (VMLU's official: off)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (halved on out-of-memory)."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation budget of generative tasks."),
-    submission: Optional[Path] = typer.Option(None, "--submission", help="Write the id,answer CSV (unlabelled test split)."),
-    submission_protocol: str = typer.Option("letter", "--submission-protocol", help="generate or letter."),
-    subset: str = typer.Option("", "--subset", help="Only these questions: category=STEM, subject=28,29, ..."),
-    exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run (or an expert) used."),
-    include_seen: bool = typer.Option(False, "--include-seen", help="Also score questions the experts were trained on."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the category table as Markdown."),
-    unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="Code tasks: run generated code unconfined where bubblewrap cannot."),
-    lora: Optional[Path] = typer.Option(None, "--lora", help="A PEFT adapter folder (t2 baseline's best/) instead of experts."),
-    split_file: Optional[Path] = typer.Option(None, "--split-file", help="A split.json (or run folder): evaluate one of its parts."),
-    part: str = typer.Option("holdout", "--part", help="With --split-file: train, val or holdout."),
-    label: str = typer.Option("", "--label", help="Row name of this system in reports."),
-    constant_from: Optional[Path] = typer.Option(None, "--constant-from", help="No model: answer with the best constant letter of this split's train part."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    trust_remote_code: bool = TRUST,
-) -> None:
-    """Evaluate a task with the base model, an expert, a fixed mixture, a two-pass strategy or a PEFT adapter."""
+def _eval(cfg: Any) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from . import distributed
-    from .experts.adapted import load_adapted
     from .atomic import write_text
-    from .evaluation.evaluate import EvalConfig, evaluate, prepare, strategy_experts
+    from .evaluation.runs import run_eval
     from .report.tables import confusion_table, eval_markdown, eval_table, routing_lines
 
-    cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
-                     seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     submission_protocol=submission_protocol, subset=subset, mixed_batches=mixed_batches,
-                     exclude_run=None if exclude_run is None else str(exclude_run), include_seen=include_seen,
-                     unsafe_exec=unsafe_exec, split_file=None if split_file is None else str(split_file), part=part,
-                     label=label)
-    scfg = None
-    if strategy:
-        scfg = _strategy_config(strategy, shots=shots, cls_expert=cls_expert, alpha_per=alpha_per,
-                                alpha_from=alpha_from, seed=seed, batch_size=batch_size, task_chat=chat,
-                                population=population, generations=generations,
-                                max_new_tokens=max_new_tokens)
-        if alpha:
-            raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
-    if scfg is not None and not expert:
-        raise ConfigError(f"strategy '{strategy}' chooses among experts: give at least one (--experts)")
-    if lora is not None and (expert or constant_from is not None):
-        raise ConfigError("--lora evaluates a PEFT adapter alone: not with --expert, --strategy or --constant-from")
-    adapters = [lora] if lora is not None else []  # their seen questions are left out too
-    plan = prepare(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
-    if constant_from is not None:
-        from .evaluation.reference import evaluate_constant
-
-        _announce(plan)
-        results = evaluate_constant(cfg, constant_from, out, submission, plan=plan)
-        console.print(eval_table(results))
-        console.print(f"results: {out}")
-        return
-    if lora is not None:
-        from .experts.adapted import AdaptedModel
-        from .baselines.adapter import adapter_label, attach_adapter
-        from .models.load import load_model
-
-        base, tok = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        am = AdaptedModel(attach_adapter(base, lora), tok)
-        cfg.label = cfg.label or adapter_label(lora)
-    else:
-        am = load_adapted(_model(model, num_layers), experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
-                          trust_remote_code=trust_remote_code)
-    _announce(plan)  # once the run is sure to start, so a failing one prints its error line alone
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal or not distributed.is_main()) as bar:
-        job = bar.add_task(f"{task} {split}", total=None)
-        results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
-                           total=lambda n: bar.update(job, total=n), plan=plan, strategy=scfg)
+        job = bar.add_task(f"{cfg.eval.task} {cfg.eval.split}", total=None)
+        results = run_eval(cfg, progress=lambda n: bar.advance(job, n), total=lambda n: bar.update(job, total=n),
+                           announce=_announce)
     if not distributed.is_main():  # data parallel: rank 0 reports
         return
     console.print(eval_table(results))
-    if confusion_table(results) is not None:
-        console.print(confusion_table(results))
-    for line in routing_lines(results):
-        console.print(line)
-    if markdown is not None:
-        write_text(eval_markdown(results), markdown)
-    console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
+    if cfg.constant_from is None:
+        if confusion_table(results) is not None:
+            console.print(confusion_table(results))
+        for line in routing_lines(results):
+            console.print(line)
+    if cfg.markdown is not None:
+        write_text(eval_markdown(results), Path(cfg.markdown))
+    console.print(f"results: {cfg.out}" + (f"\nsubmission: {cfg.submission}" if cfg.submission else ""))
+
+
+command(app, "generate", GenerateRun, _generate, argument="prompt", fill=_prompt_after_experts,
+        help="Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert).")
+command(app, "eval", EvalRun, _eval, help="Evaluate a task with the base model, an expert, a fixed mixture, a two-pass "
+        "strategy or a PEFT adapter.")
 
 
 def _announce(plan: Any) -> None:
@@ -559,6 +591,30 @@ def _click_errors() -> tuple[type[Exception], type[Exception]]:
     return ClickException, NoArgsIsHelpError
 
 
+def _normalise(args: list[str]) -> list[str]:
+    """Generated flags in every spelling: `--eval.max-new-tokens` as `--eval.max_new_tokens`, and a boolean
+    with a value (`--eval.chat false`, as YAML and `t2 train` take it) as `--eval.chat` / `--no-eval.chat`."""
+    out: list[str] = []
+    skip = False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a.startswith("--") and "." in a and a not in KNOWN_FLAGS:
+            flag, eq, val = a.partition("=")
+            fixed = "--" + flag[2:].replace("-", "_")
+            if fixed in KNOWN_FLAGS:
+                a = fixed + eq + val
+        flag, eq, val = a.partition("=")
+        nxt = val if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if flag in BOOL_FLAGS and nxt.lower() in ("true", "false"):
+            out.append(flag if nxt.lower() == "true" else BOOL_FLAGS[flag])
+            skip = not eq
+            continue
+        out.append(a)
+    return out
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -570,7 +626,7 @@ def main(argv: list[str] | None = None) -> None:
     extra argument) exit 2; an operating-system failure (disk full, permission) exits 1, also in
     one line; anything else is a bug and keeps its traceback.
     """
-    args = _expand_multi(sys.argv[1:] if argv is None else list(argv))
+    args = _expand_multi(_normalise(sys.argv[1:] if argv is None else list(argv)))
     debug = "--debug" in args
     click_error, no_args_help = _click_errors()
     try:
