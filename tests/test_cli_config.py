@@ -69,12 +69,16 @@ def _shown(value) -> str:
     return "''" if value == "" else str(value)
 
 
-@pytest.mark.parametrize("command, cls", [("eval", EvalRun), ("generate", GenerateRun)])
-def test_help_lists_every_field_with_its_help_and_default(command, cls):
+UNREACHABLE_BEFORE = {"eval.save_every", "strategy.max_request_tokens", "strategy.elite", "strategy.tol",
+                      "strategy.chat"}  # fields the hand-written options of `t2 eval` left out
+
+
+@pytest.mark.parametrize("command, cls, some", [("eval", EvalRun, UNREACHABLE_BEFORE),
+                                                ("generate", GenerateRun, {"strategy.tol", "model.dtype"})])
+def test_help_lists_every_field_with_its_help_and_default(command, cls, some):
     text = _help(command)
     keys = list(_fields(cls))
-    assert {"eval.save_every", "strategy.max_request_tokens", "strategy.elite", "strategy.tol",
-            "strategy.chat"} <= {k for k, _, _ in keys} or command == "generate"
+    assert some <= {k for k, _, _ in keys}
     for key, note, default in keys:
         if key == "prompt":  # the positional argument
             assert "PROMPT" in text and note in text

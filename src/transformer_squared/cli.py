@@ -23,6 +23,8 @@ from rich.markup import escape
 from .config import Leaf, leaves, load_config
 from .errors import ConfigError, T2Error
 from .evaluation.runs import EvalRun, GenerateRun
+from .experts.runs import DecomposeRun, ExpertInitRun
+from .models.plan import PlanConfig
 from .models.load import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -181,7 +183,7 @@ def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], None]
         None, "--config", "-c", help="YAML file of these keys (sections as mappings); flags override it."))]
     if argument is not None:
         params.insert(0, inspect.Parameter(argument, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
-                                           default=typer.Argument(None, help=dict(
+                                           default=typer.Argument(None, metavar=argument.upper(), help=dict(
                                                (f.key, f.help) for f in leaves(cls)).get(argument, ""))))
     params += [_parameter(o) for o in opts if o.leaf.key != argument]
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -210,23 +212,24 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
         transformers.utils.logging.set_verbosity_error()
 
 
-@app.command()
-def decompose(
-    model: str = MODEL,
-    targets: str = typer.Option("mlp", "--targets", help="mlp, attn, all, or a regex over module names."),
-    device: str = DEVICE,
-    factor_dtype: str = typer.Option("float32", "--factor-dtype", help="Dtype of cached factors: float32 or bfloat16."),
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    trust_remote_code: bool = TRUST,
-) -> None:
-    """Decompose the target weights once and cache U, s, V (resumable)."""
-    from .models.load import load_model
-    from .experts.svd import decompose as run
+def _decompose(cfg: Any) -> None:
+    from .experts.runs import run_decompose
 
-    m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    folder = run(m, targets, device=None if device == "auto" else device, dtype=factor_dtype)
-    console.print(f"SVD cache: {folder}")
+    console.print(f"SVD cache: {run_decompose(cfg)}")
+
+
+def _expert_init(cfg: Any) -> None:
+    from .experts.runs import run_expert_init
+
+    e = run_expert_init(cfg)
+    console.print(f"expert with {e.n_params:,} parameters over {len(e.p)} targets: {cfg.out}")
+
+
+def _plan(cfg: Any) -> None:
+    from .models.plan import plan, render, shapes
+
+    s = shapes(cfg.spec, cfg.targets)
+    typer.echo(render(cfg, s, plan(cfg, s)))
 
 
 def _generate(cfg: Any) -> None:
@@ -272,6 +275,12 @@ def _eval(cfg: Any) -> None:
     console.print(f"results: {cfg.out}" + (f"\nsubmission: {cfg.submission}" if cfg.submission else ""))
 
 
+command(app, "decompose", DecomposeRun, _decompose, help="Decompose the target weights once and cache U, s, V "
+        "(resumable).")
+command(expert_app, "init", ExpertInitRun, _expert_init, help="Write an untrained expert with the reference "
+        "initialisation.")
+command(app, "plan", PlanConfig, _plan, help="Memory plan (weights, factors, expert, optimizer, activations, KV) "
+        "for training and evaluation.")
 command(app, "generate", GenerateRun, _generate, argument="prompt", fill=_prompt_after_experts,
         help="Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert).")
 command(app, "eval", EvalRun, _eval, help="Evaluate a task with the base model, an expert, a fixed mixture, a two-pass "
@@ -429,55 +438,6 @@ def baseline_(
     summary = run(cfg, out, resume=resume)
     console.print(f"best validation accuracy {summary['best_val']:.4f} at step {summary['best_step']} "
                   f"({summary['steps_done']} of {summary['total_steps']} steps)\nadapter: {out / 'best'}")
-
-
-@app.command("plan")
-def plan_(
-    model: str = typer.Option("random:llama-3-8b", "--model", "-m", help="Any model name; only its config is read."),
-    targets: str = typer.Option("mlp", "--targets", help="mlp, attn, all, or a regex over module names."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (training micro-batch)."),
-    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per prompt, padded."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="Model dtype."),
-    factor_dtype: str = typer.Option("bfloat16", "--factor-dtype", help="Dtype of U and V in memory."),
-    new_tokens: int = typer.Option(64, "--new-tokens", help="Generated tokens for the KV-cache line."),
-    gpus: int = typer.Option(8, "--gpus", help="GPUs for the sharded (FSDP) column."),
-    checkpointing: bool = typer.Option(False, "--checkpointing", help="Training with gradient_checkpointing: true."),
-    num_layers: Optional[int] = LAYERS,
-) -> None:
-    """Memory plan (weights, factors, expert, optimizer, activations, KV) for training and evaluation."""
-    from .models.plan import PlanConfig, plan, render, shapes
-
-    cfg = PlanConfig(_model(model, num_layers), targets, batch_size, seq_len, dtype, factor_dtype, new_tokens, gpus,
-                     checkpointing)
-    s = shapes(cfg.model, cfg.targets)
-    typer.echo(render(cfg, s, plan(cfg, s)))
-
-
-@expert_app.command("init")
-def expert_init(
-    out: Path = typer.Option(..., "--out", help="Folder to write the expert into."),
-    model: str = MODEL,
-    targets: str = typer.Option("mlp", "--targets"),
-    label: str = typer.Option("", "--label"),
-    description: str = typer.Option("", "--description"),
-    parametrisation: str = typer.Option("sigmoid", "--parametrisation", help="sigmoid (reference) or linear."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    force: bool = typer.Option(False, "--force", help="Save even for a random: base model (tests, benchmarks)."),
-) -> None:
-    """Write an untrained expert with the reference initialisation."""
-    from .atomic import check_folder_target
-    from .experts.expert import Expert, attach
-    from .models.load import load_model, model_id
-
-    check_folder_target(out, "--out")
-    m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype)
-    svf = attach(m, targets=targets)
-    e = Expert.init(svf.factors, model_id(m), svf.fingerprint, parametrisation, seed, label, description)
-    e.save(out, force=force)
-    console.print(f"expert with {e.n_params:,} parameters over {len(e.p)} targets: {out}")
 
 
 @expert_app.command("show")

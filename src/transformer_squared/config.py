@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, T2Error
 
 C = TypeVar("C")
 
@@ -209,6 +209,19 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, flags: list[s
     if hasattr(obj, "__post_init__"):
         obj.__post_init__()
     return obj
+
+
+def check_sections(cfg: Any, names: tuple[str, ...]) -> list[str]:
+    """The problems of a run config's sections (each section's own __post_init__), to report with the run's own."""
+    problems = []
+    for name in names:
+        section = getattr(cfg, name)
+        if section is not None and hasattr(section, "__post_init__"):
+            try:
+                section.__post_init__()
+            except T2Error as e:
+                problems.append(str(e))
+    return problems
 
 
 def configure_run(cls: type[C], out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any],

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from ..adapt import StrategyConfig
-from ..errors import ConfigError, T2Error
+from ..config import check_sections
+from ..errors import ConfigError
 from ..models.load import ModelConfig
 from . import evaluate as evaluation
 from .evaluate import EvalConfig, Plan, prepare, strategy_experts
@@ -21,19 +22,6 @@ from .evaluate import EvalConfig, Plan, prepare, strategy_experts
 Flags = dict[str, tuple[str, ...]]  # short flag → the dotted keys it sets (fnmatch patterns allowed)
 COMMON_FLAGS: Flags = {"--model": ("model.name",), "-m": ("model.name",), "--expert": ("experts",),
                        "-e": ("experts",), "--strategy": ("strategy.name",)}
-
-
-def check_sections(cfg: Any, names: tuple[str, ...]) -> list[str]:
-    """The problems of the config's sections (each section's own __post_init__), collected."""
-    problems = []
-    for name in names:
-        section = getattr(cfg, name)
-        if section is not None and hasattr(section, "__post_init__"):
-            try:
-                section.__post_init__()
-            except T2Error as e:
-                problems.append(str(e))
-    return problems
 
 
 def check_strategy(strategy: StrategyConfig | None, experts: list[str], alpha: list[float]) -> list[str]:
