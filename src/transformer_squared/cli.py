@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from .config import Leaf, leaves, load_config
-from .errors import ConfigError, T2Error
+from .errors import T2Error
 from .evaluation.runs import EvalRun, GenerateRun
 from .experts.runs import DecomposeRun, ExpertInitRun
+from .interop.runs import ExportLoraRun, ExportMergedRun, LmEvalRun
 from .models.plan import PlanConfig
-from .models.load import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transformer²: SVF experts and self-adaptive inference.")
@@ -38,12 +38,8 @@ app.add_typer(recipe_app, name="recipe")
 console = Console()
 err = Console(stderr=True)
 
-MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Built-in name, local folder or hub id.")
 DATA_HELP = ("Local folder/file or Hugging Face dataset id; for rg a generator NAME[:N][:key=value,...], "
              "e.g. basic_arithmetic:200:max_terms=2,operators=+|-.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps.")
-DTYPE = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16.")
-TRUST = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model (off by default).")
 MULTI_FLAGS = ("--experts", "--expert", "-e")  # flags that take several values: --experts A B C
 BOOL_FLAGS: dict[str, str] = {}  # generated boolean flags: '--eval.chat' → '--no-eval.chat' (for '--eval.chat false')
 KNOWN_FLAGS: set[str] = set()  # every generated flag
@@ -192,13 +188,6 @@ def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], None]
 
 
 LAYERS = typer.Option(None, "--num-layers", help="random: models only: build this many decoder layers (full-size matrices).")
-
-
-def _model(model: str, num_layers: Optional[int]) -> str:
-    """The model name with --num-layers folded in (random:NAME?layers=N)."""
-    from .models.random_weights import with_layers
-
-    return with_layers(model, num_layers)
 
 
 @app.callback()
@@ -390,19 +379,10 @@ def train_(
     from . import distributed
     from .training.train import configure, run
 
-    if experts:
-        if task != "route" or data is not None:
-            raise ConfigError("--experts names the experts of --task route (which builds its data from them); "
-                              "use it with --task route and without --data")
-        data = "|".join(str(Path(e).resolve()) for e in experts)
-    if num_layers is not None:
-        if model is None:
-            raise ConfigError("--num-layers needs --model random:NAME")
-        model = _model(model, num_layers)
     named = {"task": task, "model": model, "dtype": dtype, "data": data, "subset": subset, "steps": steps, "batch_size": batch_size,
              "micro_batch_size": micro_batch_size, "lr": lr, "kl": kl, "seed": seed, "eval_every": eval_every,
              "label": label, "description": description}
-    cfg = configure(out, config, named, list(ctx.args), resume)
+    cfg = configure(out, config, named, list(ctx.args), resume, experts or [], num_layers)
     summary = run(cfg, out, resume=resume)
     if not distributed.is_main():  # data parallel: rank 0 reports
         return
@@ -428,13 +408,9 @@ def baseline_(
     """Train a LoRA or IA3 baseline on the experts' split; any other BaselineConfig key works as --key value."""
     from .baselines.peft_train import configure, run
 
-    flags = list(ctx.args)
-    given = flags[flags.index("--method") + 1 :][:1] if "--method" in flags else []
-    if method is not None and given and given != [method]:
-        raise ConfigError(f"--method {given[0]} contradicts 't2 baseline {method}'")
     named = {"method": method, "task": task, "model": model, "data": data, "subset": subset, "preset": preset,
              "steps": steps}
-    cfg = configure(out, config, named, flags, resume)
+    cfg = configure(out, config, named, list(ctx.args), resume)
     summary = run(cfg, out, resume=resume)
     console.print(f"best validation accuracy {summary['best_val']:.4f} at step {summary['best_step']} "
                   f"({summary['steps_done']} of {summary['total_steps']} steps)\nadapter: {out / 'best'}")
@@ -454,92 +430,39 @@ def expert_show(folder: Path = typer.Argument(..., help="Expert folder.")) -> No
                      "left out of evaluations" if e.seen is not None else "seen: no record (older expert)"))
 
 
-EXPERTS = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder (repeat the flag to mix several).")
-ALPHAS = typer.Option(None, "--alpha", help="Mixture weight per expert, repeated in expert order (default: equal).")
-PUSH = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hugging Face repo id.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
-EXPORT_DTYPE = typer.Option(None, "--dtype", help="Cast the checkpoint to float32, bfloat16 or float16 "
-                            "(default: its stored dtype, or the narrower one the expert was trained on).")
+def _export_merged(cfg: Any) -> None:
+    from .interop.runs import run_export_merged
+
+    folder = run_export_merged(cfg)
+    console.print(f"merged checkpoint: {folder}" + (f" (pushed to {cfg.push_to_hub})" if cfg.push_to_hub else ""))
 
 
-@export_app.command("merged")
-def export_merged(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (atomically)."),
-    model: str = MODEL,
-    expert: List[Path] = EXPERTS,
-    alpha: Optional[List[float]] = ALPHAS,
-    dtype: Optional[str] = EXPORT_DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    push_to_hub: Optional[str] = PUSH,
-    overwrite: bool = OVERWRITE,
-) -> None:
-    """A standalone Hugging Face checkpoint with the experts' W' merged in, plus a model card (streamed shard by shard)."""
-    from .interop.export import export_merged as run
+def _export_lora(cfg: Any) -> None:
+    from .interop.runs import run_export_lora
 
-    folder = run(_model(model, num_layers), expert or [], alpha, out, push_to_hub, dtype=dtype, overwrite=overwrite)
-    console.print(f"merged checkpoint: {folder}" + (f" (pushed to {push_to_hub})" if push_to_hub else ""))
-
-
-@export_app.command("lora")
-def export_lora(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (atomically)."),
-    expert: Path = typer.Option(..., "--expert", "-e", help="Expert folder."),
-    rank: str = typer.Option("full", "--rank", "-r", help="LoRA rank R, or 'full' (exact)."),
-    model: str = MODEL,
-    dtype: Optional[str] = EXPORT_DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    push_to_hub: Optional[str] = PUSH,
-    overwrite: bool = OVERWRITE,
-) -> None:
-    """The expert's best rank-R update ΔW per target, as a PEFT LoRA adapter."""
-    from .interop.export import export_lora as run
-
-    if rank != "full" and not rank.isdigit():
-        raise ConfigError(f"--rank {rank}: a positive integer or 'full'")
-    rep = run(_model(model, num_layers), expert, None if rank == "full" else int(rank), out, push_to_hub,
-              overwrite=overwrite, dtype=dtype)
+    rep = run_export_lora(cfg)
     worst = max(rep.rel_error, key=rep.rel_error.get)
     console.print(f"LoRA adapter r={rep.rank} ({rep.n_params:,} parameters): {rep.out_dir}\n"
                   f"relative error ||dW - dW_R||/||dW||: {rep.overall:.4f} overall, "
-                  f"worst {rep.rel_error[worst]:.4f} ({worst})" + (f"\npushed to {push_to_hub}" if push_to_hub else ""))
+                  f"worst {rep.rel_error[worst]:.4f} ({worst})" + (f"\npushed to {cfg.push_to_hub}" if cfg.push_to_hub else ""))
 
 
-@app.command("lm-eval")
-def lm_eval(
-    tasks: List[str] = typer.Option(..., "--tasks", help="lm-eval task names (repeat or comma-separate)."),
-    model: str = MODEL,
-    expert: Optional[List[Path]] = EXPERTS,
-    alpha: Optional[List[float]] = ALPHAS,
-    limit: Optional[float] = typer.Option(None, "--limit", help="Documents per task (N, or a fraction < 1)."),
-    include_path: Optional[Path] = typer.Option(None, "--include-path", help="Folder of extra task YAML files."),
-    no_builtin_tasks: bool = typer.Option(False, "--no-builtin-tasks", help="Index only --include-path (faster)."),
-    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write lm-eval's results JSON here."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-) -> None:
-    """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
-    from .atomic import check_file_target, write_text
-    from .interop.lm_eval_adapter import evaluate
+def _lm_eval(cfg: Any) -> None:
+    from lm_eval.utils import make_table
 
-    check_file_target(output, "--output")
-    names = [t for spec in tasks for t in spec.split(",") if t]
-    n = None if limit is None else (int(limit) if limit >= 1 else limit)
-    res = evaluate(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
-                   include_defaults=not no_builtin_tasks, num_fewshot=num_fewshot, batch_size=batch_size,
-                   device=device, dtype=dtype, seed=seed)
-    from lm_eval.utils import handle_non_serializable, make_table
+    from .interop.runs import run_lm_eval
 
-    console.print(make_table(res))
-    if output:
-        import json
+    console.print(make_table(run_lm_eval(cfg)))
+    if cfg.output:
+        console.print(f"results: {cfg.output}")
 
-        slim = {k: v for k, v in res.items() if k != "samples"}
-        write_text(json.dumps(slim, indent=2, default=handle_non_serializable), output)
-        console.print(f"results: {output}")
+
+command(export_app, "merged", ExportMergedRun, _export_merged, help="A standalone Hugging Face checkpoint with the "
+        "experts' W' merged in, plus a model card (streamed shard by shard).")
+command(export_app, "lora", ExportLoraRun, _export_lora, help="The expert's best rank-R update ΔW per target, as a "
+        "PEFT LoRA adapter.")
+command(app, "lm-eval", LmEvalRun, _lm_eval, help="Run lm-evaluation-harness tasks with the base model, an expert or "
+        "a fixed mixture.")
 
 
 def _click_errors() -> tuple[type[Exception], type[Exception]]:

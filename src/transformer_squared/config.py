@@ -231,6 +231,11 @@ def configure_run(cls: type[C], out_dir: str | Path, config_path: str | Path | N
     saved = Path(out_dir) / "config.yaml"
     if resume and saved.is_file():
         base = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    given = parse_flags(list(flags))
+    clash = [f"--{k} {given[k]} contradicts {k} '{v}' given before it" for k, v in named.items()
+             if v is not None and k in given and str(given[k]) != str(v)]
+    if clash:
+        raise ConfigError("; ".join(clash))
     extra = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
     return load_config(cls, config_path, extra + list(flags), base=base)
 
