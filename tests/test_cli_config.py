@@ -18,7 +18,7 @@ from typing import ClassVar
 import pytest
 import typer
 
-from transformer_squared import cli
+from transformer_squared import cli, flags
 from transformer_squared.cli import main
 from transformer_squared.config import section_type
 from transformer_squared.errors import ConfigError
@@ -176,9 +176,9 @@ class Toy:
 def _toy(args: list[str]) -> Toy:
     app = typer.Typer()
     got = []
-    cli.command(app, "toy", Toy, got.append, help="A toy.")
+    flags.command(app, "toy", Toy, got.append, help="A toy.")
     app.command("other")(lambda: None)  # two commands, so `toy` is a subcommand as in t2
-    app(args=cli._expand_multi(cli._normalise(["toy", *args])), standalone_mode=False)
+    app(args=cli._expand_multi(flags.normalise(["toy", *args])), standalone_mode=False)
     return got[0]
 
 
@@ -202,7 +202,7 @@ def test_generator_help_comes_from_comments_or_metadata():
     from transformer_squared.config import field_help
 
     assert field_help(Section) == {"seed": "sample seed", "chat": "chat template", "ratio": "from metadata"}
-    opts = {o.param: o for o in cli._options(Toy)}
+    opts = {o.param: o for o in flags._options(Toy)}
     assert opts["picker__fewshot__shots"].decls == ["--picker.fewshot.shots", "--shots"]
     assert opts["run__seed"].decls == ["--run.seed"] and opts["_seed"].keys == ["run.seed", "picker.fewshot.seed"]
     assert opts["run__chat"].decls == ["--run.chat", "--chat", "--maybe"]  # a pattern may match nothing
@@ -212,4 +212,4 @@ def test_generator_help_comes_from_comments_or_metadata():
         FLAGS: ClassVar[dict[str, tuple[str, ...]]] = {"--x": ("run.gone",)}
 
     with pytest.raises(AssertionError, match="no field"):
-        cli._options(Broken)
+        flags._options(Broken)

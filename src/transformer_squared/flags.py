@@ -1,0 +1,174 @@
+"""Command-line options generated from config dataclasses (used by cli.py): `--section.key` for every field,
+with the field's `# comment` (or `metadata["help"]`) as help and its default shown; the field's own name as
+a short flag where no other field has it; the config's `FLAGS` for the rest; `--config FILE.yaml`.
+
+Values go through config.load_config (defaults, then the YAML file, then flags), so the YAML and the flags
+of a command share one set of checks and messages, and the config's `__post_init__` reports every problem.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import inspect
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Any, Callable, List, Optional, Union
+
+import typer
+from rich.markup import escape
+
+from .config import Leaf, leaves, load_config
+
+BOOL_FLAGS: dict[str, str] = {}  # generated boolean flags: '--eval.chat' → '--no-eval.chat' (for '--eval.chat false')
+KNOWN_FLAGS: set[str] = set()  # every generated flag
+
+
+@dataclass
+class _Opt:
+    """One generated option: its click parameter name, flags, the dotted keys it sets, and how it is shown."""
+
+    param: str  # the callback's keyword
+    decls: list[str]  # flags ('--eval.chat/--no-eval.chat' for a boolean)
+    keys: list[str]  # the config keys it sets
+    leaf: Leaf  # the (first) field it sets: type, default, help
+    shared: bool = False  # a short flag for several keys (set only where their section exists)
+
+
+def _annotation(tp: Any) -> Any:
+    """The click-facing type of a config field: bool, int, float, a list of those, else str (checked later)."""
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (Union, UnionType) else [tp]
+    base = inner[0] if len(inner) == 1 else str
+    if typing.get_origin(base) in (list, tuple):
+        item = (typing.get_args(base) or (str,))[0]
+        return List[item if item in (int, float) else str]
+    return Optional[base if base in (bool, int, float) else str]
+
+
+def _bool(decl: str) -> str:
+    """'--eval.chat' → '--eval.chat/--no-eval.chat'."""
+    return f"{decl}/--no-{decl[2:]}"
+
+
+def _options(cls: type) -> list[_Opt]:
+    """The options of a run config: `--section.key` for every field, plus its short flags: the field's own
+    name where no other field has it, and the config's FLAGS (several keys for one flag where they share it)."""
+    fields = leaves(cls)
+    keys = [f.key for f in fields]
+    by_key = {f.key: f for f in fields}
+    short = getattr(cls, "FLAGS", {})
+    targets: dict[str, list[str]] = {}
+    for flag, patterns in short.items():
+        hits = [k for p in patterns for k in keys if fnmatch.fnmatchcase(k, p)]
+        missing = [p for p in patterns if "*" not in p and p not in keys]
+        assert not missing, f"{cls.__name__}.FLAGS {flag}: no field {missing}"
+        targets[flag] = list(dict.fromkeys(hits))
+    count = collections.Counter(k.rsplit(".", 1)[-1] for k in keys)
+    opts = []
+    for f in fields:
+        name = f.key.rsplit(".", 1)[-1]
+        own = "--" + name.replace("_", "-")
+        decls = [own] if name == f.key else ["--" + f.key]  # a top-level key is its own short flag
+        if count[name] == 1 and own not in short and own not in decls:
+            decls.append(own)
+        decls += [flag for flag, hit in targets.items() if hit == [f.key]]
+        opts.append(_Opt(f.key.replace(".", "__"), decls, [f.key], f))
+    for flag, hit in targets.items():
+        if len(hit) > 1:
+            opts.append(_Opt("_" + flag.strip("-").replace("-", "_"), [flag], hit, by_key[hit[0]], shared=True))
+    return opts
+
+
+def _show(value: Any) -> str:
+    return "''" if value == "" else "none" if value is None else (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
+
+
+def _parameter(opt: _Opt) -> inspect.Parameter:
+    tp = _annotation(opt.leaf.type)
+    decls = opt.decls
+    if tp == Optional[bool]:
+        decls = [_bool(d) if d.startswith("--") else d for d in decls]
+        BOOL_FLAGS.update({d.split("/")[0]: d.split("/")[1] for d in decls if "/" in d})
+    if opt.shared:
+        note = f"sets {', '.join(opt.keys)} (default: as those keys)"
+    else:
+        note = f"{opt.leaf.help} (default: {_show(opt.leaf.default)})".strip()
+    KNOWN_FLAGS.update(x for d in decls for x in d.split("/"))
+    option = typer.Option(None, *decls, help=escape(note), show_default=False)
+    return inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=tp)
+
+
+def _put(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = list(value) if isinstance(value, (list, tuple)) else value
+
+
+def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], None], help: str,
+            argument: str | None = None, fill: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Register `t2 NAME`: its options generated from the run config `cls` (flags, help and defaults from the
+    dataclass), `--config FILE.yaml`, and `argument` (a field) as the positional argument; `run(cfg)` does the work.
+
+    Order: the config's defaults, then the YAML file, then flags; `fill(values)` may reinterpret the given
+    values (argument order) before the config checks itself."""
+    opts = _options(cls)
+
+    def callback(**kw: Any) -> None:
+        values: dict[str, Any] = {}
+        soft: dict[str, Any] = {}
+        given = set()
+        if argument is not None and kw.get(argument) is not None:
+            values[argument] = kw[argument]
+        for opt in opts:
+            value = kw[opt.param]
+            if value is None or (isinstance(value, (list, tuple)) and not value):
+                continue
+            for key in opt.keys:
+                if not opt.shared:
+                    _put(values, key, value)
+                    given.add(key)
+        for opt in (o for o in opts if o.shared and kw[o.param] is not None):
+            for key in opt.keys:
+                if key not in given:
+                    _put(soft, key, kw[opt.param])
+        if fill is not None:
+            fill(values)
+        run(load_config(cls, kw["config"], values=values, soft=soft))
+
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+        None, "--config", "-c", help="YAML file of these keys (sections as mappings); flags override it."))]
+    if argument is not None:
+        params.insert(0, inspect.Parameter(argument, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
+                                           default=typer.Argument(None, metavar=argument.upper(), help=dict(
+                                               (f.key, f.help) for f in leaves(cls)).get(argument, ""))))
+    params += [_parameter(o) for o in opts if o.leaf.key != argument]
+    callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    callback.__doc__ = help
+    group.command(name)(callback)
+
+
+def normalise(args: list[str]) -> list[str]:
+    """Generated flags in every spelling: `--eval.max-new-tokens` as `--eval.max_new_tokens`, and a boolean
+    with a value (`--eval.chat false`, as YAML and `t2 train` take it) as `--eval.chat` / `--no-eval.chat`."""
+    out: list[str] = []
+    skip = False
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a.startswith("--") and "." in a and a not in KNOWN_FLAGS:
+            flag, eq, val = a.partition("=")
+            fixed = "--" + flag[2:].replace("-", "_")
+            if fixed in KNOWN_FLAGS:
+                a = fixed + eq + val
+        flag, eq, val = a.partition("=")
+        nxt = val if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if flag in BOOL_FLAGS and nxt.lower() in ("true", "false"):
+            out.append(flag if nxt.lower() == "true" else BOOL_FLAGS[flag])
+            skip = not eq
+            continue
+        out.append(a)
+    return out
