@@ -31,7 +31,7 @@ CHILD = textwrap.dedent(
     import json, os, resource, sys, time
     import torch
     from transformer_squared.models.load import load_model
-    from transformer_squared import svd
+    from transformer_squared.experts import svd
     way, model_name, out_dir = sys.argv[1:4]
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model, _ = load_model(model_name, device="cpu")

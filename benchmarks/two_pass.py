@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from transformer_squared.adapt import StrategyConfig, build_strategy, decisions, request_of
+from transformer_squared.adapt import STRATEGIES, Pipeline, StrategyConfig, request_of
+from transformer_squared.config import load_config
 from transformer_squared.experts.adapted import AdaptedModel
 from transformer_squared.atomic import write_json
 from transformer_squared.evaluation.evaluate import select
@@ -42,7 +43,6 @@ from transformer_squared.training.train import TrainConfig, run
 EXPERTS = [("arithmetic", "Arithmetic: adding, subtracting and multiplying numbers.", "rg", "basic_arithmetic:48"),
            ("knowledge", "Academic knowledge questions with lettered options.", "mmlu", None),
            ("code", "Writing and explaining computer programs.", "mmlu", None)]
-STRATEGIES = ("prompt", "cls", "fewshot", "oracle", "uniform")
 
 
 def make_experts(model, folder: Path, mmlu: list, noise: float) -> list[Path]:
@@ -69,7 +69,7 @@ def note(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def measure(am: AdaptedModel, kind: str, task, examples, strategy, args) -> dict:
+def measure(am: AdaptedModel, kind: str, task, examples, pipe: Pipeline, args) -> dict:
     """Seconds of pass 1 (routing every prompt) and pass 2 (answering with the mixtures), same prompts."""
     chat = kind == "generate"
     prompts = task.format(examples, am.tokenizer, chat=chat)
@@ -82,7 +82,8 @@ def measure(am: AdaptedModel, kind: str, task, examples, strategy, args) -> dict
         merges.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
-    alpha = strategy.mix([request_of(e, task.name) for e in examples])
+    routed = pipe.route([request_of(e, task.name) for e in examples])
+    alpha = routed.alpha
     t1 = time.perf_counter()
     am.engine.use = timed_use
     if kind == "generate":
@@ -91,7 +92,7 @@ def measure(am: AdaptedModel, kind: str, task, examples, strategy, args) -> dict
         am.score_letters(prompts, [e.letters for e in examples], alpha=alpha, batch_size=args.batch_size)
     t2 = time.perf_counter()
     am.engine.use = use
-    ds = decisions(alpha, am.labels)
+    ds = routed.decisions
     return {"pass1": t1 - t0, "pass2": t2 - t1, "merge": sum(merges),
             "decisions": {d: ds.count(d) for d in sorted(set(ds))}}
 
@@ -121,17 +122,19 @@ def main() -> None:
              "mcq": (mmlu_task, mmlu[: args.n + 12])}
     rows = []
     for kind, (task, pool) in tasks.items():
-        for name in STRATEGIES:
-            cfg = StrategyConfig(name, cls_expert=str(work / "route" / "best"), shots=4, population=6, generations=1,
-                                 batch_size=args.batch_size, max_new_tokens=32, task_chat=kind == "generate")
-            strategy = build_strategy(am, cfg)
+        for name in STRATEGIES.in_order():
+            cfg = load_config(StrategyConfig, base={
+                "name": name, "batch_size": args.batch_size, "max_new_tokens": 32, "task_chat": kind == "generate",
+                "cls": {"expert": str(work / "route" / "best")},
+                "fewshot": {"shots": 4, "population": 6, "generations": 1}})
+            pipe = Pipeline(am, cfg)
             t0 = time.perf_counter()
-            used = set(strategy.fit(task, pool))
+            used = set(pipe.fit(task, pool))
             fit = time.perf_counter() - t0
             note(f"{kind} {name}: fit {fit:.1f} s; measuring")
             examples = [e for e in pool if e.id not in used][: args.n]
             rows.append({"task": kind, "strategy": name, "n": len(examples), "fit": fit,
-                         **measure(am, kind, task, examples, strategy, args)})
+                         **measure(am, kind, task, examples, pipe, args)})
     write_report(rows, args, load_before, os.getloadavg())
 
 

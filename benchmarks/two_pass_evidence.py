@@ -69,7 +69,7 @@ ARITH = "basic_arithmetic:{n}:min_terms=2,max_terms=2,max_digits=2,operators=+|-
 NEEDLE = "needle_haystack:{n}:max_num_statements=10"
 FAMILY = "family_relationships:{n}:max_family_size=4"
 GENERATE = ("--chat", "true", "--max-new-tokens", "16")
-N_TEST = 30  # held-out questions per family (CPU budget: see the README's "Evidence on CPU")
+N_TEST = 30  # held-out questions per family (CPU budget: see docs/evidence.md, "Evidence on CPU")
 # Sized for a shared 2-core CPU (a batch-16 step took ~400 s under load): 5 steps of 8 questions at lr 1e-2,
 # validation (8 questions) only before the first and after the last step; the experts used are `latest`.
 SHARED_TRAIN = ("--steps", "5", "--batch-size", "8", "--micro-batch-size", "8", "--lr", "1e-2", "--kl", "0",

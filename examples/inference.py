@@ -9,7 +9,7 @@ The model and experts can also come from T2_MODEL and T2_EXPERTS (folders separa
 import argparse
 import os
 
-from transformer_squared.adapt import TwoPass
+from transformer_squared.adapt import Pipeline
 from transformer_squared.experts.adapted import load_adapted
 
 PROMPTS = ["What is 17 + 25?", "Write a Python function that reverses a string.", "Who painted the Mona Lisa?"]
@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     args = ap.parse_args(argv)
     am = load_adapted(args.model, experts=args.experts)  # checks every expert fits the base weights
-    two_pass = TwoPass(am, args.strategy)  # pass 1: the strategy; pass 2: each prompt with its mixture
-    for prompt, answer in zip(PROMPTS, two_pass.generate(PROMPTS, max_new_tokens=args.max_new_tokens)):
+    pipeline = Pipeline(am, args.strategy)  # pass 1: the strategy; pass 2: each prompt with its mixture
+    for prompt, answer in zip(PROMPTS, pipeline.generate(PROMPTS, max_new_tokens=args.max_new_tokens)):
         print(f"[{answer.expert}] {prompt}\n    {answer.text.strip()}")
-    print(f"pass 1 {two_pass.timing.pass1:.2f} s, pass 2 {two_pass.timing.pass2:.2f} s")
+    print(f"pass 1 {pipeline.timing.pass1:.2f} s, pass 2 {pipeline.timing.pass2:.2f} s")
 
 
 if __name__ == "__main__":

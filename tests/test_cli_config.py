@@ -69,12 +69,12 @@ def _shown(value) -> str:
     return "''" if value == "" else str(value)
 
 
-UNREACHABLE_BEFORE = {"eval.save_every", "strategy.max_request_tokens", "strategy.elite", "strategy.tol",
-                      "strategy.chat"}  # fields the hand-written options of `t2 eval` left out
+UNREACHABLE_BEFORE = {"eval.save_every", "strategy.prompt.max_request_tokens", "strategy.fewshot.elite",
+                      "strategy.fewshot.tol", "strategy.prompt.chat"}  # fields the hand-written options of `t2 eval` left out
 
 
 @pytest.mark.parametrize("command, cls, some", [("eval", EvalRun, UNREACHABLE_BEFORE),
-                                                ("generate", GenerateRun, {"strategy.tol", "model.dtype"})])
+                                                ("generate", GenerateRun, {"strategy.fewshot.tol", "model.dtype"})])
 def test_help_lists_every_field_with_its_help_and_default(command, cls, some):
     text = _help(command)
     keys = list(_fields(cls))

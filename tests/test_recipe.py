@@ -17,6 +17,7 @@ from transformer_squared.tasks.vmlu import category_of
 from transformer_squared.training import splits
 from transformer_squared.training.train import TrainConfig
 
+import strategy_first  # noqa: F401  (registers `first`: the default eval.strategies lists it too)
 from vmlu_files import SUBJECTS, write_vmlu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +42,8 @@ TINY = {
                 "train": {"steps": 1, "batch_size": 4, "micro_batch_size": 4, "eval_every": 1, "lr": 0.01}},
     "router": {"train": {"steps": 1, "batch_size": 4, "micro_batch_size": 4, "eval_every": 1}},
     "baselines": {"methods": ["lora"], "lora": {"steps": 1, "batch_size": 4, "micro_batch_size": 4}},
-    "eval": {"batch_size": 16, "strategy": {"shots": 3, "population": 4, "generations": 2}},
+    "eval": {"batch_size": 16, "strategy": {"fewshot": {"shots": 3, "population": 4, "generations": 2},
+                                            "first": {"expert": 1}}},
     "report": {"n_boot": 200, "generate": ["Hello"], "max_new_tokens": 3},
 }
 
@@ -60,7 +62,7 @@ def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_mo
         stem = [i for i in shared["ids"][part] if category_of(i) == "STEM"]
         assert sorted(own["ids"][part]) == sorted(stem) and stem
     assert splits.load_split(out / "baselines" / "lora")["ids"] == shared["ids"]  # baselines: the whole train part
-    strategies = [f"Transformer² ({x})" for x in ("prompt", "cls", "fewshot", "oracle", "uniform")]
+    strategies = [f"Transformer² ({x})" for x in ("prompt", "cls", "fewshot", "oracle", "uniform", "first")]
     labels = ["base", "best constant", "LoRA", "expert STEM", "expert Humanities", *strategies]
     for label in labels:
         res = json.loads((out / "eval" / f"{slug(label)}.json").read_text())
@@ -71,7 +73,9 @@ def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_mo
     oracle = json.loads((out / "eval" / "transformer-oracle.json").read_text())
     for r in oracle["predictions"]:  # the oracle sends each question to its category's expert, else to the base
         assert r["routing"]["decision"] == (f"{r['category']}" if r["category"] in ("STEM", "Humanities") else "base")
-    alpha = json.loads((out / "fewshot_alpha.json").read_text())  # found on shots of the validation part
+    first = json.loads((out / "eval" / "transformer-first.json").read_text())  # a strategy added as one file
+    assert first["strategy"]["expert"] == 1 and all(r["routing"]["decision"] == "Humanities" for r in first["predictions"])
+    alpha = json.loads((out / "fit" / "fewshot.json").read_text())  # found on shots of the validation part
     assert len(alpha["shots"]) == 3 and set(alpha["shots"]) <= set(shared["ids"]["val"]) and len(alpha["alpha"]) == 2
     assert (out / "router" / "best" / "expert.json").is_file()
     check_report_against_results(out, labels, data, shared)
@@ -132,3 +136,7 @@ def test_recipe_config_errors():
         load_config(RecipeConfig, flags=["--experts.trian.lr", "1"])
     with pytest.raises(Exception, match="baselines.methods: 'adalora'"):
         load_config(RecipeConfig, flags=["--baselines.methods", "lora,adalora"])
+    with pytest.raises(Exception, match="eval.strategies 'cls' needs router.enabled"):  # declared by cls's spec
+        load_config(RecipeConfig, flags=["--router.enabled", "false", "--eval.strategies", "cls,uniform"])
+    with pytest.raises(Exception, match="fewshot.shots 0: must be at least 1"):  # a section checked once filled
+        load_config(RecipeConfig, flags=["--eval.strategy.fewshot.shots", "0"])

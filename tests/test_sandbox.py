@@ -2,7 +2,9 @@
 
 Hostile programs use Python-level bypasses (`posix`, `_io`, `_socket`, ctypes) on purpose: the isolation
 must come from the OS. Canary files live in pytest's tmp folders and are never anything that matters.
-Tests (a)-(h) are the holes of issue 11, each of which the old in-process sandbox let through.
+Tests (a)-(h) are the holes of issue 11, each of which the old in-process sandbox let through; the
+forgeries and resource tricks of issue 19 (exits before the checks, host file handles, sockets, io_uring,
+a shared uid) follow them.
 """
 
 from __future__ import annotations
@@ -95,12 +97,13 @@ def test_correct_program_passes_and_wrong_assert_fails():
     assert not result.passed and result.status == "failed" and "AssertionError" in result.stderr_tail
 
 
-def test_runs_as_nobody_in_a_fresh_folder_with_a_minimal_environment(monkeypatch):
+def test_runs_as_an_unprivileged_uid_in_a_fresh_folder_with_a_minimal_environment(monkeypatch):
     monkeypatch.setenv("T2_TEST_SECRET", "hunter2")
+    uids = range(sandbox.UID_BASE, sandbox.UID_BASE + sandbox.N_UIDS) if ROOT else range(65534, 65535)
     program = (
         "import os, sys, tempfile\n"
         "assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'PWD', 'LC_CTYPE'}, os.environ\n"
-        "assert os.getuid() == os.geteuid() == os.getgid() == 65534 and os.getgroups() == [], os.getuid()\n"
+        f"assert os.getuid() == os.geteuid() == os.getgid() in {uids!r} and os.getgroups() == [], os.getuid()\n"
         "caps = [l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd', 'NoNewPrivs'))]\n"
         "assert [l.split()[1] for l in caps] == ['0' * 16] * 3 + ['1'], caps\n"
         f"assert not os.path.exists('/proc/{os.getpid()}'), 'the test process is visible'\n"
@@ -184,7 +187,7 @@ def test_runs_cannot_see_each_other():
 
 def test_run_many_keeps_order():
     results = run_many(["pass", "raise SystemExit(1)", "import sys\nsys.exit(0)", "1/0"], n_workers=2)
-    assert [r.passed for r in results] == [True, False, True, False]
+    assert [r.status for r in results] == ["passed", "exited", "exited", "failed"]
     assert "ZeroDivisionError" in results[3].stderr_tail
 
 
@@ -307,22 +310,155 @@ def test_h_python_level_bypasses_change_nothing():
         shutil.rmtree(shared)
 
 
+# ---- the forgeries and resource tricks of issue 19 ------------------------------------------------
+
+WRONG = "def inc(x):\n    return x\n"  # a wrong solution; CHECK fails on it
+CHECK = "\nassert inc(1) == 2\n"
+EXIT_TRICKS = {
+    "sys.exit(0)": "import sys; sys.exit(0)\n",
+    "exit()": "exit()\n",
+    "raise SystemExit": "raise SystemExit\n",
+    "os._exit(0)": "import os; os._exit(0)\n",
+    "thread os._exit(0)": "import os, threading, time\nthreading.Thread(target=os._exit, args=(0,)).start()\n"
+                          "time.sleep(2)\n",
+    "atexit os._exit(0)": "import atexit, os; atexit.register(os._exit, 0)\n",  # the assert below still fails
+    "SystemExit from the checks": "import sys\ndef inc(x):\n    sys.exit(0)\n",
+}
+
+
+@pytest.mark.parametrize("trick", list(EXIT_TRICKS))
+def test_a_program_that_ends_before_its_checks_fails(trick):
+    """Issue 19: status 0 before the asserts used to count as passed; the runner's token now decides."""
+    result = run_code(WRONG + EXIT_TRICKS[trick] + CHECK)
+    assert not result.passed
+    assert result.status == ("failed" if trick.startswith("atexit") else "exited"), result
+
+
+def test_writing_guesses_to_every_descriptor_then_exiting_fails():
+    """The runner's pipe must carry exactly the token, which is in no program text, argument or environment."""
+    program = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n"
+               "        os.write(fd, b'0' * 32)\n    except OSError:\n        pass\n"
+               "os._exit(0)\n")
+    result = run_code(program)
+    assert not result.passed and result.status == "exited"
+
+
+def test_only_the_token_makes_a_pass_and_the_program_cannot_read_it(monkeypatch):
+    """A known token (patched in) written to the runner's pipe forges a pass, so it must stay out of reach:
+    it is not in the program's command line, environment, or any descriptor the program can read."""
+    from transformer_squared.sandbox import runner
+
+    known = "7" * runner.TOKEN_BYTES
+    monkeypatch.setattr(runner.secrets, "token_hex", lambda n: known)
+    forge = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    if fd > 2:\n        try:\n"
+             f"            os.write(fd, {known.encode()!r})\n        except OSError:\n            pass\n"
+             "os._exit(0)\n")
+    assert run_code(forge).passed  # the positive control: knowing the token is all it takes
+    look = ("import os\nseen = open('/proc/self/cmdline', 'rb').read() + open('/proc/self/environ', 'rb').read()\n"
+            "for fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n        os.set_blocking(fd, False)\n"
+            "        seen += os.read(fd, 4096)\n    except OSError:\n        pass\n"
+            f"assert {known.encode()!r} not in seen\n")
+    result = run_code(look)
+    assert result.passed, result.stderr_tail
+
+
+def test_no_host_file_is_writable_or_fallocatable_through_a_descriptor():
+    """Issue 19: stderr was an unlinked host file; fallocate(KEEP_SIZE, 1 GiB) on it took host disk past FILE_MB."""
+    program = BYPASS + (
+        "import errno, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "fds = [int(fd) for fd in os.listdir('/proc/self/fd')]\n"
+        "kinds = {}\nfor fd in fds:\n    try:\n        kinds[fd] = os.readlink(f'/proc/self/fd/{fd}')\n"
+        "    except OSError:\n        continue  # listdir's own descriptor, closed since\n"
+        "    grown = libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(1 << 30))  # FALLOC_FL_KEEP_SIZE\n"
+        "    assert grown == -1, (fd, kinds[fd])\n"
+        "assert all(k.startswith('pipe:') or k == '/dev/null' for k in kinds.values()), kinds\n"
+    )
+    result = run_code(program)
+    assert result.passed, result.stderr_tail
+
+
+def test_output_is_a_bounded_tail_of_pipes():
+    result = run_code("import sys\nfor i in range(200000):\n    print(i)\n    print(-i, file=sys.stderr)\n",
+                      timeout_s=10)
+    assert result.passed and len(result.stdout_tail) <= sandbox.STDERR_CHARS
+    assert result.stdout_tail.endswith("199999\n") and result.stderr_tail.endswith("-199999\n")
+
+
+SOCKETS = BYPASS + (
+    "import _socket, errno\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+    "def refused(call, *args):\n    try:\n        call(*args)\n    except OSError as e:\n        return e.errno\n"
+)
+
+
+def test_only_unix_inet_and_netlink_sockets():
+    """Issue 19: socket(AF_VSOCK) reached the hypervisor's vsock transport; AF_PACKET and the rest are refused too."""
+    program = SOCKETS + (
+        "for family, kind in ((1, 1), (2, 1), (10, 2), (16, 3)):  # UNIX, INET, INET6, NETLINK\n"
+        "    _socket.socket(family, kind).close()\n"
+        "for pair in _socket.socketpair(1, 1):\n    pair.close()\n"
+        "for family, kind in ((40, 1), (17, 3), (4, 2), (5, 2), (9, 5), (38, 5), (29, 3), (44, 3)):\n"
+        "    assert refused(_socket.socket, family, kind) == errno.EAFNOSUPPORT, family  # VSOCK, PACKET, ...\n"
+        "    assert refused(_socket.socketpair, family, kind) == errno.EAFNOSUPPORT, family\n"
+    )
+    result = run_code(program)
+    assert result.passed, result.stderr_tail
+
+
+def test_io_uring_is_refused():
+    """Issue 19: io_uring_setup was allowed; io_uring opens sockets past the socket() filter."""
+    numbers = {"x86_64": (425, 426, 427), "aarch64": (425, 426, 427)}.get(os.uname().machine)
+    if numbers is None:
+        pytest.skip("no syscall numbers for this machine")
+    program = SOCKETS + (
+        "params = ctypes.create_string_buffer(120)\n"
+        f"for nr in {numbers!r}:\n"
+        "    assert libc.syscall(nr, 8, params, 0, 0, 0, 0) == -1 and ctypes.get_errno() == errno.ENOSYS, nr\n"
+    )
+    result = run_code(program)
+    assert result.passed, result.stderr_tail
+
+
+@pytest.mark.skipif(not ROOT, reason="one uid per run needs root; a user namespace maps every run to the user")
+def test_concurrent_runs_have_their_own_uid():
+    """Issue 19: every run was uid nobody, sharing per-uid limits (inotify instances, processes, pipe buffers)."""
+    program = "import os, time\nprint(os.getuid())\ntime.sleep(1)\n"
+    results = run_many([program] * 6, n_workers=6)
+    uids = {int(r.stdout_tail) for r in results}
+    assert len(uids) == 6 and all(sandbox.UID_BASE <= u < sandbox.UID_BASE + sandbox.N_UIDS for u in uids)
+
+
 # ---- many programs, cleanup -----------------------------------------------------------------------
 
 def test_run_many_200_programs_some_hostile(marker):
-    """A bounded pool: every correct program passes, every hostile one fails, nothing is left behind."""
+    """A bounded pool: every correct program passes, every hostile one fails, nothing is left behind.
+
+    Issue 19: runs that take locks and all their inotify instances pass side by side (as root each run has its
+    own uid; one shared uid let one run's flock or inotify instances make another fail)."""
     hostile = {
         "bomb": marked(marker) + "while True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n",
         "hog": "chunks = []\nwhile True:\n    chunks.append(b'x' * 10**7)\n",
         "sleeper": "import time\ntime.sleep(60)\n",
         "daemon": marked(marker) + "if posix.fork() == 0:\n    import time\n    time.sleep(60)\nraise SystemExit(1)\n",
     }
+    neighbours = {  # pass only when no other run holds the same lock or uses the same per-uid allowance
+        "locker": ("import errno, fcntl, time\nshared = open('/usr/bin/env', 'rb')  # one inode for every run\n"
+                   "try:\n    fcntl.flock(shared, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError as e:\n"
+                   "    assert e.errno != errno.EWOULDBLOCK, 'another run holds the lock'\n"
+                   "fcntl.lockf(shared, fcntl.LOCK_SH | fcntl.LOCK_NB)\n"
+                   "fcntl.lockf(open('/tmp/own.lock', 'wb'), fcntl.LOCK_EX | fcntl.LOCK_NB)\ntime.sleep(1)\n"),
+        "inotify": ("import ctypes, time\nlibc = ctypes.CDLL(None)\nlimit = int(open("
+                    "'/proc/sys/fs/inotify/max_user_instances').read())\nfds = []\nwhile len(fds) < limit + 1:\n"
+                    "    fd = libc.inotify_init()\n    if fd < 0:\n        break\n    fds.append(fd)\n"
+                    "assert len(fds) == limit, (len(fds), limit)\ntime.sleep(1)\n"),
+    }
     programs, bad = [], set()
     for i in range(200):
         kind = list(hostile)[i // 10 % 4] if i % 10 == 3 else None  # 20 hostile, spread out
         if kind:
             bad.add(i)
-        programs.append(hostile[kind] if kind else f"assert sum(range({i})) == {i * (i - 1) // 2}\n")
+        neighbour = {6: "inotify", 7: "inotify", 16: "locker", 17: "locker"}.get(i % 20) if ROOT else None  # in pairs
+        programs.append(hostile[kind] if kind else neighbours[neighbour] if neighbour else
+                        f"assert sum(range({i})) == {i * (i - 1) // 2}\n")
     before = temp_entries()
     start = time.monotonic()
     results = run_many(programs, timeout_s=3, memory_mb=128, n_workers=4)

@@ -82,7 +82,7 @@ def test_bfloat16_factors(tiny, tmp_path):
 KILLABLE = textwrap.dedent(
     """
     import sys, time
-    from transformer_squared import svd
+    from transformer_squared.experts import svd
     from transformer_squared.models.load import load_model
     slow = svd.svd_one
     def svd_one(W, device=None):
@@ -136,7 +136,7 @@ def test_smollm2_reconstruction(smollm2):
 CONCURRENT = textwrap.dedent(
     """
     import sys, time
-    from transformer_squared import svd
+    from transformer_squared.experts import svd
     from transformer_squared.models.load import load_model
     slow = svd.svd_one
     def svd_one(W, device=None):

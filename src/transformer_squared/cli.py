@@ -92,7 +92,7 @@ def _generate(cfg: Any) -> None:
     from .evaluation.runs import run_generate
 
     answer = run_generate(cfg)
-    if answer.expert is not None:
+    if cfg.strategy is not None:
         err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
     console.print(answer.text)
 

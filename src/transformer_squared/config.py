@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import inspect
 import io
 import textwrap
@@ -265,7 +264,6 @@ def leaves(cls: type, prefix: str = "") -> list[Leaf]:
     return out
 
 
-@functools.cache
 def field_help(cls: type) -> dict[str, str]:
     """Field name → help: `field(metadata={"help": ...})` where given, else the field's trailing `# comment`."""
     notes: dict[str, str] = {}

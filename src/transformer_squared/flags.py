@@ -52,9 +52,15 @@ def _bool(decl: str) -> str:
     return f"{decl}/--no-{decl[2:]}"
 
 
+def _pair(key: str) -> str:
+    """'strategy.cls.expert' → 'cls_expert' (the last section's name and the field's)."""
+    return "_".join(key.split(".")[-2:])
+
+
 def _options(cls: type) -> list[_Opt]:
     """The options of a run config: `--section.key` for every field, plus its short flags: the field's own
-    name where no other field has it, and the config's FLAGS (several keys for one flag where they share it)."""
+    name where no other field has it (else its section's name and its own, where unique), and the config's
+    FLAGS (several keys for one flag where they share it)."""
     fields = leaves(cls)
     keys = [f.key for f in fields]
     by_key = {f.key: f for f in fields}
@@ -66,6 +72,7 @@ def _options(cls: type) -> list[_Opt]:
         assert not missing, f"{cls.__name__}.FLAGS {flag}: no field {missing}"
         targets[flag] = list(dict.fromkeys(hits))
     count = collections.Counter(k.rsplit(".", 1)[-1] for k in keys)
+    pair = collections.Counter(_pair(k) for k in keys if "." in k)
     opts = []
     for f in fields:
         name = f.key.rsplit(".", 1)[-1]
@@ -75,6 +82,11 @@ def _options(cls: type) -> list[_Opt]:
             decls.append(own)
         decls += [flag for flag, hit in targets.items() if hit == [f.key]]
         opts.append(_Opt(f.key.replace(".", "__"), decls, [f.key], f))
+    taken = {d for o in opts for d in o.decls} | set(short)
+    for o in opts:  # a nested key without a short flag of its own: its section's name and its own, `--cls-expert`
+        two = "--" + _pair(o.leaf.key).replace("_", "-")
+        if len(o.decls) == 1 and "." in o.leaf.key and pair[_pair(o.leaf.key)] == 1 and two not in taken:
+            o.decls.append(two)
     for flag, hit in targets.items():
         if len(hit) > 1:
             opts.append(_Opt("_" + flag.strip("-").replace("-", "_"), [flag], hit, by_key[hit[0]], shared=True))

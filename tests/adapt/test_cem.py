@@ -53,7 +53,7 @@ def test_a_small_population_keeps_two_elite_and_does_not_stop_at_once():
 def test_fewshot_fitness_equals_hand_computation(adapted, tmp_path):
     task = get_task("vmlu")
     shots = task.load(str(write_vmlu(tmp_path / "vmlu", per_subject=1)), "valid")[:3]
-    fs = build_strategy(adapted, StrategyConfig("fewshot", shots=3))
+    fs = build_strategy(adapted, StrategyConfig.of("fewshot", shots=3))
     pop = torch.tensor([[1.0, 0.0], [0.2, 0.7]])
     acc, ll = fs.fitness(task, shots, pop)
     prompts = task.format(shots)
@@ -72,7 +72,7 @@ def test_fewshot_fitness_equals_hand_computation(adapted, tmp_path):
 def test_fewshot_saves_alpha_excludes_shots_and_reuses_it(adapted, tmp_path):
     data = write_vmlu(tmp_path / "vmlu", per_subject=1)
     cfg = EvalConfig(task="vmlu", data=str(data), protocol="letter", batch_size=8)
-    scfg = StrategyConfig("fewshot", shots=3, population=6, generations=3, alpha_per="target")
+    scfg = StrategyConfig.of("fewshot", shots=3, population=6, generations=3, alpha_per="target")
     out = tmp_path / "r.json"
     res = evaluate(adapted, cfg, out, strategy=scfg)
     shots = res["strategy"]["shots"]
@@ -85,8 +85,8 @@ def test_fewshot_saves_alpha_excludes_shots_and_reuses_it(adapted, tmp_path):
     assert all(r["routing"] == {"decision": "mixture", "alpha": None} for r in res["predictions"])
     again = evaluate(adapted, cfg, strategy=scfg)  # seeded: the same α
     assert again["strategy"]["alpha"] == saved["alpha"]
-    reused = evaluate(adapted, cfg, strategy=StrategyConfig("fewshot", alpha_per="target", alpha_from=str(alpha_path(out))))
+    reused = evaluate(adapted, cfg, strategy=StrategyConfig.of("fewshot", alpha_per="target", alpha_from=str(alpha_path(out))))
     assert "search" not in reused["strategy"] and reused["strategy"]["excluded_ids"] == shots
     assert [r["prediction"] for r in reused["predictions"]] == [r["prediction"] for r in res["predictions"]]
     with pytest.raises(ConfigError, match="need \\(2,\\)"):
-        build_strategy(adapted, StrategyConfig("fewshot", alpha_from=str(alpha_path(out))))
+        build_strategy(adapted, StrategyConfig.of("fewshot", alpha_from=str(alpha_path(out))))

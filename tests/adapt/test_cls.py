@@ -38,7 +38,7 @@ def test_route_task_is_the_experts_training_questions(routed):
 def test_cls_decisions_equal_a_direct_forward_with_the_route_expert(routed, tiny_model_dir):
     dirs, cls_dir = routed
     am = load_adapted(str(tiny_model_dir), experts=dirs, device="cpu")
-    s = build_strategy(am, StrategyConfig("cls", cls_expert=str(cls_dir)))
+    s = build_strategy(am, StrategyConfig.of("cls", cls_expert=str(cls_dir)))
     scores = s.scores(REQUESTS)
     route = Expert.load(cls_dir)
     tok = am.tokenizer
@@ -56,6 +56,6 @@ def test_cls_decisions_equal_a_direct_forward_with_the_route_expert(routed, tiny
     assert not torch.equal(scores, build_strategy(am, "prompt").scores(REQUESTS))  # its own weights, not the base's
     swapped = load_adapted(str(tiny_model_dir), experts=dirs[::-1], device="cpu")
     with pytest.raises(ExpertError, match="trained to route between experts \\['STEM', 'Humanities'\\]"):
-        build_strategy(swapped, StrategyConfig("cls", cls_expert=str(cls_dir)))
+        build_strategy(swapped, StrategyConfig.of("cls", cls_expert=str(cls_dir)))
     with pytest.raises(ExpertError, match="not 'route'"):
-        build_strategy(am, StrategyConfig("cls", cls_expert=str(dirs[0])))
+        build_strategy(am, StrategyConfig.of("cls", cls_expert=str(dirs[0])))

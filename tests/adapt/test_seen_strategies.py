@@ -24,8 +24,8 @@ def test_a_classification_expert_records_the_questions_behind_its_prompts(routed
     split = json.loads((cls_dir.parent / "split.json").read_text(encoding="utf-8"))
     saw = set(split["ids"]["train"]) | set(split["ids"]["val"])
     assert len(saw) == 16 and torch.equal(Expert.load(cls_dir).seen, seen.keys([q for q in questions if q.id in saw]))
-    assert strategy_experts(StrategyConfig("cls", cls_expert=str(cls_dir))) == [str(cls_dir)]
-    assert strategy_experts(StrategyConfig("prompt")) == [] and strategy_experts(None) == []
+    assert strategy_experts(StrategyConfig.of("cls", cls_expert=str(cls_dir))) == [str(cls_dir)]
+    assert strategy_experts(StrategyConfig.of("prompt")) == [] and strategy_experts(None) == []
 
 
 @pytest.mark.parametrize("strategy, n_excluded", [("cls", 8), ("uniform", 0)])

@@ -3,15 +3,20 @@ hand-computed ones on the tiny model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Callable
 
 import pytest
 import torch
 
-from transformer_squared.adapt import (STRATEGIES, Request, StrategyConfig, build_strategy, decisions, one_hot)
+from transformer_squared.adapt import (STRATEGIES, Pipeline, Request, StrategyConfig, build_strategy, decisions,
+                                       one_hot)
+from transformer_squared.config import load_config
 from transformer_squared.errors import ConfigError, RegistryError
 from transformer_squared.tasks import Example, get_task
+
+import strategy_first  # noqa: F401  (registers `first`, a strategy added as one file)
 
 REQUESTS = [Request("What is the derivative of x^3?", category="STEM"),
             Request("Who signed the Treaty of Versailles? " * 12, category="Humanities", subject="history"),
@@ -19,36 +24,49 @@ REQUESTS = [Request("What is the derivative of x^3?", category="STEM"),
 
 
 SETUPS: dict[str, Callable] = {  # name → config from the `routed` fixture (expert folders, classification expert)
-    "prompt": lambda routed: StrategyConfig("prompt"),
-    "cls": lambda routed: StrategyConfig("cls", cls_expert=str(routed[1])),
-    "fewshot": lambda routed: StrategyConfig("fewshot", shots=3, population=10, generations=1),
-    "oracle": lambda routed: StrategyConfig("oracle"),
-    "uniform": lambda routed: StrategyConfig("uniform"),
+    "prompt": lambda routed: StrategyConfig.of("prompt"),
+    "cls": lambda routed: StrategyConfig.of("cls", cls_expert=str(routed[1])),
+    "fewshot": lambda routed: StrategyConfig.of("fewshot", shots=3, population=10, generations=1),
+    "oracle": lambda routed: StrategyConfig.of("oracle"),
+    "uniform": lambda routed: StrategyConfig.of("uniform"),
+    "first": lambda routed: StrategyConfig.of("first", expert=1),
 }
 
 
 def test_every_registered_strategy_is_covered():
     assert set(STRATEGIES.names()) == set(SETUPS)
     with pytest.raises(RegistryError, match="did you mean 'oracle'.*known: .*prompt.*uniform"):
-        StrategyConfig("oracel")
+        StrategyConfig.of("oracel")
 
 
 @pytest.mark.parametrize("name", sorted(SETUPS))
 def test_strategy_contract(name, adapted, routed):
-    s = build_strategy(adapted, SETUPS[name](routed))
-    assert s.name == name
+    """Through the pipeline, as every caller runs a strategy: fit once, route, record; its settings section
+    is a field of StrategyConfig with a help line, and every setting has a default."""
+    cfg = SETUPS[name](routed)
+    spec = STRATEGIES.get(name)
+    section = next(f for f in dataclasses.fields(StrategyConfig) if f.name == name)
+    assert section.metadata["help"].startswith(f"settings of strategy {name}") and section.type is spec.settings
+    assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(spec.settings))
+    assert spec.needs in ("nothing", "classifier", "shots")
+    pipe = Pipeline(adapted, cfg)
+    assert pipe.strategy.name == name and pipe.labels == adapted.labels
     task = get_task("mcq")
-    used = s.fit(task, [Example(id=str(i), question=f"{i} + 1?", answer="A", choices=(str(i + 1), "0"))
-                        for i in range(12)])
+    pool = [Example(id=str(i), question=f"{i} + 1?", answer="A", choices=(str(i + 1), "0")) for i in range(12)]
+    used = pipe.fit(task, pool)
     assert isinstance(used, list) and all(isinstance(i, str) for i in used)
-    alpha = s.mix(REQUESTS)
+    assert pipe.fit(task, pool[:1]) == used  # idempotent
+    routed_ = pipe.route(REQUESTS)
+    alpha = routed_.alpha
     K, T = len(adapted.experts), len(adapted.targets)
     assert alpha.dtype == torch.float32 and tuple(alpha.shape) in ((3, K), (3, K, T))
     assert torch.isfinite(alpha).all() and (alpha >= 0).all() and (alpha <= 1).all()
-    assert torch.equal(s.mix(REQUESTS), alpha)  # deterministic
-    assert s.mix([]).shape[0] == 0
-    json.dumps(s.record())
-    assert s.record()["name"] == name
+    assert routed_.decisions == decisions(alpha, adapted.labels) and routed_.seconds >= 0
+    assert torch.equal(pipe.route(REQUESTS).alpha, alpha)  # deterministic
+    assert pipe.route([]).alpha.shape[0] == 0
+    json.dumps(pipe.record())
+    assert pipe.record()["name"] == name
 
 
 def test_uniform_and_oracle_alpha_are_exact(adapted):
@@ -60,7 +78,7 @@ def test_uniform_and_oracle_alpha_are_exact(adapted):
 def test_prompt_strategy_equals_a_direct_forward(adapted):
     """The routing prompt spelled out by hand, in the chat template, one forward pass per request:
     log-probabilities of the option letters ("A" or " A" as next token) and their argmax."""
-    s = build_strategy(adapted, StrategyConfig("prompt", max_request_tokens=16))
+    s = build_strategy(adapted, StrategyConfig.of("prompt", max_request_tokens=16))
     tok, model = adapted.tokenizer, adapted.model
     scores = s.scores(REQUESTS)
     for i, r in enumerate(REQUESTS):
@@ -94,5 +112,21 @@ def test_decisions_and_config_checks():
     per_target[0, 1] = 1.0
     per_target[1, 0, 0] = 0.5
     assert decisions(per_target, ["a", "b"]) == ["b", "mixture"]
-    with pytest.raises(ConfigError, match="shots 0: must be at least 1; elite 2: a share in \\(0, 1\\)"):
-        StrategyConfig("prompt", shots=0, elite=2)
+    assert decisions(torch.zeros(3, 0), []) == ["base"] * 3 and decisions(torch.zeros(0, 2), ["a", "b"]) == []
+    with pytest.raises(ConfigError, match="^fewshot.shots 0: must be at least 1; fewshot.elite 2: a share in \\(0, 1\\)$"):
+        StrategyConfig.of("fewshot", shots=0, elite=2)
+    with pytest.raises(ConfigError, match="strategy 'prompt' has no setting 'shots'"):
+        StrategyConfig.of("prompt", shots=3)  # a setting of another strategy is not taken silently
+
+
+def test_config_checks_report_every_problem_together():
+    """YAML or flags fill the sections after construction; the checks then report shared, section and
+    chosen-strategy problems in one message (cls without its expert, a bad setting of an unchosen one)."""
+    with pytest.raises(ConfigError) as e:
+        load_config(StrategyConfig, flags=["--name", "cls", "--batch_size", "0", "--fewshot.population", "0",
+                                           "--first.expert", "-1"])
+    assert str(e.value) == ("batch_size 0: must be at least 1; fewshot.population 0: must be at least 1; "
+                            "first.expert -1: an index, at least 0; strategy cls needs --cls-expert DIR, its "
+                            "classification expert (cls.expert; train one with `t2 train --task route --experts ...`)")
+    cfg = load_config(StrategyConfig, flags=["--name", "first", "--first.expert", "1", "--seed", "3"])
+    assert cfg.section() == cfg.first and cfg.first.expert == 1 and cfg.seed == 3

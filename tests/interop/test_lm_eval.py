@@ -141,3 +141,26 @@ def test_mixture_hook_uses_the_pass1_strategies(tiny_model_dir, task_dir, tmp_pa
     requests = [type("Req", (), {"args": (q, " a"), "task_name": "t2_tiny_mc"})() for q, _, _ in QUESTIONS[:3]]
     alpha = lm.mixture_for(requests)
     assert alpha.shape == (3, 2) and set(alpha.sum(1).tolist()) <= {0.0, 1.0}
+
+
+def test_fewshot_strategy_fits_itself_in_the_backend(tiny_model_dir, task_dir, tmp_path):
+    """`fewshot` without alpha_from: the pipeline searches α once on shots of `fit_task` (settings from a
+    `strategy_config` YAML file, as lm_eval's --model_args would name it), and every document then runs with
+    that α: its log-likelihoods equal those of a fixed mixture at the α found."""
+    from transformer_squared.interop.lm_eval_adapter import T2LM
+
+    am = load_adapted(str(tiny_model_dir), device="cpu")
+    paths = [make_expert(am.model, seed=k, scale=2.0, label=label).save(tmp_path / label)
+             for k, label in enumerate(["a", "b"])]
+    settings = tmp_path / "fewshot.yaml"
+    settings.write_text(f"fewshot: {{shots: 3, population: 4, generations: 2, fit_task: mcq, "
+                        f"fit_data: {task_dir / 'data.jsonl'}}}\n")
+    lm = T2LM(adapted=load_adapted(str(tiny_model_dir), experts=paths, device="cpu"), strategy="fewshot",
+              strategy_config=str(settings))
+    routed = _run(lm, task_dir, ["t2_tiny_mc"])
+    alpha = lm.pipeline.strategy.alpha
+    assert len(lm.pipeline.fit()) == 3 and alpha.shape == (2,)
+    fixed = _run(T2LM(adapted=load_adapted(str(tiny_model_dir), experts=paths, alpha=alpha.tolist(), device="cpu")),
+                 task_dir, ["t2_tiny_mc"])
+    lls = [{s["doc_id"]: [r[0][0] for r in s["resps"]] for s in res["samples"]["t2_tiny_mc"]} for res in (routed, fixed)]
+    assert lls[0] == lls[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 
@@ -123,3 +124,60 @@ def test_unsafe_exec_is_a_train_config_key():
 
     assert load_config(TrainConfig, flags=["--unsafe_exec"]).unsafe_exec is True
     assert TrainConfig().unsafe_exec is False
+
+
+# ---- issue 19: results that cannot be forged --------------------------------------------------------
+
+WRONG_BODY = "    return x\n"
+FORGERIES = {  # completions of inc() that are wrong, then end the program before check() can fail
+    "sys.exit(0) in the body": "    import sys; sys.exit(0)\n",
+    "exit() in the body": "    exit()\n",
+    "raise SystemExit": "    raise SystemExit\n",
+    "os._exit(0) after return None": "    return None\nimport os; os._exit(0)\n",
+    "atexit os._exit(0)": WRONG_BODY + "import atexit, os; atexit.register(os._exit, 0)\n",
+    "thread os._exit(0)": WRONG_BODY + "import os, threading, time\n"
+                                       "threading.Thread(target=lambda: (time.sleep(0.5), os._exit(0))).start()\n",
+    "fenced chat block": "Sure:\n```python\ndef inc(x):\n    return x\nif True:\n    import sys; sys.exit(0)\n```\n",
+}
+
+
+def test_humaneval_completions_that_end_before_the_checks_fail(tmp_path, jsonl):
+    """Issue 19: each of these scored passed=True; the reference harness fails them all."""
+    task = HumanEval(timeout_s=3)
+    ex = task.load(str(jsonl(tmp_path / "he.jsonl", [HUMANEVAL_ROW])), "test") * len(FORGERIES)
+    predictions = task.parse(ex, list(FORGERIES.values()))
+    assert "if True" in predictions[-1]  # the fence kept what the stop sequences would have cut
+    runs = task.runs(ex, predictions)
+    assert [r.passed for r in runs] == [False] * len(FORGERIES)
+    late = ("atexit os._exit(0)", "thread os._exit(0)")  # the checks fail first, and the runner ends at once
+    assert [r.status for r in runs] == ["failed" if name in late else "exited" for name in FORGERIES]
+    assert task.score(ex[:1], ["    return x + 1\n"]) == [True]
+
+
+def test_mbpp_exit_after_a_wrong_solution_fails(tmp_path, jsonl):
+    """Issue 19: `def add(a,b): return 0` then `sys.exit(0)` passed MBPP's asserts."""
+    task = get_task("mbpp")
+    ex = task.load(str(jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS[:1])), "all")
+    forged = "def add(a,b):\n    return 0\nimport sys; sys.exit(0)\n[DONE]"
+    assert task.score(ex * 2, task.parse(ex * 2, [forged, "def add(a, b):\n    return a + b\n[DONE]"])) == [False, True]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("entry_point", "(__import__('os')._exit(0))", "field 'entry_point' must be a Python name"),
+    ("entry_point", "class", "field 'entry_point' must be a Python name"),
+    ("entry_point", 3, "field 'entry_point' must be a Python name"),
+    ("test", "def check(candidate):\n  assert (", "field 'test' is not valid Python"),
+    ("test", "import os; os._exit(0)\n", "field 'test' must define a function 'check'"),
+])
+def test_humaneval_fields_that_become_code_are_checked(tmp_path, jsonl, field, value, message):
+    """Issue 19: `entry_point` went into the program as code: `(__import__('os')._exit(0))` solved the problem."""
+    path = jsonl(tmp_path / "evil.jsonl", [HUMANEVAL_ROW, {**HUMANEVAL_ROW, "task_id": "Toy/1", field: value}])
+    with pytest.raises(DataError, match=rf"^{path}:2: {re.escape(message)}") as exc:
+        HumanEval().load(str(path), "test")
+    assert "\n" not in str(exc.value)
+
+
+def test_mbpp_test_code_must_parse(tmp_path, jsonl):
+    bad = jsonl(tmp_path / "bad.jsonl", [{**MBPP_ROWS[1], "test_setup_code": "K = ("}])
+    with pytest.raises(DataError, match=f"^{bad}:1: field 'test_setup_code' is not valid Python"):
+        get_task("mbpp").load(str(bad), "test")

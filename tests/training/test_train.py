@@ -21,6 +21,7 @@ from transformer_squared.errors import ConfigError
 from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.experts.svd import Factors
 from transformer_squared.tasks.base import Example
+from transformer_squared.tasks.code import CodeTask
 from transformer_squared.training.train import Recipe, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,6 +301,50 @@ def test_generative_rollouts_step_with_kl(tmp_path, tiny_model_dir, mode):
     assert stats["kl"] >= 0 and any(not torch.equal(before[t], r.p[t]) for t in r.p)
     with pytest.raises(ConfigError, match="needs a multiple-choice task"):
         Recipe(replace(cfg, objective="exact"), tmp_path / "x", TinyGen()).setup()
+
+
+CODE_ANSWERS = {  # what TinyCode's "model" writes for each kind of question, whatever it generated
+    "right": "def inc(x):\n    return x + 1\n",
+    "wrong": "def inc(x):\n    return x\n",
+    "exit": "def inc(x):\n    return x\nimport sys; sys.exit(0)\n",
+    "os_exit": "def inc(x):\n    return x\nimport os; os._exit(0)\n",
+}
+
+
+@dataclass
+class TinyCode(CodeTask):
+    """A code Task whose answers are fixed by the question: right, wrong, or ending before the checks."""
+
+    name: str = "tiny-code"
+    version: str = "1"
+    kind: str = "generate"
+    categories: tuple[str, ...] = ()
+
+    def load(self, data, split):
+        return [Example(id=f"c{i}", question=f"Write inc ({i}).", answer=list(CODE_ANSWERS)[i % 4], subject="s")
+                for i in range(8)]
+
+    def format(self, examples, tokenizer=None, chat=False):
+        return [e.question for e in examples]
+
+    def parse(self, examples, completions):
+        return [CODE_ANSWERS[e.answer] for e in examples]
+
+    def programs(self, examples, predictions):
+        return [f"{p}\nassert inc(1) == 2\n" for p in predictions]
+
+
+def test_code_rollouts_log_the_share_that_ended_before_the_checks(tmp_path, tiny_model_dir):
+    """Issue 19: a forged pass was a +1 reward; now it is −1 and metrics.jsonl shows how often rollouts try it."""
+    cfg = _cfg(tiny_model_dir, task="tiny-code", steps=1, batch_size=4, micro_batch_size=4, val_fraction=0.25,
+               max_new_tokens=2, temperature=1.0, samples_per_prompt=2, eval_every=1)
+    r = Recipe(cfg, tmp_path / "run", TinyCode())
+    r.setup()
+    batch = r.batch_examples(0)
+    r.train()
+    (row,) = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "loss" in x]
+    assert row["early_exit"] == sum(e.answer in ("exit", "os_exit") for e in batch) / len(batch)
+    assert row["reward"] == sum(1 if e.answer == "right" else -1 for e in batch) / len(batch)
 
 
 def test_sampled_letters_gradient_averages_to_the_exact_gradient(tmp_path, tiny_model_dir):

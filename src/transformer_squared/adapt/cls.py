@@ -8,20 +8,38 @@ next-token log-probabilities is the expert index ("other" = the base weights).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ExpertError
 from ..experts.expert import Expert
 from ..models.load import model_id
-from ..tasks.route import expert_folders, read_meta
+from ..tasks.route import MAX_REQUEST_TOKENS, expert_folders, read_meta
 from .prompt import Classifier
-from .registry import STRATEGIES, StrategyConfig
+from .registry import CLASSIFIER, StrategyConfig, StrategySpec, register_strategy
+
+
+@dataclass
+class ClsSettings:
+    """Settings of `cls`."""
+
+    expert: str | None = None  # folder of the classification expert (`t2 train --task route --experts ...`)
+    max_request_tokens: int = MAX_REQUEST_TOKENS  # requests are cut to this many tokens first
+
+    def problems(self) -> list[str]:
+        return [f"max_request_tokens {self.max_request_tokens}: must be at least 1"] if self.max_request_tokens < 1 else []
+
+
+def check(settings: ClsSettings) -> list[str]:
+    """What `cls` needs when chosen: its classification expert."""
+    return [] if settings.expert else ["strategy cls needs --cls-expert DIR, its classification expert "
+                                       "(cls.expert; train one with `t2 train --task route --experts ...`)"]
 
 
 def build(am: Any, cfg: StrategyConfig) -> Classifier:
     """A Classifier under the classification expert's weights; checks it routes between these experts."""
-    path = Path(str(cfg.cls_expert))
+    path = Path(str(cfg.section("cls").expert))
     e = Expert.load(path)
     if e.meta.task != "route":
         raise ExpertError(f"--cls-expert {path}: trained on task '{e.meta.task or 'none'}', not 'route' "
@@ -41,4 +59,7 @@ def build(am: Any, cfg: StrategyConfig) -> Classifier:
     return clf
 
 
-STRATEGIES.register("cls", build)
+register_strategy(StrategySpec(
+    "cls", build, ClsSettings, needs=CLASSIFIER, help="a classification expert names the expert for each request",
+    check=check, runs=lambda s: [s.expert] if s.expert else [],
+    given=lambda s, classifier: replace(s, expert=classifier)))

@@ -7,13 +7,16 @@ p(reference answer | prompt)). Mixing is over post-sigmoid z (`svf.mix`). The wh
 scored in one call: k × population prompts, each row with its own α, as mixed batches (factored)
 or, where the engine cannot, grouped. The k examples are drawn with the seed and returned by `fit`,
 so evaluation leaves them out. The found α is saved as JSON and reused with `alpha_from`.
+Outside an evaluation (generate, lm-eval, the server) the shots come from `fit_task` / `fit_data` /
+`fit_split`, or the α from `alpha_from`.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -22,9 +25,35 @@ from ..atomic import read_json
 from ..errors import ConfigError
 from ..tasks.base import Example, Task
 from .cem import CEMConfig, CEMResult, cem
-from .registry import STRATEGIES, Request, StrategyConfig
+from .registry import SHOTS, Request, StrategyConfig, StrategySpec, register_strategy
 
 FORMAT = "transformer-squared-fewshot-alpha"
+
+
+@dataclass
+class FewShotSettings:
+    """Settings of `fewshot`."""
+
+    shots: int = 10  # k labelled examples of the target task (left out of the evaluation)
+    population: int = 32  # CEM population per generation
+    elite: float = 0.2  # share of the population kept as elite
+    generations: int = 50  # most CEM generations
+    tol: float = 1e-3  # stop when every coordinate's elite standard deviation is below this
+    alpha_per: Literal["expert", "target"] = "expert"  # one α per expert, or per expert per target
+    alpha_from: str | None = None  # reuse the α saved by an earlier run (JSON) instead of searching
+    mixed: bool = True  # score the population in mixed batches (factored) where the engine can, else grouped
+    fit_task: str | None = None  # outside an evaluation: the task whose labelled examples give the shots
+    fit_data: str | None = None  # with fit_task: its data folder/file or hub id (None: the task's default)
+    fit_split: str = "train"  # with fit_task: the split the shots are drawn from
+
+    def problems(self) -> list[str]:
+        out = [f"{k} {getattr(self, k)}: must be at least 1" for k in ("shots", "population", "generations")
+               if getattr(self, k) < 1]
+        if not 0 < self.elite < 1:
+            out.append(f"elite {self.elite}: a share in (0, 1)")
+        if self.alpha_per not in ("expert", "target"):
+            out.append(f"alpha_per '{self.alpha_per}': choose expert or target")
+        return out
 
 
 class FewShot:
@@ -33,32 +62,49 @@ class FewShot:
     name = "fewshot"
 
     def __init__(self, am: Any, cfg: StrategyConfig) -> None:
-        self.am, self.cfg = am, cfg
-        self.shape = (len(am.experts),) if cfg.alpha_per == "expert" else (len(am.experts), len(am.targets))
+        self.am, self.cfg, self.settings = am, cfg, cfg.section("fewshot")
+        per_expert = self.settings.alpha_per == "expert"
+        self.shape = (len(am.experts),) if per_expert else (len(am.experts), len(am.targets))
         self.alpha: Tensor | None = None  # (K,) or (K, n_targets)
         self.shot_ids: list[str] = []
         self.search: CEMResult | None = None
         self.loaded_from: str | None = None
-        if cfg.alpha_from:
-            self._load(Path(cfg.alpha_from))
+        if self.settings.alpha_from:
+            self._load(Path(self.settings.alpha_from))
 
     # ---- the search ----------------------------------------------------------------------------
-    def fit(self, task: Task, examples: list[Example]) -> list[str]:
-        """Search α on k seeded examples of `task` (or keep the loaded one); returns the examples' ids."""
+    def fit(self, task: Task | None, examples: list[Example]) -> list[str]:
+        """Search α on k seeded examples of `task` (or keep the loaded one); returns the examples' ids.
+        Without a task (outside an evaluation) the examples come from `fit_task`'s `fit_split`."""
         if self.alpha is not None:
             return self.shot_ids
+        st = self.settings
+        if task is None:
+            task, examples = self._fit_examples()
         labelled = [e for e in examples if e.answer != ""]
-        if len(labelled) <= self.cfg.shots:
-            raise ConfigError(f"strategy fewshot: --shots {self.cfg.shots} needs more labelled questions than "
+        if len(labelled) <= st.shots:
+            raise ConfigError(f"strategy fewshot: --shots {st.shots} needs more labelled questions than "
                               f"the {len(labelled)} this split has (the shots are left out of the evaluation)")
-        picked = sorted(random.Random(self.cfg.seed).sample(range(len(labelled)), self.cfg.shots))
+        picked = sorted(random.Random(self.cfg.seed).sample(range(len(labelled)), st.shots))
         shots = [labelled[i] for i in picked]
         init = torch.full(self.shape, 1.0 / len(self.am.experts)).flatten()  # (D,): the uniform mixture
-        cfg = CEMConfig(self.cfg.population, self.cfg.elite, self.cfg.generations, self.cfg.tol, seed=self.cfg.seed)
+        cfg = CEMConfig(st.population, st.elite, st.generations, st.tol, seed=self.cfg.seed)
         self.search = cem(lambda pop: self.fitness(task, shots, pop), init, cfg)
         self.alpha = self.search.best.reshape(self.shape)
         self.shot_ids = [e.id for e in shots]
         return self.shot_ids
+
+    def _fit_examples(self) -> tuple[Task, list[Example]]:
+        """The task and labelled pool named by `fit_task`, `fit_data`, `fit_split`."""
+        from ..tasks import get_task
+
+        st = self.settings
+        if not st.fit_task:
+            raise ConfigError("strategy fewshot needs labelled examples of the task: set fewshot.fit_task "
+                              "(and fit_data, fit_split) to search α on, or fewshot.alpha_from (--alpha-from) "
+                              "to reuse an α a `t2 eval` run saved")
+        task = get_task(st.fit_task)
+        return task, task.load(st.fit_data, st.fit_split)
 
     def fitness(self, task: Task, shots: list[Example], pop: Tensor) -> tuple[Tensor, Tensor]:
         """(accuracy, mean answer log-likelihood) on `shots` for each candidate of `pop` (P, D)."""
@@ -66,7 +112,7 @@ class FewShot:
         rows = pop.reshape(P, *self.shape).repeat_interleave(k, 0)  # (P·k, K[, T]): candidate-major
         prompts = task.format(shots, self.am.tokenizer, self.cfg.task_chat) * P
         items = shots * P
-        mixed = self.cfg.mixed and getattr(self.am.engine, "supports_factored", False)
+        mixed = self.settings.mixed and getattr(self.am.engine, "supports_factored", False)
         run = dict(alpha=rows, mixed=mixed, batch_size=self.cfg.batch_size)
         if task.kind == "mcq":
             _, logp = self.am.score_letters(prompts, [e.letters for e in items], **run)
@@ -81,20 +127,21 @@ class FewShot:
 
     def mix(self, requests: list[Request]) -> Tensor:
         if self.alpha is None:
-            raise ConfigError("strategy fewshot: call fit(task, examples) first, or give --alpha-from FILE")
+            raise ConfigError("strategy fewshot: fit it first (Pipeline.fit), or give --alpha-from FILE")
         return self.alpha[None].expand(len(requests), *self.shape).clone()  # (n, K) or (n, K, n_targets)
 
     # ---- saving and reusing --------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
         """The α found (or loaded), the shots it was found on, and the search's course."""
-        out: dict[str, Any] = {"name": self.name, "format": FORMAT, "alpha_per": self.cfg.alpha_per,
-                               "experts": self.am.labels, "targets": self.am.targets if self.cfg.alpha_per == "target" else [],
+        st = self.settings
+        out: dict[str, Any] = {"name": self.name, "format": FORMAT, "alpha_per": st.alpha_per,
+                               "experts": self.am.labels, "targets": self.am.targets if st.alpha_per == "target" else [],
                                "alpha": None if self.alpha is None else self.alpha.tolist(), "shots": self.shot_ids,
                                "seed": self.cfg.seed, "loaded_from": self.loaded_from}
         if self.search is not None:
             s = self.search
-            out["search"] = {"population": self.cfg.population, "elite": self.cfg.elite, "tol": self.cfg.tol,
-                             "generations": s.generations, "max_generations": self.cfg.generations,
+            out["search"] = {"population": st.population, "elite": st.elite, "tol": st.tol,
+                             "generations": s.generations, "max_generations": st.generations,
                              "converged": s.converged, "accuracy": s.score, "loglikelihood": s.tie,
                              "history": s.history}
         return out
@@ -107,10 +154,12 @@ class FewShot:
         alpha = torch.tensor(saved["alpha"], dtype=torch.float32)
         if tuple(alpha.shape) != self.shape:
             raise ConfigError(f"--alpha-from {path}: α of shape {tuple(alpha.shape)}; these experts with "
-                              f"--alpha-per {self.cfg.alpha_per} need {self.shape}")
+                              f"--alpha-per {self.settings.alpha_per} need {self.shape}")
         if saved.get("experts") != self.am.labels:
             raise ConfigError(f"--alpha-from {path}: found for experts {saved.get('experts')}, not {self.am.labels}")
         self.alpha, self.shot_ids, self.loaded_from = alpha, list(saved.get("shots", [])), str(path)
 
 
-STRATEGIES.register("fewshot", FewShot)
+register_strategy(StrategySpec(
+    "fewshot", FewShot, FewShotSettings, needs=SHOTS, help="one mixture per task, searched (CEM) on k labelled examples",
+    given=lambda s, fitted: replace(s, alpha_from=fitted)))

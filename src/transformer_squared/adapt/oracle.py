@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from ..tasks.base import Example, Task
-from .registry import STRATEGIES, Request, StrategyConfig, one_hot
+from .registry import Request, StrategyConfig, StrategySpec, register_strategy, one_hot
 
 
 def _norm(name: str) -> str:
@@ -26,7 +26,7 @@ class Oracle:
         for k, label in enumerate(self.labels):
             self.index.setdefault(_norm(label), k)  # two experts with one label: the first wins
 
-    def fit(self, task: Task, examples: list[Example]) -> list[str]:
+    def fit(self, task: Task | None, examples: list[Example]) -> list[str]:
         return []
 
     def choose(self, r: Request) -> int:
@@ -43,4 +43,4 @@ class Oracle:
         return {"name": self.name, "matches": "category, then subject, then task name, against expert labels"}
 
 
-STRATEGIES.register("oracle", Oracle)
+register_strategy(StrategySpec("oracle", Oracle, help="each request to the expert labelled with its category, subject or task (upper bound)"))

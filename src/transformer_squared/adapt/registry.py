@@ -7,8 +7,9 @@ A row of zeros means "no expert" (the base weights); a one-hot row selects one e
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -17,9 +18,10 @@ from ..errors import ConfigError
 from ..evaluation.metrics import MIXTURE  # decision name of a row that is neither zero nor one-hot (metrics counts it)
 from ..registry import Registry
 from ..tasks.base import Example, Task
-from ..tasks.route import MAX_REQUEST_TOKENS, request_text
+from ..tasks.route import request_text
 
 BASE = "base"  # decision name of a row of zeros
+STRATEGIES: Registry[Any] = Registry("strategy")  # name → StrategySpec
 
 
 @dataclass(frozen=True)
@@ -37,50 +39,121 @@ def request_of(example: Example, task: str = "") -> Request:
     return Request(request_text(example), example.category, example.subject, task)
 
 
+NOTHING, CLASSIFIER, SHOTS = "nothing", "classifier", "shots"  # what a strategy needs (StrategySpec.needs)
+
+
+@dataclass
+class NoSettings:
+    """The settings of a strategy that has none."""
+
+
 @dataclass
 class StrategyConfig:
-    """How pass 1 chooses mixtures; YAML keys and flags map onto these fields."""
+    """How pass 1 chooses mixtures: the settings every strategy shares, then one section per registered
+    strategy (`fewshot: {shots: 4}` in YAML, `--strategy.fewshot.shots 4` as a flag), added by
+    `register_strategy` with its help in the field's metadata."""
 
-    name: str = "uniform"  # registry name: prompt, cls, fewshot, oracle, uniform
-    chat: bool | None = None  # prompt: classification prompt in the chat template (None: if the tokenizer has one)
-    max_request_tokens: int = MAX_REQUEST_TOKENS  # prompt/cls: requests are cut to this many tokens first
-    batch_size: int = 8  # prompt/cls/fewshot: prompts per forward pass
-    cls_expert: str | None = None  # cls: folder of the classification expert (`t2 train --task route`)
-    shots: int = 10  # fewshot: k labelled examples of the target task (excluded from evaluation)
-    population: int = 32  # fewshot: CEM population per generation
-    elite: float = 0.2  # fewshot: share of the population kept as elite
-    generations: int = 50  # fewshot: most CEM generations
-    tol: float = 1e-3  # fewshot: stop when every coordinate's elite standard deviation is below this
-    alpha_per: Literal["expert", "target"] = "expert"  # fewshot: one α per expert, or per expert per target
-    alpha_from: str | None = None  # fewshot: reuse the α saved by an earlier run (JSON) instead of searching
-    mixed: bool = True  # fewshot: score the population in mixed batches (factored) where the engine can, else grouped
-    task_chat: bool = False  # fewshot: task prompts in the chat template (as the evaluation's --chat)
-    max_new_tokens: int = 128  # fewshot on generative tasks: generation budget per fitness answer
-    seed: int = 0  # fewshot: seeds the choice of shots and the search
+    name: str = "uniform"  # registry name of the strategy (one module each in adapt/)
+    batch_size: int = 8  # prompts per forward pass of pass 1 and of a strategy's own scoring
+    seed: int = 0  # seeds what a strategy draws (labelled examples, a search)
+    task_chat: bool = False  # task prompts in the chat template when a strategy answers task questions (as eval's --chat)
+    max_new_tokens: int = 128  # generation budget when a strategy answers generative task questions itself
 
     def __post_init__(self) -> None:
-        STRATEGIES.get(self.name)  # unknown name: one line listing the known ones
-        problems = [f"{k} {getattr(self, k)}: must be at least 1" for k in
-                    ("max_request_tokens", "batch_size", "shots", "population", "generations", "max_new_tokens")
+        spec = STRATEGIES.get(self.name)  # unknown name: one line listing the known ones
+        problems = [f"{k} {getattr(self, k)}: must be at least 1" for k in ("batch_size", "max_new_tokens")
                     if getattr(self, k) < 1]
-        if not 0 < self.elite < 1:
-            problems.append(f"elite {self.elite}: a share in (0, 1)")
-        if self.alpha_per not in ("expert", "target"):
-            problems.append(f"alpha_per '{self.alpha_per}': choose expert or target")
-        if self.name == "cls" and not self.cls_expert:
-            problems.append("strategy cls needs --cls-expert DIR (train one with `t2 train --task route --experts ...`)")
+        for name in STRATEGIES.in_order():
+            problems += [f"{name}.{p}" for p in _problems(self.section(name))]
+        problems += spec.check(self.section(self.name))
         if problems:
             raise ConfigError("; ".join(problems))
 
+    def section(self, name: str | None = None) -> Any:
+        """The settings of strategy `name` (default: the chosen one); its defaults where this config was
+        made before the strategy registered."""
+        name = name or self.name
+        found = getattr(self, name, None)
+        return found if found is not None else STRATEGIES.get(name).settings()
+
+    @classmethod
+    def of(cls, name: str, **values: Any) -> "StrategyConfig":
+        """A config from flat values: shared fields by name, the others into the chosen strategy's section
+        (`cls_expert` may name its field `expert`). A value no field takes is an error."""
+        shared = {f.name for f in dataclasses.fields(cls) if f.name not in STRATEGIES}
+        spec = STRATEGIES.get(name)
+        own = {f.name for f in dataclasses.fields(spec.settings)}
+        top, section, unknown = {}, {}, []
+        for key, value in values.items():
+            field_name = key.removeprefix(f"{name}_") if key not in own else key
+            if key in shared:
+                top[key] = value
+            elif field_name in own:
+                section[field_name] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            raise ConfigError(f"strategy '{name}' has no setting {', '.join(repr(k) for k in unknown)} "
+                              f"(its settings: {', '.join(sorted(own)) or 'none'})")
+        settings = spec.settings()
+        for key, value in section.items():  # set, not passed: StrategyConfig reports every problem together
+            setattr(settings, key, value)
+        return cls(name=name, **top, **{name: settings})
+
+
+def _problems(settings: Any) -> list[str]:
+    """A settings section's own problems (its `problems()` method, where it has one)."""
+    return list(settings.problems()) if hasattr(settings, "problems") else []
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """Everything about one strategy, declared by its module and registered under `name`."""
+
+    name: str  # registry name; also the key of its settings section in StrategyConfig
+    build: Callable[[Any, "StrategyConfig"], Any]  # (AdaptedModel, config) → Strategy
+    settings: type = NoSettings  # dataclass of its own settings (each field with a default and a comment)
+    needs: str = NOTHING  # nothing; classifier: an expert trained on task `route`; shots: labelled examples of the task
+    help: str = ""  # one line: what it does
+    check: Callable[[Any], list[str]] = lambda settings: []  # problems of its settings when it is the chosen one
+    runs: Callable[[Any], list[str]] = lambda settings: []  # expert folders it runs besides the mixed ones (left out of evaluation)
+    given: Callable[[Any, str], Any] = lambda settings, built: settings  # its settings once a recipe built what it needs (a path)
+
+
+def register_strategy(spec: StrategySpec) -> StrategySpec:
+    """Register `spec` and give StrategyConfig its settings section."""
+    if not spec.name.isidentifier() or spec.name in {f.name for f in dataclasses.fields(StrategyConfig)}:
+        raise ConfigError(f"strategy name '{spec.name}': must be an identifier other than a StrategyConfig field")
+    STRATEGIES.register(spec.name, spec)
+    _add_section(spec)
+    return spec
+
+
+def _add_section(spec: StrategySpec) -> None:
+    """StrategyConfig gains the field `spec.name`: the class is rebuilt with `dataclasses.make_dataclass`,
+    and its generated methods and field table are copied onto the one class every module imported
+    (so a strategy registered later, from one file, gets its section too)."""
+    help_text = f"settings of strategy {spec.name}" + (f": {spec.help}" if spec.help else "")
+    section = dataclasses.field(default_factory=spec.settings, metadata={"help": help_text})
+    hints = dict(StrategyConfig.__annotations__) | {spec.name: spec.settings}
+    fields = [(f.name, hints[f.name], f) for f in dataclasses.fields(StrategyConfig)] + [(spec.name, spec.settings, section)]
+    rebuilt = dataclasses.make_dataclass("StrategyConfig", fields,  # its __init__ calls __post_init__ as the original's did
+                                         namespace={"__post_init__": StrategyConfig.__post_init__})
+    StrategyConfig.__annotations__[spec.name] = spec.settings
+    for attr in ("__init__", "__repr__", "__eq__", "__match_args__", "__dataclass_fields__", "__dataclass_params__"):
+        setattr(StrategyConfig, attr, rebuilt.__dict__[attr])
+
 
 class Strategy(Protocol):
-    """Pass 1: requests → α. Built by a registered builder from the adapted model and a config."""
+    """Pass 1: requests → α. Built by its StrategySpec's `build` from the adapted model and a config;
+    run only through `pipeline.Pipeline`."""
 
     name: str
 
-    def fit(self, task: Task, examples: list[Example]) -> list[str]:
-        """Prepare once for a target task from its labelled examples; returns the ids it used
-        (evaluation leaves them out). Strategies that need no data return []."""
+    def fit(self, task: Task | None, examples: list[Example]) -> list[str]:
+        """Prepare once for a target task from its labelled examples (task None: from the strategy's own
+        settings, or nothing); returns the ids it used (evaluation leaves them out). Called only by
+        `Pipeline.fit`; strategies that need no data return []."""
         ...
 
     def mix(self, requests: list[Request]) -> Tensor:
@@ -92,8 +165,6 @@ class Strategy(Protocol):
         ...
 
 
-Builder = Callable[[Any, StrategyConfig], Strategy]  # (AdaptedModel, config) → strategy
-STRATEGIES: Registry[Builder] = Registry("strategy")
 
 
 def build_strategy(am: Any, cfg: StrategyConfig | str | Strategy) -> Strategy:
@@ -104,7 +175,15 @@ def build_strategy(am: Any, cfg: StrategyConfig | str | Strategy) -> Strategy:
     cfg = StrategyConfig(name=cfg) if isinstance(cfg, str) else cfg
     if not am.experts:
         raise ConfigError(f"strategy '{cfg.name}' chooses among experts: give at least one (--experts)")
-    return STRATEGIES.get(cfg.name)(am, cfg)
+    return STRATEGIES.get(cfg.name).build(am, cfg)
+
+
+def strategy_runs(cfg: StrategyConfig | str | None) -> list[str]:
+    """Expert folders a strategy runs besides the mixed ones (a classification expert), from its settings."""
+    if cfg is None:
+        return []
+    cfg = StrategyConfig(name=cfg) if isinstance(cfg, str) else cfg
+    return [str(f) for f in STRATEGIES.get(cfg.name).runs(cfg.section())]
 
 
 def one_hot(choice: list[int], n_experts: int) -> Tensor:
@@ -118,6 +197,8 @@ def one_hot(choice: list[int], n_experts: int) -> Tensor:
 
 def decisions(alpha: Tensor, labels: list[str]) -> list[str]:
     """The routing decision per row: the expert's label for a one-hot row, "base" for zeros, else "mixture"."""
+    if alpha.numel() == 0:  # no requests, or no experts (every row is the base weights)
+        return [BASE] * alpha.shape[0]
     flat = alpha.reshape(alpha.shape[0], alpha.shape[1], -1)  # (n, K, 1 or n_targets)
     out = []
     for row in flat:

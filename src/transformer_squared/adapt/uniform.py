@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..tasks.base import Example, Task
-from .registry import STRATEGIES, Request, StrategyConfig
+from .registry import Request, StrategyConfig, StrategySpec, register_strategy
 
 
 class Uniform:
@@ -19,7 +19,7 @@ class Uniform:
     def __init__(self, am: Any, cfg: StrategyConfig) -> None:
         self.n_experts = len(am.experts)
 
-    def fit(self, task: Task, examples: list[Example]) -> list[str]:
+    def fit(self, task: Task | None, examples: list[Example]) -> list[str]:
         return []
 
     def mix(self, requests: list[Request]) -> Tensor:
@@ -29,4 +29,4 @@ class Uniform:
         return {"name": self.name}
 
 
-STRATEGIES.register("uniform", Uniform)
+register_strategy(StrategySpec("uniform", Uniform, help="equal weight on every expert"))

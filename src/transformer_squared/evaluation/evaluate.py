@@ -26,8 +26,7 @@ from torch import Tensor
 
 from .. import __version__, distributed
 from . import seen
-from ..adapt import Strategy, StrategyConfig, build_strategy, request_of
-from ..adapt.two_pass import pass2_order, route_all
+from ..adapt import Pipeline, Strategy, StrategyConfig, pass2_order, request_of, strategy_runs
 from ..experts.adapted import AdaptedModel
 from ..atomic import check_file_target, write_json
 from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
@@ -138,10 +137,10 @@ def _experts(am: AdaptedModel) -> list[dict[str, Any]]:
     return out
 
 
-def label_of(am: AdaptedModel, adapter: dict[str, Any] | None, strategy: Strategy | None = None) -> str:
+def label_of(am: AdaptedModel, adapter: dict[str, Any] | None, pipe: Pipeline | None = None) -> str:
     """The default row name of a system: the strategy, the adapter's method, the experts' labels, or "base"."""
-    if strategy is not None:
-        return f"Transformer² ({strategy.name})"
+    if pipe is not None and pipe.name is not None:
+        return f"Transformer² ({pipe.name})"
     if adapter is not None:
         return DISPLAY.get(adapter["method"], adapter["method"])
     if am.experts:
@@ -149,14 +148,14 @@ def label_of(am: AdaptedModel, adapter: dict[str, Any] | None, strategy: Strateg
     return "base"
 
 
-def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, strategy: Strategy | None = None) -> str:
+def _run_key(am: AdaptedModel, cfg: EvalConfig, task: Task, pipe: Pipeline) -> str:
     """Everything that changes a question's record; a partial file with another key is not resumed.
 
     Records are per question id and hold every protocol, so --limit, --sample and --protocol may change.
     """
     alpha = am.alpha.tolist() if am.alpha is not None else None
     fields = {k: getattr(cfg, k) for k in ("data", "split", "chat", "max_new_tokens", "mixed_batches")}
-    routing = strategy.record() if strategy is not None else None
+    routing = pipe.record()
     ident = [model_id(am.model), str(am.model.dtype), _experts(am), alpha, task.name, task.version, fields, routing]
     if (adapter := adapter_identity(am.model)) is not None:  # keeps keys of adapter-free runs unchanged
         ident.append(adapter["sha256"])
@@ -211,19 +210,21 @@ def _score(task: Task, examples: list[Example], preds: dict[str, list[str]]) -> 
     return out
 
 
-def _run_chunk(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], prompts: list[str],
+def _run_chunk(pipe: Pipeline, task: Task, cfg: EvalConfig, examples: list[Example], prompts: list[str],
                alpha: Tensor | None, progress: Progress | None) -> dict[str, dict[str, Any]]:
-    """Records (prediction and correctness per protocol, raw completion, seconds) for one chunk of questions."""
+    """Records (prediction and correctness per protocol, raw completion, seconds) for one chunk of questions
+    (pass 2, each question with its row of `alpha`, or the fixed mixture)."""
     t0 = time.perf_counter()
     if task.kind == "mcq":
         letters = [e.letters for e in examples]
-        greedy, logp = am.score_letters(prompts, letters, alpha, cfg.mixed_batches, cfg.batch_size, progress)
+        greedy, logp = pipe.score_letters(prompts, letters, alpha, batch_size=cfg.batch_size, progress=progress)
         preds = {"generate": task.parse(examples, greedy),
                  "letter": [e.letters[int(lp.argmax())] for e, lp in zip(examples, logp)]}
         completions = greedy
     else:
-        completions = am.generate(prompts, cfg.max_new_tokens, alpha, cfg.mixed_batches, chat=False,
-                                  batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+        answers = pipe.generate(prompts, cfg.max_new_tokens, chat=False, alpha=alpha, batch_size=cfg.batch_size,
+                                seed=cfg.seed, progress=progress)
+        completions = [a.text for a in answers]
         preds = {"generate": task.parse(examples, completions)}
     seconds = (time.perf_counter() - t0) / len(examples)
     correct = _score(task, examples, preds)
@@ -235,10 +236,12 @@ def _run_chunk(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exa
 
 
 def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Example], out_path: Path | None = None,
-            progress: Progress | None = None, strategy: Strategy | None = None) -> dict[str, dict[str, Any]]:
-    """Records for every example by id (with pass-1 routing when a strategy is given), resuming
+            progress: Progress | None = None, pipe: Pipeline | None = None) -> dict[str, dict[str, Any]]:
+    """Records for every example by id (with pass-1 routing when the pipeline has a strategy), resuming
     from and saving to `out_path`'s partial file."""
-    key = _run_key(am, cfg, task, strategy)
+    pipe = pipe or Pipeline(am, mixed=cfg.mixed_batches)
+    routed = pipe.strategy is not None
+    key = _run_key(am, cfg, task, pipe)
     part = partial_path(out_path) if out_path is not None else None
     saved = _load_partials(out_path, key)
     records, routing = saved["records"], saved["routing"]
@@ -255,16 +258,16 @@ def predict(am: AdaptedModel, task: Task, cfg: EvalConfig, examples: list[Exampl
     check_context(am.model, am.tokenizer, prompts, [f"question {e.id}" for e in pending])  # before any pass
     with am.holding():  # weights stay merged between chunks: one merge per mixture (and per classifier) per run
         alpha = None
-        if strategy is not None:
+        if routed:
             requests = {e.id: request_of(e, task.name) for e in pending}
-            alpha = route_all(strategy, am.labels, requests, routing, step, save)
+            alpha = pipe.route_all(requests, routing, step, save)
         order = pass2_order([len(p) for p in prompts], alpha, cfg.mixed_batches)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
-            chunk = _run_chunk(am, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx],
+            chunk = _run_chunk(pipe, task, cfg, [pending[i] for i in idx], [prompts[i] for i in idx],
                                None if alpha is None else alpha[idx], progress)
             for rid, rec in chunk.items():
-                if strategy is not None:
+                if routed:
                     rec["routing"] = routing[rid]
             records.update(chunk)
             save()
@@ -348,26 +351,23 @@ def _read_seen(folder: Path) -> Tensor | None:
     return read_seen(folder)
 
 
-def _fit(strategy: Strategy | None, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], list[str], float]:
-    """The questions to evaluate, the ids a strategy used to fit itself (left out), and the fit's seconds."""
-    if strategy is None:
-        return plan.examples, [], 0.0
-    t0 = time.perf_counter()
-    used = strategy.fit(plan.task, plan.pool)
+def _fit(pipe: Pipeline, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], list[str], float]:
+    """The questions to evaluate, the ids the strategy used to fit itself on the evaluated task's labelled
+    pool (left out), and the fit's seconds."""
+    used = pipe.fit(plan.task, plan.pool)
     if not used:
-        return plan.examples, [], time.perf_counter() - t0
+        return plan.examples, [], pipe.fit_seconds
     left = [e for e in plan.pool if e.id not in set(used)]
     if not left:
-        raise ConfigError(f"strategy '{strategy.name}' used every question of this split to fit itself")
-    return select(left, cfg.limit, cfg.sample, cfg.seed), used, time.perf_counter() - t0
+        raise ConfigError(f"strategy '{pipe.name}' used every question of this split to fit itself")
+    return select(left, cfg.limit, cfg.sample, cfg.seed), used, pipe.fit_seconds
 
 
 def strategy_experts(strategy: Strategy | StrategyConfig | str | None) -> list[str]:
-    """Expert folders a strategy runs besides the mixed experts (cls: its classification expert)."""
-    if getattr(strategy, "name", None) != "cls":
-        return []
-    folder = getattr(strategy, "cls_expert", None) or getattr(strategy, "source", None)
-    return [str(folder)] if folder else []
+    """Expert folders a strategy runs besides the mixed experts (a classification expert), as its module declares."""
+    if strategy is None or isinstance(strategy, (str, StrategyConfig)):
+        return strategy_runs(strategy)
+    return strategy_runs(getattr(strategy, "cfg", None))
 
 
 def routing_seconds(record: dict[str, Any]) -> float:
@@ -389,27 +389,27 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
     distributed.init(next(am.model.parameters()).device)  # no-op unless launched by torchrun / accelerate
     task = plan.task
     protocols = cfg.protocols(task)
-    strategy = None if strategy is None else build_strategy(am, strategy)
-    examples, used, fit_seconds = _fit(strategy, plan, cfg)
+    pipe = Pipeline(am, strategy, mixed=cfg.mixed_batches)
+    examples, used, fit_seconds = _fit(pipe, plan, cfg)
     if total is not None:
         total(len(examples))
     out = Path(out_path) if out_path is not None else None
     t0 = time.perf_counter()
-    records = predict(am, task, cfg, examples, out, progress, strategy)
+    records = predict(am, task, cfg, examples, out, progress, pipe)
     seconds = time.perf_counter() - t0
     times = {e.id: {"pass1_s": routing_seconds(records[e.id]), "pass2_s": records[e.id]["pass2_s"]} for e in examples}
     pass1 = sum(t["pass1_s"] for t in times.values())
     pass2 = sum(t["pass2_s"] for t in times.values())
     adapter = adapter_identity(am.model)
-    system = {"label": cfg.label or label_of(am, adapter, strategy), "model": model_id(am.model),
+    system = {"label": cfg.label or label_of(am, adapter, pipe), "model": model_id(am.model),
               "dtype": str(am.model.dtype).removeprefix("torch."), "device": str(next(am.model.parameters()).device),
               "experts": _experts(am), "alpha": am.alpha.tolist() if am.alpha is not None else None, "adapter": adapter}
     timing = {"seconds": round(seconds, 3), "n_questions": len(examples), "fit_seconds": round(fit_seconds, 3),
               "pass1_seconds": round(pass1, 3), "pass2_seconds": round(pass2, 3),
               "pass1_fraction_of_pass2": pass1 / pass2 if pass2 > 0 else None, "per_question": times}
     results = assemble(plan, cfg, examples, records, system, timing)
-    if strategy is not None:
-        results["strategy"] = strategy.record() | {"excluded_ids": used, "n_excluded": len(used),
+    if pipe.strategy is not None:
+        results["strategy"] = pipe.record() | {"excluded_ids": used, "n_excluded": len(used),
                                                    "mixed_batches": cfg.mixed_batches}
         results["routing"] = routing_metrics(results["predictions"], am.labels)
         if out is not None and results["strategy"].get("alpha") is not None and distributed.is_main():

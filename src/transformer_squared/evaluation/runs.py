@@ -125,25 +125,12 @@ class GenerateRun:
             raise ConfigError("; ".join(problems))
 
 
-@dataclass
-class Answer:
-    """What `run_generate` returns: the text and, with a strategy, pass 1's decision."""
-
-    text: str  # the generated answer
-    expert: str | None = None  # with a strategy: the chosen expert's label, "base" or "mixture"
-    alpha: list[float] | None = None  # with a strategy: the mixture chosen
-
-
-def run_generate(cfg: GenerateRun) -> Answer:
-    """Generate the answer to `cfg.prompt` (two passes when `cfg.strategy` is set)."""
+def run_generate(cfg: GenerateRun) -> Any:
+    """The answer to `cfg.prompt` (`adapt.Answer`: text, routing decision, α), through the one two-pass
+    pipeline: pass 1 routes when `cfg.strategy` is set, else the fixed experts answer."""
+    from ..adapt import Pipeline
     from ..experts.adapted import load_adapted
 
     am = load_adapted(cfg.model.spec, experts=cfg.experts, alpha=cfg.alpha or None, device=cfg.model.device,
                       dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-    if cfg.strategy is None:
-        return Answer(am.generate([cfg.prompt], max_new_tokens=cfg.max_new_tokens, chat=cfg.chat)[0])
-    from ..adapt import TwoPass
-
-    answer = TwoPass(am, cfg.strategy).generate([cfg.prompt], max_new_tokens=cfg.max_new_tokens, chat=cfg.chat)[0]
-    return Answer(answer.text, answer.expert, answer.alpha)
-
+    return Pipeline(am, cfg.strategy).generate([cfg.prompt], max_new_tokens=cfg.max_new_tokens, chat=cfg.chat)[0]

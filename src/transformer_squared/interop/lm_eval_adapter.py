@@ -3,10 +3,11 @@
     lm_eval --model t2 --model_args pretrained=smollm2-135m-instruct,experts=runs/a|runs/b,alpha=0.7|0.3 ...
     t2 lm-eval --model smollm2-135m-instruct --expert runs/a --tasks arc_easy --limit 50
 
-Per-document adaptation plugs in through `mixture_for(requests) -> alpha (n_requests, K)`: with a
-`strategy` (any of `adapt/`: prompt, cls, fewshot, oracle, uniform) it is pass 1 on each request's
-context; without, the fixed α for every request. The adapted model runs the requests grouped by
-identical rows of α, each group with z' = Σₖ αₖ zₖ merged (a row of zeros runs the base weights).
+Per-document adaptation runs through the one two-pass `adapt.Pipeline`: `mixture_for(requests) -> alpha
+(n_requests, K)` is its pass 1 on each request's context with a `strategy` (any registered one; a strategy
+that needs labelled shots fits once from its settings, e.g. `fewshot.fit_task`), else the fixed α for every
+request. The pipeline runs the requests grouped by identical rows of α, each group with z' = Σₖ αₖ zₖ
+merged (a row of zeros runs the base weights). `strategy_config` names a YAML file of StrategyConfig keys.
 
     lm_eval --model t2 --model_args pretrained=...,experts=runs/a|runs/b,strategy=prompt ...
 """
@@ -18,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
-from ..adapt import Request, Strategy, StrategyConfig, build_strategy
+from ..adapt import Pipeline, Request, Strategy, StrategyConfig
 from ..experts.adapted import AdaptedModel, load_adapted
 from ..errors import ConfigError
 from ..models.load import DEFAULT_MODEL
@@ -46,7 +47,7 @@ class T2LM(HFLM):
         self, pretrained: str = DEFAULT_MODEL, experts: str | Sequence[str | Path] | None = None,
         alpha: str | Sequence[float] | None = None, device: str | None = "auto", dtype: str = "float32",
         trust_remote_code: bool = False, adapted: AdaptedModel | None = None,
-        strategy: str | StrategyConfig | Strategy | None = None, **kwargs: Any,
+        strategy: str | StrategyConfig | Strategy | None = None, strategy_config: str | None = None, **kwargs: Any,
     ) -> None:
         if adapted is None:
             weights = [float(a) for a in _split(alpha)] or None
@@ -54,18 +55,24 @@ class T2LM(HFLM):
                                    trust_remote_code=trust_remote_code)
         super().__init__(pretrained=adapted.model, tokenizer=adapted.tokenizer, **kwargs)
         self.adapted = adapted
-        self.strategy = None if strategy is None else build_strategy(adapted, strategy)
+        if strategy_config is not None:
+            from ..config import load_config
+
+            strategy = load_config(StrategyConfig, strategy_config, [] if strategy is None else ["--name", str(strategy)])
+        self.pipeline = Pipeline(adapted, strategy)
+
+    @staticmethod
+    def requests_of(requests: list[Any]) -> list[Request]:
+        """Pass 1's view of lm-eval requests: the context, and the lm-eval task name."""
+        return [Request(str(r.args[0]), task=str(getattr(r, "task_name", "") or "")) for r in requests]
 
     def mixture_for(self, requests: list[Any]) -> Tensor:
-        """α per request (n_requests, K): the strategy's pass 1 on each request's context, else the fixed α."""
-        if self.strategy is None:
-            return self.adapted.alpha_rows(len(requests))
-        return self.strategy.mix([Request(str(r.args[0]), task=str(getattr(r, "task_name", "") or ""))
-                                  for r in requests])
+        """α per request (n_requests, K): the pipeline's pass 1 on each request's context, else the fixed α."""
+        return self.pipeline.route(self.requests_of(requests)).alpha
 
     def _by_mixture(self, requests: list[Any], run: Callable[[list[Any]], list[Any]]) -> list[Any]:
         alpha = self.mixture_for(requests)  # (n, K) or (n, K, n_targets)
-        return self.adapted.run(len(requests), lambda idx, _: run([requests[i] for i in idx]), alpha)
+        return self.pipeline.run(self.requests_of(requests), lambda idx: run([requests[i] for i in idx]), alpha)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         return self._by_mixture(requests, lambda rs: super(T2LM, self).loglikelihood(rs, disable_tqdm))

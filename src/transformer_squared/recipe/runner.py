@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..atomic import write_json
-from ..adapt import StrategyConfig
+from ..adapt import CLASSIFIER, STRATEGIES, StrategyConfig
 from ..baselines.peft_train import BaselineConfig
 from ..config import dump_config, load_config
 from ..errors import ConfigError
@@ -72,10 +72,10 @@ class ExpertsSection:
 
 @dataclass
 class RouterSection:
-    """The classification expert of the `cls` strategy: an SVF expert trained (same RL recipe) to name the
-    category expert that trained on a question, from the experts' own training and validation questions."""
+    """The classification expert of strategies that need one: an SVF expert trained (same RL recipe) to name
+    the category expert that trained on a question, from the experts' own training and validation questions."""
 
-    enabled: bool = True  # train it (needed by eval.strategies `cls`)
+    enabled: bool = True  # train it (needed by the strategies in eval.strategies that need a classifier)
     train: TrainConfig = field(default_factory=TrainConfig)  # task, data, model and label are set by the recipe
 
 
@@ -97,8 +97,8 @@ class EvalSection:
     limit: int = 0  # at most this many holdout questions, stratified by subject (0: all)
     chat: bool = False  # chat template around prompts (VMLU's official protocol: no)
     experts: bool = True  # a row for each expert alone
-    strategies: list[str] = field(default_factory=lambda: ["prompt", "cls", "fewshot", "oracle", "uniform"])  # Transformer² rows
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)  # shared pass-1 settings (shots, CEM, batch ...)
+    strategies: list[str] = field(default_factory=STRATEGIES.in_order)  # Transformer² rows (default: every registered strategy)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)  # pass-1 settings: shared, and one section per strategy
     submissions: bool = True  # with data.test_split: one submission CSV per system
 
 
@@ -134,20 +134,19 @@ class RecipeConfig:
         unknown = [m for m in self.baselines.methods if m not in ("lora", "ia3")]
         if unknown:
             problems.append(f"baselines.methods: '{unknown[0]}' is not lora or ia3")
-        from ..adapt import STRATEGIES
-
         unknown = [x for x in self.eval.strategies if x not in STRATEGIES.names()]
         if unknown:
             problems.append(f"eval.strategies: '{unknown[0]}' is not one of {', '.join(STRATEGIES.names())}")
-        if "cls" in self.eval.strategies and not self.router.enabled:
-            problems.append("eval.strategies 'cls' needs router.enabled (the classification expert)")
+        for name in self.eval.strategies:
+            if name in STRATEGIES and STRATEGIES.get(name).needs == CLASSIFIER and not self.router.enabled:
+                problems.append(f"eval.strategies '{name}' needs router.enabled (the classification expert)")
         if self.eval.protocol not in ("letter", "generate"):
             problems.append(f"eval.protocol '{self.eval.protocol}': choose letter or generate")
         if self.eval.batch_size < 1 or self.eval.limit < 0 or self.data.sample < 0:
             problems.append("eval.batch_size ≥ 1, eval.limit ≥ 0 and data.sample ≥ 0")
         if problems:
             raise ConfigError("; ".join(problems))
-        for section in (self.experts.train, self.router.train, self.baselines.lora, self.baselines.ia3):
+        for section in (self.experts.train, self.router.train, self.baselines.lora, self.baselines.ia3, self.eval.strategy):
             section.__post_init__()  # nested sections filled from YAML are checked again
 
     def out_dir(self) -> Path:

@@ -1,8 +1,9 @@
 """The stages of a recipe (see recipe.py): what each one computes, from which settings, into which files.
 
 Output folder: `split.json` (shared by every system), `experts/<category>/`, `router/` (the
-classification expert) and `baselines/<method>/` (run folders), `fewshot_alpha.json` (α of the few-shot
-strategy, found on the validation part), `eval/<system>.json` (holdout results), `submissions/<system>.csv`
+classification expert of strategies that need one) and `baselines/<method>/` (run folders),
+`fit/<strategy>.json` (what a strategy that needs labelled shots fitted on the validation part, e.g. an α),
+`eval/<system>.json` (holdout results), `submissions/<system>.csv`
 (+ .json), `report/` (report.md, report.json, chart.png), `generations.json`, `stages/` (markers).
 """
 
@@ -14,13 +15,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..adapt import CLASSIFIER, SHOTS, STRATEGIES
 from ..baselines.adapter import DISPLAY
 from ..errors import ConfigError
 from .runner import RecipeConfig, Stage, slug
 from ..training import splits
 
-
-FEWSHOT_ALPHA = "fewshot_alpha.json"
 
 
 @dataclass(frozen=True)
@@ -156,32 +156,40 @@ def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path,
     return {"n": m.get("n"), "accuracy": m.get("weighted_average")}
 
 
-def fit_fewshot(cfg: RecipeConfig, loader: Loader, system: System, split_path: Path, path: Path) -> dict[str, Any]:
-    """The few-shot strategy's α, searched (CEM) on shots from the validation part, saved for its evaluations."""
-    from ..adapt import build_strategy
+def fit_strategy(cfg: RecipeConfig, loader: Loader, system: System, split_path: Path, path: Path) -> dict[str, Any]:
+    """Fit a strategy that needs labelled shots on the validation part (through the pipeline) and save
+    what it recorded, for its evaluations to reuse."""
+    from ..adapt import Pipeline
     from ..atomic import write_json
     from ..tasks import get_task
 
     task = get_task(cfg.data.task)
     val = splits.load_part(task, cfg.data.path, splits.load_split(split_path), "val")
     with loader.adapted(system) as am:
-        strategy = build_strategy(am, replace(system.strategy, alpha_from=None))
-        strategy.fit(task, val)
-        record = strategy.record()
+        pipe = Pipeline(am, system.strategy)
+        shots = pipe.fit(task, val)
+        record = pipe.record()
     write_json(record, path)
-    return {"alpha": record["alpha"], "shots": len(record["shots"])}
+    return {"shots": len(shots)}
+
+
+def fit_path(out: Path, name: str) -> Path:
+    """Where the fit stage of strategy `name` saves its record."""
+    return out / "fit" / f"{name}.json"
 
 
 def strategy_systems(cfg: RecipeConfig, experts: list[System], router: Stage | None, out: Path) -> list[System]:
-    """A Transformer² row per strategy: the category experts mixed by pass 1 (cls: with the router's expert;
-    fewshot: with the α saved by its fit stage)."""
+    """A Transformer² row per strategy: the category experts mixed by pass 1; a strategy that needs a
+    classifier gets the router's expert, one that needs labelled shots the record of its fit stage."""
     rows = []
     for name in cfg.eval.strategies:
-        scfg = replace(cfg.eval.strategy, name=name, task_chat=cfg.eval.chat,
-                       cls_expert=str(out / "router" / "best") if name == "cls" else None,
-                       alpha_from=str(out / FEWSHOT_ALPHA) if name == "fewshot" else None)
-        needs = tuple(e.stage for e in experts) + ((router.name,) if name == "cls" and router else ()) + \
-            (("fewshot alpha",) if name == "fewshot" else ())
+        spec = STRATEGIES.get(name)
+        settings, needs = cfg.eval.strategy.section(name), tuple(e.stage for e in experts)
+        if spec.needs == CLASSIFIER:
+            settings, needs = spec.given(settings, str(out / "router" / "best")), needs + ((router.name,) if router else ())
+        elif spec.needs == SHOTS:
+            settings, needs = spec.given(settings, str(fit_path(out, name))), needs + (f"fit {name}",)
+        scfg = replace(cfg.eval.strategy, name=name, task_chat=cfg.eval.chat, **{name: settings})
         rows.append(System(f"Transformer² ({name})", "strategy", members=tuple(e.folder for e in experts),
                            needs=needs, strategy=scfg))
     return rows
@@ -246,10 +254,12 @@ def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
                        lambda: train_run("expert", rcfg, out / "router"))
         stages.append(router)
     strategies = strategy_systems(cfg, experts, router, out) if experts else []
-    fewshot = next((s for s in strategies if s.strategy.name == "fewshot"), None)
-    if fewshot is not None:
-        stages.append(Stage("fewshot alpha", _settings(cfg, fewshot, None, stages), [out / FEWSHOT_ALPHA],
-                            lambda: fit_fewshot(cfg, loader, fewshot, split_path, out / FEWSHOT_ALPHA)))
+    for system in strategies:
+        name = system.strategy.name
+        if STRATEGIES.get(name).needs == SHOTS:  # fitted without the record it is about to write
+            unfitted = replace(system, strategy=replace(system.strategy, **{name: cfg.eval.strategy.section(name)}))
+            stages.append(Stage(f"fit {name}", _settings(cfg, unfitted, None, stages), [fit_path(out, name)],
+                                lambda s=unfitted: fit_strategy(cfg, loader, s, split_path, fit_path(out, s.strategy.name))))
     rows = systems + (experts if cfg.eval.experts else []) + strategies
     results = []
     for system in rows:  # right after the stage that trains it (base and constant: at once; strategies: last)

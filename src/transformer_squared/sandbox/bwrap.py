@@ -1,12 +1,15 @@
 """Run untrusted generated code (HumanEval, MBPP tests) in a bubblewrap sandbox, one per program.
 
-Confinement is in place before the program is read: `python -I -B /tmp/program.py` runs, unchanged,
-inside `bwrap` with new mount, PID, network, IPC, UTS and cgroup namespaces. It sees read-only /usr
+Confinement is in place before the program is read: the fixed runner (runner.py) runs /tmp/program.py,
+unchanged, inside `bwrap` with new mount, PID, network, IPC, UTS and cgroup namespaces. It sees read-only /usr
 and the interpreter's prefix, a private /tmp (its work folder: program.py, read-only, and whatever it
 writes) and /dev/shm, its own /proc and a minimal /dev; no home, venv, other users' files, network or
-other run. As root, bwrap keeps only CAP_SETUID/SETGID/SETPCAP for `setpriv` to become nobody (65534)
-with no capability left, under a seccomp filter (seccomp.py); as a user, a new user namespace (no
-nested ones) maps the user to 65534.
+other run, and no file of the machine it could write: stdin, stdout and stderr are pipes (the parent keeps
+a bounded tail). As root, bwrap keeps only CAP_SETUID/SETGID/SETPCAP for `setpriv` to become the run's own
+uid (one of N_UIDS from UID_BASE, never two concurrent runs alike, so no per-uid limit or lock is shared)
+with no capability left; as a user, a new user namespace (no nested ones) maps the user to 65534. Both
+run under the seccomp filter of seccomp.py. A run passes only when the runner's token came back and the
+status is 0 (runner.py).
 bwrap halts at `--block-fd` once set up; we move its PID 1 into a fresh cgroup (memory, task and CPU
 limits for the whole run, cgroup.py) and set rlimits on it (CPU, file size, no core, address space), then let
 it run. On timeout, or when the program ends, we kill that PID 1, which ends everything in the run.
@@ -21,30 +24,33 @@ import logging
 import math
 import os
 import resource
+import secrets
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Iterator
 
-from . import cgroup, seccomp
+from . import cgroup, runner, seccomp
+from .runner import TAIL_CHARS as STDERR_CHARS, SandboxResult  # noqa: F401  (the public result type)
 from ..errors import ConfigError, SandboxError
 
 log = logging.getLogger(__name__)
 
-NOBODY = 65534  # uid and gid the program runs as
+NOBODY = 65534  # uid and gid the program runs as in a user namespace (not root)
+UID_BASE, N_UIDS = 0x7D000000, 1 << 20  # as root, each run's uid and gid: UID_BASE + a random slot free in this process
 N_PROC = 32  # tasks (processes and threads) per run: the pids cgroup, else RLIMIT_NPROC
 N_CPU = 1  # cores per run, all its processes together (cgroup cpu quota, where we have that controller)
-FILE_MB = 16  # RLIMIT_FSIZE in MiB: largest file, stderr included, the program may write
+FILE_MB = 16  # RLIMIT_FSIZE in MiB: largest file the program may write (its own tmpfs only)
 TMP_MB = 64  # size in MiB of each private tmpfs (/tmp, /dev/shm); it also counts in the memory cgroup
-STDERR_CHARS = 2000  # how much of the end of stderr a result keeps
 WORK_DIR = "/tmp"  # the program's folder inside the sandbox
 PROGRAM = "/tmp/program.py"
 PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -52,13 +58,6 @@ ENV = {"PATH": PATH, "HOME": WORK_DIR, "TMPDIR": WORK_DIR, "LANG": "C.UTF-8"}
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # symlinks into /usr on merged-/usr systems
 SETUP_S = 30  # longest wait for bwrap to set a sandbox up
 UNSAFE_HINT = "or pass --unsafe-exec to run generated code unconfined"
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    passed: bool  # exited with status 0 within the limits
-    status: str  # "passed", "failed", "timeout", "memory" or "killed" (by a signal: CPU, file size)
-    stderr_tail: str  # the last STDERR_CHARS characters of stderr
 
 
 @dataclass(frozen=True)
@@ -115,63 +114,71 @@ def _filesystem(python: str) -> list[str]:
     ]
 
 
-def _argv(tools: _Bwrap, program_fd: int, filter_fd: int | None, extra: list[str]) -> list[str]:
-    """The bwrap command line that runs the program read from `program_fd` (`filter_fd`: seccomp, as root)."""
-    if tools.setpriv:  # root: no user namespace (it would map nobody to root); setpriv drops to nobody
+def _argv(tools: _Bwrap, fds: runner.Fds, uid: int, extra: list[str]) -> list[str]:
+    """The bwrap command line: the runner, as `uid` (root) or nobody (user namespace), runs the program in `fds`."""
+    if tools.setpriv:  # root: no user namespace (it would map the run's uid to root); setpriv drops to `uid`
         isolate = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                    "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                    "--cap-add", "CAP_SETPCAP"]
-        if filter_fd is not None:
-            isolate += ["--seccomp", str(filter_fd)]
-        drop = [tools.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+        drop = [tools.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                 "--bounding-set=-all", "--no-new-privs", "--"]
     else:
         isolate = ["--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(NOBODY), "--gid", str(NOBODY),
                    "--cap-drop", "ALL"]
         drop = []
+    if fds.filter is not None:
+        isolate += ["--seccomp", str(fds.filter)]
     env = [x for k, v in ENV.items() for x in ("--setenv", k, v)]
     return [
         tools.bwrap, *isolate, "--die-with-parent", "--new-session", *_filesystem(tools.python),
-        "--perms", "0444", "--ro-bind-data", str(program_fd), PROGRAM, "--chdir", WORK_DIR, "--clearenv", *env,
-        *extra, "--", *drop, tools.python, "-I", "-B", PROGRAM,
+        "--perms", "0444", "--ro-bind-data", str(fds.program), PROGRAM, "--chdir", WORK_DIR, "--clearenv", *env,
+        *extra, "--", *drop, tools.python, "-I", "-B", "-c", runner.RUNNER, str(fds.result), PROGRAM,
     ]
 
 
-def _memfd(name: str, data: bytes) -> int:
-    """An anonymous file holding `data`, at offset 0 (bwrap reads it)."""
-    fd = os.memfd_create(name)  # close-on-exec: only the Popen that passes it gets it
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+def _input_fds(program: str, stack: ExitStack) -> runner.Fds:
+    """runner.open_inputs with this machine's seccomp filter (a warning where seccomp.py has no table for it)."""
+    bpf = seccomp.build()
+    if bpf is None:
+        _warn_once("sandbox: no seccomp table for this machine: programs can open any kind of socket and use "
+                   "io_uring, and as root create user namespaces and use the kernel keyrings")
+    return runner.open_inputs(program, bpf, stack)
 
 
-def _input_fds(tools: _Bwrap, program: str) -> tuple[int, int | None]:
-    """The program, and as root the seccomp filter (None where seccomp.py has no table for the machine)."""
-    program_fd = _memfd("program.py", program.encode("utf-8", errors="surrogateescape"))
-    bpf = seccomp.root_filter() if tools.setpriv else None
-    if tools.setpriv and bpf is None:
-        _warn_once("sandbox: no seccomp table for this machine: programs run as root can create user namespaces "
-                   "and use the kernel keyrings")
-    return program_fd, None if bpf is None else _memfd("seccomp", bpf)
+_uids_lock, _uids_used = threading.Lock(), set[int]()  # run uids in use by this process
+
+
+@contextmanager
+def _run_uid() -> Iterator[int]:
+    """A uid (and gid) for one run as root: random in the range, and not in use by another run of this process."""
+    with _uids_lock:
+        uid = UID_BASE + secrets.randbelow(N_UIDS)
+        while uid in _uids_used:
+            uid = UID_BASE + secrets.randbelow(N_UIDS)
+        _uids_used.add(uid)
+    try:
+        yield uid
+    finally:
+        with _uids_lock:
+            _uids_used.discard(uid)
 
 
 @functools.lru_cache(maxsize=8)
 def _probe(tools: _Bwrap) -> str | None:
     """Run an empty program in the sandbox once; the first line bwrap complained with, or None if it works."""
-    program_fd, filter_fd = _input_fds(tools, "pass\n")
-    fds = tuple(fd for fd in (program_fd, filter_fd) if fd is not None)
-    try:
-        done = subprocess.run(_argv(tools, program_fd, filter_fd, []), pass_fds=fds, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=SETUP_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    if done.returncode == 0:
-        return None
+    with ExitStack() as stack, _run_uid() as uid:
+        fds = _input_fds("pass\n", stack)
+        try:
+            done = subprocess.run(_argv(tools, fds, uid, []), pass_fds=fds.passed, stdin=fds.stdin,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=SETUP_S)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+        finally:
+            fds.close_child_ends()
+        if done.returncode == 0 and os.read(fds.result_r, runner.RESULT_BYTES) == fds.token:
+            return None
     lines = done.stderr.decode(errors="replace").strip().splitlines()
-    return lines[0] if lines else f"exit status {done.returncode}"
+    return lines[0] if lines else f"exit status {done.returncode} without the runner's token"
 
 
 @functools.lru_cache(maxsize=16)
@@ -192,7 +199,7 @@ def _sandbox(unsafe_exec: bool) -> _Bwrap | None:
         problem = ("generated code runs in a bubblewrap sandbox, but 'bwrap' is not on PATH: "
                    "install it (apt-get install bubblewrap)")
     elif os.geteuid() == 0 and setpriv is None:
-        problem = "as root the sandbox needs setpriv in /usr/bin to become nobody: apt-get install util-linux"
+        problem = "as root the sandbox needs setpriv in /usr/bin to drop to a run uid: apt-get install util-linux"
     elif _exposed(_python()):
         problem = (f"the interpreter's folder {_exposed(_python())} holds your home folder, which the sandbox "
                    "would show to generated code: use a Python installed elsewhere (/usr, pyenv, conda)")
@@ -246,38 +253,26 @@ def _kill(pidfd: int) -> None:
         pass  # already gone
 
 
-def _tail(stderr: IO[bytes]) -> str:
-    stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4 * STDERR_CHARS))  # UTF-8: at most 4 bytes a character
-    return stderr.read().decode("utf-8", errors="replace")[-STDERR_CHARS:]
+def _start(tools: _Bwrap, program: str, uid: int, stack: ExitStack) -> tuple[subprocess.Popen, int, int, int, runner.Fds,
+                                                                             _Output]:
+    """Start bwrap, halted once the sandbox is set up: (bwrap, its PID 1, a pidfd on it, the fd that lets it go,
+    its inputs, its output).
 
-
-def _status(code: int, timed_out: bool, oom: bool, stderr_tail: str) -> str:
-    if timed_out:
-        return "timeout"
-    if code == 0:
-        return "passed"
-    if oom or "MemoryError" in stderr_tail:
-        return "memory"
-    return "killed" if code < 0 or code > 128 else "failed"  # bwrap reports death by signal N as 128 + N
-
-
-def _start(tools: _Bwrap, program: str, stderr: IO[bytes], stack: ExitStack) -> tuple[subprocess.Popen, int, int, int]:
-    """Start bwrap, halted once the sandbox is set up: (bwrap, its PID 1, a pidfd on it, the fd that lets it go).
-
-    `stack` gets the clean-up: kill PID 1 (and so the run), wait for it, then close the fd, reap bwrap.
+    `stack` gets the clean-up: kill PID 1 (and so the run), wait for it, then close the fds, reap bwrap.
     """
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
-    program_fd, filter_fd = _input_fds(tools, program)
-    child_fds = tuple(fd for fd in (program_fd, filter_fd, info_w, block_r) if fd is not None)
     stack.callback(os.close, info_r)
     stack.callback(os.close, block_w)  # only after PID 1 is dead: EOF would let it run too
+    fds = _input_fds(program, stack)
+    output, out_w, err_w = runner.Output.open(fds.result_r, stack)
     try:
-        argv = _argv(tools, program_fd, filter_fd, ["--info-fd", str(info_w), "--block-fd", str(block_r)])
-        proc = subprocess.Popen(argv, pass_fds=child_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=stderr, start_new_session=True)
+        argv = _argv(tools, fds, uid, ["--info-fd", str(info_w), "--block-fd", str(block_r)])
+        proc = subprocess.Popen(argv, pass_fds=(*fds.passed, info_w, block_r), stdin=fds.stdin, stdout=out_w,
+                                stderr=err_w, start_new_session=True)
     finally:
-        for fd in child_fds:
+        fds.close_child_ends()
+        for fd in (info_w, block_r, out_w, err_w):
             os.close(fd)
     stack.callback(proc.wait)
     stack.callback(lambda: proc.poll() is None and proc.kill())
@@ -288,34 +283,35 @@ def _start(tools: _Bwrap, program: str, stderr: IO[bytes], stack: ExitStack) -> 
         stack.callback(_exited, init, 5)  # PID 1 gone means every process of the run is gone
         stack.callback(_kill, init)
     if pid1 is None or init is None or _exited(init, 0):
-        raise SandboxError(f"bubblewrap could not start a sandbox: {_tail(stderr).strip()[:300]!r}")
-    return proc, pid1, init, block_w
+        runner.watch(output.tails, None, 1)
+        raise SandboxError(f"bubblewrap could not start a sandbox: {output.text(output.stderr).strip()[:300]!r}")
+    return proc, pid1, init, block_w, fds, output
 
 
 def _run_bwrap(tools: _Bwrap, program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
-    """One program in its own sandbox and cgroup; everything it started is gone when this returns."""
+    """One program in its own sandbox, cgroup and uid; everything it started is gone when this returns."""
     with ExitStack() as stack:
         group = cgroup.create(memory_mb, N_PROC, N_CPU)
         if group is not None:
             stack.callback(group.remove)
         else:
-            tasks = ("per uid nobody, shared by all runs (RLIMIT_NPROC)" if tools.setpriv else
+            tasks = ("per run uid (RLIMIT_NPROC)" if tools.setpriv else
                      "per run (RLIMIT_NPROC in the run's user namespace)")
             _warn_once(f"sandbox: no writable cgroup: memory is limited per process (RLIMIT_AS), tasks {tasks}")
-        stderr = stack.enter_context(tempfile.TemporaryFile())
-        proc, pid1, init, go = _start(tools, program, stderr, stack)
+        uid = stack.enter_context(_run_uid())
+        proc, pid1, init, go, fds, output = _start(tools, program, uid, stack)
         try:
             if group is not None:
                 group.join(pid1)
             n_proc = None if group is not None and group.limits_tasks else N_PROC
             for limit, value in _rlimits(timeout_s, memory_mb, n_proc).items():
                 resource.prlimit(pid1, limit, value)
-            os.write(go, b"1")  # PID 1 now forks the program, which inherits the cgroup and the limits
+            os.write(go, b"1")  # PID 1 now forks the runner, which inherits the cgroup and the limits
         except OSError as e:
             raise SandboxError(f"sandbox: cannot limit the run ({e})") from None
         done = os.pidfd_open(proc.pid)
         stack.callback(os.close, done)
-        timed_out = not _exited(done, timeout_s)
+        timed_out = not runner.watch(output.tails, done, timeout_s)
         _kill(init)  # the program ended or ran out of time: end whatever it left behind
         _exited(init, 5)
         try:
@@ -323,43 +319,39 @@ def _run_bwrap(tools: _Bwrap, program: str, timeout_s: float, memory_mb: int) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
-        tail, oom = _tail(stderr), group is not None and group.oom_killed()
-    status = _status(code, timed_out, oom, tail)
-    return SandboxResult(passed=status == "passed", status=status, stderr_tail=tail)
+        runner.watch(output.tails, None, 5)  # every writer is gone: read to the end
+        return output.result_of(code, fds.token, timed_out, group is not None and group.oom_killed())
 
 
 def _run_unsafe(program: str, timeout_s: float, memory_mb: int) -> SandboxResult:
-    """--unsafe-exec: the program as our own user in a temporary folder, limited only in time and per process."""
+    """--unsafe-exec: the runner and program as our own user in a temporary folder, limited in time and per process."""
     limits = _rlimits(timeout_s, memory_mb, None)
-    limiter = (f"import resource, runpy, sys\nfor k, v in {limits!r}.items():\n    resource.setrlimit(k, v)\n"
-               "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
-    with tempfile.TemporaryDirectory(prefix="t2-unsafe-", ignore_cleanup_errors=True) as work, \
-            tempfile.TemporaryFile() as stderr:
+    limiter = f"import resource\nfor k, v in {limits!r}.items():\n    resource.setrlimit(k, v)\n"
+    with ExitStack() as stack:
+        work = stack.enter_context(tempfile.TemporaryDirectory(prefix="t2-unsafe-", ignore_cleanup_errors=True))
         path = Path(work) / "program.py"
         path.write_text(program, encoding="utf-8", errors="surrogateescape")
-        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", limiter, str(path)], cwd=work,
-                                env={**ENV, "HOME": work, "TMPDIR": work}, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        timed_out = not _wait_unreaped(proc.pid, timeout_s)
+        fds = _input_fds("", stack)
+        output, out_w, err_w = runner.Output.open(fds.result_r, stack)
+        try:
+            proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", limiter + runner.RUNNER, str(fds.result),
+                                     str(path)], cwd=work, env={**ENV, "HOME": work, "TMPDIR": work},
+                                    pass_fds=(fds.result,), stdin=fds.stdin, stdout=out_w, stderr=err_w,
+                                    start_new_session=True)
+        finally:
+            fds.close_child_ends()
+            os.close(out_w)
+            os.close(err_w)
+        done = os.pidfd_open(proc.pid)
+        stack.callback(os.close, done)
+        timed_out = not runner.watch(output.tails, done, timeout_s)
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # strays in its process group (not those that left it)
         except (ProcessLookupError, PermissionError):
             pass
         code = proc.wait()
-        tail = _tail(stderr)
-    status = _status(code, timed_out, False, tail)
-    return SandboxResult(passed=status == "passed", status=status, stderr_tail=tail)
-
-
-def _wait_unreaped(pid: int, timeout_s: float) -> bool:
-    """Wait until child `pid` exits without reaping it (its process group stays ours to kill); False on timeout."""
-    deadline, delay = time.monotonic() + timeout_s, 0.001
-    while time.monotonic() < deadline:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return True
-        time.sleep(delay)
-        delay = min(2 * delay, 0.02)
-    return False
+        runner.watch(output.tails, None, 1)  # strays that left the group may hold the pipes: stop waiting soon
+        return output.result_of(code, fds.token, timed_out, False)
 
 
 def _check(timeout_s: float, memory_mb: int) -> None:

