@@ -7,10 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import os
 import re
-import subprocess
-import sys
 import typing
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -55,12 +52,14 @@ def _fields(cls: type, prefix: str = ""):
         yield prefix + f.name, _comment(cls, f.name), default
 
 
-def _help(command: str) -> str:
-    env = os.environ | {"TERMINAL_WIDTH": "3000", "COLUMNS": "3000"}
-    out = subprocess.run([sys.executable, "-m", "transformer_squared.cli", command, "--help"], capture_output=True,
-                         text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    return " ".join(out.stdout.replace("│", " ").split())
+def _help(command: str, capsys, monkeypatch) -> str:
+    """`t2 COMMAND --help` in this process (so strategies registered by the tests are listed too), unwrapped."""
+    import typer.rich_utils
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 3000)
+    code, out, err = run([command, "--help"], capsys)
+    assert code == 0, err
+    return " ".join(out.replace("│", " ").split())
 
 
 def _shown(value) -> str:
@@ -75,8 +74,8 @@ UNREACHABLE_BEFORE = {"eval.save_every", "strategy.prompt.max_request_tokens", "
 
 @pytest.mark.parametrize("command, cls, some", [("eval", EvalRun, UNREACHABLE_BEFORE),
                                                 ("generate", GenerateRun, {"strategy.fewshot.tol", "model.dtype"})])
-def test_help_lists_every_field_with_its_help_and_default(command, cls, some):
-    text = _help(command)
+def test_help_lists_every_field_with_its_help_and_default(command, cls, some, capsys, monkeypatch):
+    text = _help(command, capsys, monkeypatch)
     keys = list(_fields(cls))
     assert some <= {k for k, _, _ in keys}
     for key, note, default in keys:
@@ -204,7 +203,9 @@ def test_generator_help_comes_from_comments_or_metadata():
     assert field_help(Section) == {"seed": "sample seed", "chat": "chat template", "ratio": "from metadata"}
     opts = {o.param: o for o in flags._options(Toy)}
     assert opts["picker__fewshot__shots"].decls == ["--picker.fewshot.shots", "--shots"]
-    assert opts["run__seed"].decls == ["--run.seed"] and opts["_seed"].keys == ["run.seed", "picker.fewshot.seed"]
+    assert opts["_seed"].keys == ["run.seed", "picker.fewshot.seed"]  # FLAGS: one short flag for both
+    assert opts["run__seed"].decls == ["--run.seed", "--run-seed"]  # its own name is shared: section-field
+    assert opts["picker__fewshot__seed"].decls == ["--picker.fewshot.seed", "--fewshot-seed"]
     assert opts["run__chat"].decls == ["--run.chat", "--chat", "--maybe"]  # a pattern may match nothing
 
     @dataclass

@@ -22,10 +22,6 @@ from rich.markup import escape
 
 from .config import Leaf, leaves, load_config
 
-BOOL_FLAGS: dict[str, str] = {}  # generated boolean flags: '--eval.chat' → '--no-eval.chat' (for '--eval.chat false')
-KNOWN_FLAGS: set[str] = set()  # every generated flag
-
-
 @dataclass
 class _Opt:
     """One generated option: its click parameter name, flags, the dotted keys it sets, and how it is shown."""
@@ -97,19 +93,21 @@ def _show(value: Any) -> str:
     return "''" if value == "" else "none" if value is None else (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
 
 
+def _decls(opt: _Opt) -> list[str]:
+    """The click declarations of an option: a boolean's flags as '--eval.chat/--no-eval.chat'."""
+    if _annotation(opt.leaf.type) == Optional[bool]:
+        return [_bool(d) if d.startswith("--") else d for d in opt.decls]
+    return list(opt.decls)
+
+
 def _parameter(opt: _Opt) -> inspect.Parameter:
-    tp = _annotation(opt.leaf.type)
-    decls = opt.decls
-    if tp == Optional[bool]:
-        decls = [_bool(d) if d.startswith("--") else d for d in decls]
-        BOOL_FLAGS.update({d.split("/")[0]: d.split("/")[1] for d in decls if "/" in d})
     if opt.shared:
         note = f"sets {', '.join(opt.keys)} (default: as those keys)"
     else:
         note = f"{opt.leaf.help} (default: {_show(opt.leaf.default)})".strip()
-    KNOWN_FLAGS.update(x for d in decls for x in d.split("/"))
-    option = typer.Option(None, *decls, help=escape(note), show_default=False)
-    return inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=tp)
+    option = typer.Option(None, *_decls(opt), help=escape(note), show_default=False)
+    return inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=_annotation(opt.leaf.type))
 
 
 def _put(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -119,6 +117,51 @@ def _put(tree: dict[str, Any], key: str, value: Any) -> None:
     tree[leaf] = list(value) if isinstance(value, (list, tuple)) else value
 
 
+class _Command:
+    """The callback of one generated command. Its signature (which typer reads when the command line is
+    parsed) is built from the config class then, so a strategy registered after import has its flags too."""
+
+    def __init__(self, cls: type, run: Callable[[Any], None], help: str, argument: str | None,
+                 fill: Callable[[dict[str, Any]], None] | None) -> None:
+        self.cls, self.run, self.argument, self.fill = cls, run, argument, fill
+        self.__doc__ = help
+        self.__annotations__: dict[str, Any] = {}  # the types are in the signature
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        cls, argument = self.cls, self.argument
+        params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                    default=typer.Option(None, "--config", "-c", help="YAML file of these keys "
+                                                         "(sections as mappings); flags override it."))]
+        if argument is not None:
+            note = {f.key: f.help for f in leaves(cls)}.get(argument, "")
+            params.insert(0, inspect.Parameter(argument, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
+                                               default=typer.Argument(None, metavar=argument.upper(), help=note)))
+        return inspect.Signature(params + [_parameter(o) for o in _options(cls) if o.leaf.key != argument])
+
+    def __call__(self, **kw: Any) -> None:
+        values: dict[str, Any] = {}
+        soft: dict[str, Any] = {}
+        if self.argument is not None and kw.get(self.argument) is not None:
+            values[self.argument] = kw[self.argument]
+        opts = [o for o in _options(self.cls) if o.param in kw]
+        for opt in (o for o in opts if not o.shared):
+            value = kw[opt.param]
+            if value is not None and not (isinstance(value, (list, tuple)) and not value):
+                _put(values, opt.keys[0], value)
+        given = {o.keys[0] for o in opts if not o.shared and kw[o.param] not in (None, (), [])}
+        for opt in (o for o in opts if o.shared and kw[o.param] is not None):
+            for key in opt.keys:
+                if key not in given:  # the dotted flag wins over the short one
+                    _put(soft, key, kw[opt.param])
+        if self.fill is not None:
+            self.fill(values)
+        self.run(load_config(self.cls, kw["config"], values=values, soft=soft))
+
+
+COMMANDS: list[_Command] = []  # every generated command (normalise reads their flags)
+
+
 def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], None], help: str,
             argument: str | None = None, fill: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Register `t2 NAME`: its options generated from the run config `cls` (flags, help and defaults from the
@@ -126,60 +169,43 @@ def command(group: typer.Typer, name: str, cls: type, run: Callable[[Any], None]
 
     Order: the config's defaults, then the YAML file, then flags; `fill(values)` may reinterpret the given
     values (argument order) before the config checks itself."""
-    opts = _options(cls)
-
-    def callback(**kw: Any) -> None:
-        values: dict[str, Any] = {}
-        soft: dict[str, Any] = {}
-        given = set()
-        if argument is not None and kw.get(argument) is not None:
-            values[argument] = kw[argument]
-        for opt in opts:
-            value = kw[opt.param]
-            if value is None or (isinstance(value, (list, tuple)) and not value):
-                continue
-            for key in opt.keys:
-                if not opt.shared:
-                    _put(values, key, value)
-                    given.add(key)
-        for opt in (o for o in opts if o.shared and kw[o.param] is not None):
-            for key in opt.keys:
-                if key not in given:
-                    _put(soft, key, kw[opt.param])
-        if fill is not None:
-            fill(values)
-        run(load_config(cls, kw["config"], values=values, soft=soft))
-
-    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
-        None, "--config", "-c", help="YAML file of these keys (sections as mappings); flags override it."))]
-    if argument is not None:
-        params.insert(0, inspect.Parameter(argument, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
-                                           default=typer.Argument(None, metavar=argument.upper(), help=dict(
-                                               (f.key, f.help) for f in leaves(cls)).get(argument, ""))))
-    params += [_parameter(o) for o in opts if o.leaf.key != argument]
-    callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    callback.__doc__ = help
+    callback = _Command(cls, run, help, argument, fill)
+    COMMANDS.append(callback)
     group.command(name)(callback)
+
+
+def _flag_tables() -> tuple[set[str], dict[str, str]]:
+    """(every generated flag, boolean flag → its negation) over the registered commands, as of now."""
+    known: set[str] = set()
+    negation: dict[str, str] = {}
+    for c in COMMANDS:
+        for opt in _options(c.cls):
+            for d in _decls(opt):
+                known.update(d.split("/"))
+                if "/" in d:
+                    negation[d.split("/")[0]] = d.split("/")[1]
+    return known, negation
 
 
 def normalise(args: list[str]) -> list[str]:
     """Generated flags in every spelling: `--eval.max-new-tokens` as `--eval.max_new_tokens`, and a boolean
     with a value (`--eval.chat false`, as YAML and `t2 train` take it) as `--eval.chat` / `--no-eval.chat`."""
+    known, negation = _flag_tables()
     out: list[str] = []
     skip = False
     for i, a in enumerate(args):
         if skip:
             skip = False
             continue
-        if a.startswith("--") and "." in a and a not in KNOWN_FLAGS:
+        if a.startswith("--") and "." in a and a not in known:
             flag, eq, val = a.partition("=")
             fixed = "--" + flag[2:].replace("-", "_")
-            if fixed in KNOWN_FLAGS:
+            if fixed in known:
                 a = fixed + eq + val
         flag, eq, val = a.partition("=")
         nxt = val if eq else (args[i + 1] if i + 1 < len(args) else "")
-        if flag in BOOL_FLAGS and nxt.lower() in ("true", "false"):
-            out.append(flag if nxt.lower() == "true" else BOOL_FLAGS[flag])
+        if flag in negation and nxt.lower() in ("true", "false"):
+            out.append(flag if nxt.lower() == "true" else negation[flag])
             skip = not eq
             continue
         out.append(a)
