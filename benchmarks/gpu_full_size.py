@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from transformer_squared.tasks.kinds import MULTIPLE_CHOICE, right_or_wrong
+
 # Token lengths of VMLU valid prompts (official template, Llama-3 tokenizer): deciles 5 %, 15 %, …, 95 %.
 VMLU_LENGTH_DECILES = (77, 87, 93, 98, 105, 112, 120, 130, 144, 181)
 FILLER = "Trong lịch sử Việt Nam, sự kiện nào sau đây có ý nghĩa quan trọng nhất đối với nền kinh tế và văn hoá?"
@@ -65,7 +67,7 @@ class Synthetic:
     examples: list = field(default_factory=list)
     name: str = "vmlu-like"
     version: str = "1"
-    kind: str = "mcq"
+    kind: object = MULTIPLE_CHOICE
     categories: tuple = ("STEM",)
 
     def load(self, data, split):
@@ -81,6 +83,9 @@ class Synthetic:
 
     def score(self, examples, predictions):
         return [p == e.answer for e, p in zip(examples, predictions)]
+
+    def reward(self, examples, predictions):
+        return right_or_wrong(self.score(examples, predictions))
 
 
 class Peak:
@@ -202,7 +207,7 @@ def time_svd(model, device: torch.device, budget: float) -> tuple[list[str], tup
 def train_and_eval(args, name: str, device: torch.device, tok, targets: list[str], rows: Rows) -> None:
     """One SVF training step with the real trainer, then throughput, expert switch."""
     from transformer_squared.models import engine
-    from transformer_squared.training.train import Recipe, TrainConfig
+    from transformer_squared.training.train import SVFRun, TrainConfig
 
     n_val = 16  # the trainer insists on a validation part; the timed step never uses it
     task = Synthetic(vmlu_like(tok, args.batch_size + n_val, args.seed))
@@ -212,31 +217,31 @@ def train_and_eval(args, name: str, device: torch.device, tok, targets: list[str
                       val_fraction=n_val / (args.batch_size + n_val), force=True, seed=args.seed)
     out = Path(tempfile.mkdtemp(prefix="t2_gpu_run."))
     try:
-        recipe = Recipe(cfg, out, task)
-        recipe.setup()
-        batch = recipe.batch_examples(0)
+        svf_run = SVFRun(cfg, out, task)
+        svf_run.setup()
+        batch = svf_run.batch_examples(0)
         n_tokens = sum(len(x) for x in engine.tokenize(tok, task.format(batch, tok)))
         with Peak(device) as p:
-            stats = recipe.train_step(0)
+            stats = svf_run.train_step(0)
         rows.add((f"SVF step, batch {args.batch_size} (micro {args.micro_batch_size})", f"{p.seconds:.2f} s",
                   f"{n_tokens / p.seconds:,.0f} prompt tokens/s, loss {stats['loss']:.3f}", _gb(p.bytes)))
-        eval_rows(args, recipe, tok, device, rows)
+        eval_rows(args, svf_run, tok, device, rows)
     finally:
-        if "recipe" in locals():
-            recipe.cleanup()
-            del recipe
+        if "svf_run" in locals():
+            svf_run.cleanup()
+            del svf_run
         shutil.rmtree(out, ignore_errors=True)
         _free(device)
 
 
-def eval_rows(args, recipe, tok, device: torch.device, rows: Rows) -> None:
+def eval_rows(args, svf_run, tok, device: torch.device, rows: Rows) -> None:
     from transformer_squared.models import engine
     from transformer_squared.experts.svf import PARAMETRISATIONS
 
     questions = vmlu_like(tok, args.eval_n, args.seed + 1)
     prompts = Synthetic().format(questions, tok)
     letters = [e.letters for e in questions]
-    svf, model = recipe.svf, recipe.model
+    svf, model = svf_run.svf, svf_run.model
 
     def throughput(label: str) -> None:
         with Peak(device) as p:
@@ -244,7 +249,7 @@ def eval_rows(args, recipe, tok, device: torch.device, rows: Rows) -> None:
         rows.add((label, f"{p.seconds:.2f} s", f"{len(prompts) / p.seconds:.2f} questions/s", _gb(p.bytes)))
 
     throughput(f"eval {args.eval_n} questions, base")
-    z1 = {t: v.detach() for t, v in recipe.z().items()}
+    z1 = {t: v.detach() for t, v in svf_run.z().items()}
     g = torch.Generator().manual_seed(args.seed)
     f = PARAMETRISATIONS.get("sigmoid")
     z2 = {t: f.z(0.1 + torch.randn(v.shape, generator=g)).to(v.device) for t, v in z1.items()}

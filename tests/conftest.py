@@ -1,4 +1,4 @@
-"""Shared fixtures: a temporary T2_HOME, a tiny random Llama folder, and the real SmolLM2 (slow)."""
+"""Shared fixtures: a temporary T2_HOME, a tiny random Llama folder, the real SmolLM2 (slow), and the bwrap skip."""
 
 from __future__ import annotations
 
@@ -11,10 +11,28 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from sandbox_skip import NO_BWRAP, bwrap_installed  # noqa: E402
 from tiny import build_tiny_llama  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VMLU_DIR = REPO.parent / "shared" / "data" / "vmlu"
+
+
+@pytest.fixture(autouse=True)
+def _needs_bwrap(request):
+    """Skip tests marked `needs_bwrap` where bubblewrap is missing; skipped here, they fold into one summary line."""
+    if request.node.get_closest_marker("needs_bwrap") is not None and not bwrap_installed():
+        pytest.skip(NO_BWRAP)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Report every bwrap skip at one place (the detection), so `-ra` folds them into one line: SKIPPED [n] ...: reason."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2] == f"Skipped: {NO_BWRAP}":
+        report.longrepr = (bwrap_installed.__code__.co_filename, bwrap_installed.__code__.co_firstlineno,
+                           report.longrepr[2])
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from transformer_squared.models import engine
 from transformer_squared.evaluation import evaluate as ev
 from transformer_squared.experts.adapted import AdaptedModel
 from transformer_squared.errors import ConfigError
-from transformer_squared.evaluation.evaluate import EvalConfig, evaluate, select
+from transformer_squared.evaluation.evaluate import EvalConfig, evaluate, limit_examples, plan_eval
 from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.evaluation.metrics import wilson
 from transformer_squared.models.load import model_id
@@ -95,11 +95,11 @@ def test_results_json_fields_and_batching_do_not_change_predictions(tiny, vmlu_d
 def test_stratified_sample_is_proportional_seeded_and_in_order():
     examples = [Example(id=f"{s}-{i}", question="q", answer="A", choices=("x", "y"), subject=s)
                 for s, n in (("a", 50), ("b", 30), ("c", 20)) for i in range(n)]
-    got = select(examples, 10, "stratified", seed=1)
+    got = limit_examples(examples, 10, "stratified", seed=1)
     assert [sum(e.subject == s for e in got) for s in "abc"] == [5, 3, 2]
-    assert got == select(examples, 10, "stratified", seed=1) != select(examples, 10, "stratified", seed=2)
+    assert got == limit_examples(examples, 10, "stratified", seed=1) != limit_examples(examples, 10, "stratified", seed=2)
     assert [examples.index(e) for e in got] == sorted(examples.index(e) for e in got)
-    assert select(examples, 4) == examples[:4] and select(examples, None) == examples
+    assert limit_examples(examples, 4) == examples[:4] and limit_examples(examples, None) == examples
 
 
 def test_interrupted_run_resumes_without_redoing_work(tiny, vmlu_dir, tmp_path, monkeypatch):
@@ -226,3 +226,22 @@ def test_subset_and_exclude_run_keep_training_questions_out(tiny, vmlu_dir, tmp_
     only = evaluate(am, _cfg(vmlu_dir, subset=f"category={cat}"))["predictions"]
     assert only and all(r["category"] == cat for r in only)
     assert len(only) == sum(1 for r in evaluate(am, _cfg(vmlu_dir))["predictions"] if r["category"] == cat)
+
+
+def test_generative_task_writes_a_jsonl_submission(tiny, tmp_path):
+    """A generative task's submission is JSONL of the parsed answer and raw completion (once refused as not MCQ)."""
+    model, tok = tiny
+    data = tmp_path / "gsm8k"
+    data.mkdir()
+    rows = [{"question": f"What is {a} + {a}?", "answer": f"#### {2 * a}"} for a in range(1, 4)]
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    sub = tmp_path / "sub.jsonl"
+    res = evaluate(AdaptedModel(model, tok), EvalConfig(task="gsm8k", data=str(data), split="test", max_new_tokens=3),
+                   submission_path=sub)
+    lines = [json.loads(line) for line in sub.read_text(encoding="utf-8").splitlines()]
+    assert lines == [{"id": r["id"], "answer": r["prediction"]["generate"], "completion": r["completion"]}
+                     for r in res["predictions"]]
+    assert res["submission"] == {"path": str(sub), "protocol": "generate", "n": 3}
+    with pytest.raises(ConfigError, match="submission_protocol 'letter'.*generate"):
+        plan_eval(EvalConfig(task="gsm8k", data=str(data), split="test", submission_protocol="letter"),
+                submission_path=tmp_path / "s2.jsonl")

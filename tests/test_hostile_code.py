@@ -30,6 +30,7 @@ def _eval(model_dir: Path, data: Path, out: Path) -> None:
           "--device", "cpu", "--out", str(out)])
 
 
+@pytest.mark.needs_bwrap
 def test_every_attack_scores_zero_except_the_documented_harness_limits(tiny_model_dir, tmp_path,
                                                                        answers_with_the_canonical_solution):
     out = tmp_path / "r.json"

@@ -49,9 +49,10 @@ def test_builtin_smollm2_converts_once_and_answers(smollm2):
     t = time.perf_counter()
     load_model("smollm2-135m-instruct", device="cpu")
     assert time.perf_counter() - t < 20  # a cached folder loads fast (benchmarks time it precisely)
-    from transformer_squared.models.engine import chat_prompts, generate
+    from transformer_squared.models.engine import generate
+    from transformer_squared.tasks.base import chat_format
 
-    out = generate(model, tok, chat_prompts(tok, ["What is the capital of France?"]), max_new_tokens=12)
+    out = generate(model, tok, chat_format(["What is the capital of France?"], tok, True), max_new_tokens=12)
     assert "Paris" in out[0]
 
 

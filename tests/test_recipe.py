@@ -12,7 +12,7 @@ import yaml
 
 from transformer_squared.cli import main
 from transformer_squared.config import load_config
-from transformer_squared.recipe.runner import RecipeConfig, is_recipe, load_recipe, slug
+from transformer_squared.recipe.config import RecipeConfig, is_recipe, load_recipe, slug
 from transformer_squared.tasks.vmlu import category_of
 from transformer_squared.training import splits
 from transformer_squared.training.train import TrainConfig

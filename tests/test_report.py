@@ -60,7 +60,8 @@ def test_report_numbers_match_hand_computation(tmp_path, capsys):
     png = (tmp_path / "rep" / "chart.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     screen = capsys.readouterr().out
-    assert "LoRA" in screen and "75.0" in screen and "[40.9," in screen
+    lora_line = next(x for x in screen.splitlines() if x.startswith("LoRA "))  # 80 columns: the compact table
+    assert lora_line.split() == ["LoRA", "100.0", "50.0", "50.0", "100.0", "75.0", "75.0", "8"]
 
 
 def test_report_refuses_mixed_splits_and_repeated_labels():
@@ -121,3 +122,46 @@ def test_chart_dashes_the_row_named_by_base(tmp_path, monkeypatch):
     bar_chart(comp, tmp_path / "chart.png")
     # LoRA per category 2/2, 1/2, 1/2, 2/2; average 6/8; mean of categories 0.75 (worked out in the first test)
     assert lines == pytest.approx([100.0, 50.0, 50.0, 100.0, 75.0, 75.0])
+
+
+def _demo_like_comparison():
+    """Four categories and the rows `make demo` prints, with varied answers."""
+    labels = ["base", "LoRA", "expert STEM", "expert Humanities", *(f"Transformer² ({s})" for s in
+              ("prompt", "cls", "fewshot", "oracle", "uniform"))]
+    preds = ["AAAAAAAA", "ABCABBAC", "ABCDABAC", "DCBADCBA", "ABCDAAAA", "BBBBABAC", "ABCDDDDD", "CCCCABAC", "ABAB ABA"]
+    return compare([(str(i), _results(label, p)) for i, (label, p) in enumerate(zip(labels, preds))])
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_comparison_table_on_a_narrow_terminal_keeps_each_row_on_one_line(width):
+    """In 80 columns the full table wrapped every cell over three lines: now accuracy and n, one line per row."""
+    from rich.console import Console
+
+    from transformer_squared.report.comparison import AVERAGE, MEAN
+    from transformer_squared.report.tables import comparison_table
+
+    comp = _demo_like_comparison()
+    console = Console(width=width, record=True, color_system=None)
+    console.print(comparison_table(comp))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    for row in comp.rows:  # the label, every accuracy and n on the row's one line
+        mine = [line for line in lines if line.strip().startswith(row.label + " ")]
+        cells = [f"{100 * row.cells[c][0]:.1f}" for c in (*comp.categories, AVERAGE, MEAN)] + [str(row.n)]
+        assert len(mine) == 1 and mine[0].split()[-len(cells):] == cells, (row.label, lines)
+    assert "report.md" in text and "[" not in text  # no CI: they stay in the report
+
+
+def test_comparison_table_on_a_wide_terminal_shows_the_cis():
+    from rich.console import Console
+
+    from transformer_squared.report.tables import comparison_table
+
+    comp = _demo_like_comparison()
+    console = Console(width=250, record=True, color_system=None)
+    console.print(comparison_table(comp))
+    text = console.export_text()
+    lora = next(r for r in comp.rows if r.label == "LoRA")
+    ci = lora.cells["STEM"][1]
+    assert f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" in text and "entropy" in text

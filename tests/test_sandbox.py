@@ -91,12 +91,14 @@ def temp_entries() -> set[str]:
 
 # ---- behaviour ------------------------------------------------------------------------------------
 
+@pytest.mark.needs_bwrap
 def test_correct_program_passes_and_wrong_assert_fails():
     assert run_code("assert sorted([3, 1, 2]) == [1, 2, 3]").status == "passed"
     result = run_code("assert 1 + 1 == 3")
     assert not result.passed and result.status == "failed" and "AssertionError" in result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_runs_as_an_unprivileged_uid_in_a_fresh_folder_with_a_minimal_environment(monkeypatch):
     monkeypatch.setenv("T2_TEST_SECRET", "hunter2")
     uids = range(sandbox.UID_BASE, sandbox.UID_BASE + sandbox.N_UIDS) if ROOT else range(65534, 65535)
@@ -114,6 +116,7 @@ def test_runs_as_an_unprivileged_uid_in_a_fresh_folder_with_a_minimal_environmen
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_home_and_venv_are_not_visible():
     venv = Path(os.path.realpath(sys.prefix))
     with tempfile.NamedTemporaryFile(dir=Path.home(), prefix=".t2-canary-") as canary:
@@ -126,6 +129,7 @@ def test_home_and_venv_are_not_visible():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_no_new_user_namespaces():
     """A user namespace would hand the program capabilities over it: bwrap --disable-userns, or seccomp as root."""
     program = BYPASS + "assert ctypes.CDLL(None).unshare(0x10000000) == -1  # CLONE_NEWUSER\n"
@@ -133,6 +137,7 @@ def test_no_new_user_namespaces():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_no_key_shared_through_the_kernel_keyring():
     """Every sandbox used to be uid nobody of the machine, sharing one user keyring: a channel between runs."""
     numbers = {"x86_64": (248, 249), "aarch64": (217, 218)}.get(os.uname().machine)  # add_key, request_key
@@ -147,6 +152,7 @@ def test_no_key_shared_through_the_kernel_keyring():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_sleep_forever_times_out():
     start = time.monotonic()
     result = run_code("import time\nwhile True:\n    time.sleep(1)", timeout_s=1)
@@ -154,11 +160,13 @@ def test_sleep_forever_times_out():
     assert time.monotonic() - start < 3
 
 
+@pytest.mark.needs_bwrap
 def test_unbounded_allocation_is_stopped():
     result = run_code("chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))", memory_mb=256)
     assert not result.passed and result.status == "memory"
 
 
+@pytest.mark.needs_bwrap
 def test_fork_bomb_is_stopped_and_leaves_nothing(marker):
     bomb = marked(marker) + "while True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n"
     result = run_code(bomb, timeout_s=1)
@@ -166,6 +174,7 @@ def test_fork_bomb_is_stopped_and_leaves_nothing(marker):
     assert processes_named(marker) == [] and run_cgroups() == []
 
 
+@pytest.mark.needs_bwrap
 def test_no_network_at_all():
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(0)
@@ -178,6 +187,7 @@ def test_no_network_at_all():
             server.accept()  # nothing ever connected
 
 
+@pytest.mark.needs_bwrap
 def test_runs_cannot_see_each_other():
     name = "t2-" + uuid.uuid4().hex
     write = f"open('/tmp/{name}', 'w').write('x')\nopen('/dev/shm/{name}', 'w').write('x')\n"
@@ -185,12 +195,14 @@ def test_runs_cannot_see_each_other():
     assert [r.passed for r in run_many([write, read, write, read], n_workers=2)] == [True] * 4
 
 
+@pytest.mark.needs_bwrap
 def test_run_many_keeps_order():
     results = run_many(["pass", "raise SystemExit(1)", "import sys\nsys.exit(0)", "1/0"], n_workers=2)
     assert [r.status for r in results] == ["passed", "exited", "exited", "failed"]
     assert "ZeroDivisionError" in results[3].stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_future_imports_stay_first():
     program = "from __future__ import annotations\ndef f(x: Undefined) -> int:\n    return 1\nassert f(0) == 1"
     assert run_code(program).passed
@@ -207,6 +219,7 @@ def test_bad_limits_are_config_errors():
 
 # ---- the holes of issue 11 ------------------------------------------------------------------------
 
+@pytest.mark.needs_bwrap
 def test_a_future_import_line_runs_confined(tmp_path):
     """(a) `from __future__ import x; code` was hoisted above the confinement and ran as root."""
     canary = tmp_path / "a.txt"
@@ -216,6 +229,7 @@ def test_a_future_import_line_runs_confined(tmp_path):
     assert not canary.exists()
 
 
+@pytest.mark.needs_bwrap
 def test_b_no_other_process_can_rewrite_a_program(tmp_path, marker):
     """(b) the work folder was nobody's before program.py was read: a leftover nobody process rewrote programs."""
     canary = tmp_path / "b.txt"
@@ -232,6 +246,7 @@ def test_b_no_other_process_can_rewrite_a_program(tmp_path, marker):
     assert not canary.exists()
 
 
+@pytest.mark.needs_bwrap
 def test_c_program_cannot_outlive_its_timeout(marker):
     """(c) clearing the parent-death signal and calling setsid kept a program alive after its timeout."""
     program = marked(marker) + "if posix.fork() == 0:\n    posix.setsid()\nimport time\ntime.sleep(30)\n"
@@ -241,6 +256,7 @@ def test_c_program_cannot_outlive_its_timeout(marker):
     assert processes_named(marker) == []
 
 
+@pytest.mark.needs_bwrap
 def test_d_root_only_file_is_unreadable(tmp_path):
     """(d) the child kept CAP_DAC_READ_SEARCH and read any file."""
     canary = tmp_path / "d.txt"
@@ -250,6 +266,7 @@ def test_d_root_only_file_is_unreadable(tmp_path):
     assert not result.passed and "top secret" not in result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_e_writes_outside_the_work_folder_do_not_persist():
     """(e) files written to /tmp and /dev/shm outside the work folder stayed on the machine."""
     paths = [Path("/tmp") / f"t2-canary-{uuid.uuid4().hex}", Path("/dev/shm") / f"t2-canary-{uuid.uuid4().hex}"]
@@ -262,6 +279,7 @@ def test_e_writes_outside_the_work_folder_do_not_persist():
             p.unlink(missing_ok=True)
 
 
+@pytest.mark.needs_bwrap
 @pytest.mark.skipif(not has_cgroups(), reason="per-run memory limits need a writable cgroup")
 def test_f_memory_is_limited_per_run_not_per_process():
     """(f) RLIMIT_AS is per process: four children of 150 MiB each fitted under 256 MiB."""
@@ -273,6 +291,7 @@ def test_f_memory_is_limited_per_run_not_per_process():
     assert not result.passed and result.status == "memory"
 
 
+@pytest.mark.needs_bwrap
 @pytest.mark.skipif(ROOT and not has_cgroups(), reason="as root, per-run task limits need a writable cgroup")
 def test_f_tasks_are_limited_per_run_not_per_user():
     """(f) RLIMIT_NPROC counted every sandbox of uid nobody: one program holding 30 made the others fail."""
@@ -284,6 +303,7 @@ def test_f_tasks_are_limited_per_run_not_per_user():
     assert [r.passed for r in results[1:]] == [True] * 8, [r.stderr_tail[-200:] for r in results[1:]]
 
 
+@pytest.mark.needs_bwrap
 def test_g_unix_sockets_of_the_machine_are_unreachable(tmp_path):
     """(g) filesystem Unix sockets (here a world-writable one) stayed reachable."""
     path = tmp_path / "g.sock"
@@ -298,6 +318,7 @@ def test_g_unix_sockets_of_the_machine_are_unreachable(tmp_path):
             server.accept()
 
 
+@pytest.mark.needs_bwrap
 def test_h_python_level_bypasses_change_nothing():
     """(h) the in-process guard fell to `posix.system` and `importlib.reload(os)`; the OS must hold alone."""
     shared = Path(tempfile.mkdtemp(prefix="t2-h-"))
@@ -326,6 +347,7 @@ EXIT_TRICKS = {
 }
 
 
+@pytest.mark.needs_bwrap
 @pytest.mark.parametrize("trick", list(EXIT_TRICKS))
 def test_a_program_that_ends_before_its_checks_fails(trick):
     """Issue 19: status 0 before the asserts used to count as passed; the runner's token now decides."""
@@ -334,6 +356,7 @@ def test_a_program_that_ends_before_its_checks_fails(trick):
     assert result.status == ("failed" if trick.startswith("atexit") else "exited"), result
 
 
+@pytest.mark.needs_bwrap
 def test_writing_guesses_to_every_descriptor_then_exiting_fails():
     """The runner's pipe must carry exactly the token, which is in no program text, argument or environment."""
     program = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n"
@@ -343,6 +366,7 @@ def test_writing_guesses_to_every_descriptor_then_exiting_fails():
     assert not result.passed and result.status == "exited"
 
 
+@pytest.mark.needs_bwrap
 def test_only_the_token_makes_a_pass_and_the_program_cannot_read_it(monkeypatch):
     """A known token (patched in) written to the runner's pipe forges a pass, so it must stay out of reach:
     it is not in the program's command line, environment, or any descriptor the program can read."""
@@ -362,6 +386,7 @@ def test_only_the_token_makes_a_pass_and_the_program_cannot_read_it(monkeypatch)
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_no_host_file_is_writable_or_fallocatable_through_a_descriptor():
     """Issue 19: stderr was an unlinked host file; fallocate(KEEP_SIZE, 1 GiB) on it took host disk past FILE_MB."""
     program = BYPASS + (
@@ -377,6 +402,7 @@ def test_no_host_file_is_writable_or_fallocatable_through_a_descriptor():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_output_is_a_bounded_tail_of_pipes():
     result = run_code("import sys\nfor i in range(200000):\n    print(i)\n    print(-i, file=sys.stderr)\n",
                       timeout_s=10)
@@ -390,6 +416,7 @@ SOCKETS = BYPASS + (
 )
 
 
+@pytest.mark.needs_bwrap
 def test_only_unix_inet_and_netlink_sockets():
     """Issue 19: socket(AF_VSOCK) reached the hypervisor's vsock transport; AF_PACKET and the rest are refused too."""
     program = SOCKETS + (
@@ -404,6 +431,7 @@ def test_only_unix_inet_and_netlink_sockets():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 def test_io_uring_is_refused():
     """Issue 19: io_uring_setup was allowed; io_uring opens sockets past the socket() filter."""
     numbers = {"x86_64": (425, 426, 427), "aarch64": (425, 426, 427)}.get(os.uname().machine)
@@ -418,6 +446,7 @@ def test_io_uring_is_refused():
     assert result.passed, result.stderr_tail
 
 
+@pytest.mark.needs_bwrap
 @pytest.mark.skipif(not ROOT, reason="one uid per run needs root; a user namespace maps every run to the user")
 def test_concurrent_runs_have_their_own_uid():
     """Issue 19: every run was uid nobody, sharing per-uid limits (inotify instances, processes, pipe buffers)."""
@@ -429,6 +458,7 @@ def test_concurrent_runs_have_their_own_uid():
 
 # ---- many programs, cleanup -----------------------------------------------------------------------
 
+@pytest.mark.needs_bwrap
 def test_run_many_200_programs_some_hostile(marker):
     """A bounded pool: every correct program passes, every hostile one fails, nothing is left behind.
 

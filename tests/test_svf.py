@@ -212,3 +212,19 @@ def test_factored_uses_the_factors_without_casting(tiny):
         layer = model.get_submodule(svf.targets[0])
         assert isinstance(layer, FactoredLinear)
         assert layer.U.data_ptr() == svf.factors[svf.targets[0]].U.data_ptr() and layer.U.dtype == torch.bfloat16
+
+
+def test_adapted_weight_adds_in_the_wider_dtype_and_refuses_non_finite():
+    """The one W₀ + ΔW of merging, export and the vLLM backend."""
+    from transformer_squared.errors import ExpertError
+    from transformer_squared.experts.svf import adapted_weight
+
+    g = torch.Generator().manual_seed(0)
+    W0 = torch.randn(6, 4, generator=g).to(torch.bfloat16)
+    dW = torch.randn(6, 4, generator=g) * 1e-3  # below bfloat16's resolution at these sizes
+    W = adapted_weight("layer.mlp", W0, dW)
+    assert W.dtype == torch.float32
+    torch.testing.assert_close(W, W0.to(torch.float64).add(dW.to(torch.float64)).float(), rtol=0, atol=1e-7)
+    dW[2, 1] = float("nan")
+    with pytest.raises(ExpertError, match="adapted weight of 'layer.mlp' is not finite"):
+        adapted_weight("layer.mlp", W0, dW)

@@ -202,7 +202,8 @@ def recipe_run(
     import json
 
     from .report.comparison import compare, load_results
-    from .recipe.runner import load_recipe, run_recipe
+    from .recipe.config import load_recipe
+    from .recipe.runner import run_recipe
     from .report.tables import comparison_table
 
     cfg = load_recipe(file, list(ctx.args), data, out)
@@ -295,6 +296,28 @@ def expert_show(folder: Path = typer.Argument(..., help="Expert folder.")) -> No
                   f"task: {m.task}\nmetrics: {m.metrics}\n"
                   + (f"seen: {e.seen.numel():,} question(s) ({', '.join(m.seen.get('parts', [])) or 'none'}), "
                      "left out of evaluations" if e.seen is not None else "seen: no record (older expert)"))
+
+
+@app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve_(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of ServeConfig keys (flags override it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id."),
+    expert: Optional[List[Path]] = typer.Option(None, "--experts", "--expert", "-e", help="Expert folders: --experts A B."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Pass 1 of model t2: prompt, cls, fewshot, uniform."),
+    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="cls: the classification expert folder."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="TCP port (default 8000; 0: any free one)."),
+) -> None:
+    """OpenAI-compatible server that adapts every request (other ServeConfig keys as --key value)."""
+    from .config import load_config
+    from .serve import ServeConfig, serve
+
+    named = {"model": model, "strategy": strategy, "cls_expert": cls_expert, "host": host, "port": port,
+             "experts": ",".join(map(str, expert)) if expert else None}
+    flags = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
+    cfg = load_config(ServeConfig, config, flags + list(ctx.args))
+    serve(cfg, ready=lambda url: err.print(f"serving {url}", highlight=False, soft_wrap=True))
 
 
 def _export_merged(cfg: Any) -> None:

@@ -49,7 +49,7 @@ def test_strategy_contract(name, adapted, routed):
     assert section.metadata["help"].startswith(f"settings of strategy {name}") and section.type is spec.settings
     assert all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
                for f in dataclasses.fields(spec.settings))
-    assert spec.needs in ("nothing", "classifier", "shots")
+    assert spec.needs in ("nothing", "classifier", "shots", "labels")
     pipe = Pipeline(adapted, cfg)
     assert pipe.strategy.name == name and pipe.labels == adapted.labels
     task = get_task("mcq")

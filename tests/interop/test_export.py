@@ -92,6 +92,20 @@ def test_merged_export_loads_in_plain_transformers(tiny, tiny_model_dir, tmp_pat
     assert not list(tmp_path.glob(".merged.*"))  # the temp folder was renamed away
 
 
+def test_merged_export_of_a_non_finite_expert_is_an_expert_error(tiny, tiny_model_dir, tmp_path):
+    """The export raised ExportError where merging and the vLLM backend raised ExpertError: now one helper, one type."""
+    from transformer_squared.errors import ExpertError
+
+    model, _ = tiny
+    e = make_expert(model)
+    last = e.meta.targets[-1]
+    e.p[last] = e.p[last].clone()
+    e.p[last][0] = float("nan")
+    with pytest.raises(ExpertError, match=f"adapted weight of '{last}' is not finite"):
+        export_merged(str(tiny_model_dir), [e], None, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.*"))
+
+
 def test_merged_export_keeps_tied_embeddings(tiny_model_dir, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -58,13 +58,13 @@ def _loglikelihood_by_hand(model, tok, context: str, continuation: str) -> float
 
 
 def test_local_tasks_run_with_an_expert(tiny, tiny_model_dir, task_dir, tmp_path):
-    from transformer_squared.interop.lm_eval_adapter import evaluate
+    from transformer_squared.interop.lm_eval_adapter import run_lm_eval
     from transformer_squared.experts.svf import mix
 
     model, tok = tiny
     expert = make_expert(model)
     path = expert.save(tmp_path / "expert")
-    res = evaluate(str(tiny_model_dir), ["t2_tiny_mc", "t2_tiny_gen"], experts=[path], include_path=task_dir,
+    res = run_lm_eval(str(tiny_model_dir), ["t2_tiny_mc", "t2_tiny_gen"], experts=[path], include_path=task_dir,
                    include_defaults=False, device="cpu", limit=4, log_samples=True)
     assert "exact_match,none" in res["results"]["t2_tiny_gen"]
     assert res["n-samples"]["t2_tiny_mc"]["effective"] == 4

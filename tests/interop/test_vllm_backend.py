@@ -105,6 +105,18 @@ def test_swaps_weights_and_resets_prefix_cache(tiny_model_dir, fake_vllm):
     assert torch.equal(engine_model.get_submodule(name).weight, W0)  # base weights back, bit for bit
 
 
+def test_a_non_finite_mixture_is_refused_before_anything_loads(tiny_model_dir, fake_vllm):
+    from transformer_squared.errors import ExpertError
+
+    be, e, _ = _backend(tiny_model_dir)
+    z = {t: v.clone() for t, v in mix([e.z()], torch.tensor([1.0])).items()}
+    last = e.meta.targets[-1]
+    z[last][0] = float("inf")
+    with pytest.raises(ExpertError, match=f"adapted weight of '{last}' is not finite"):
+        be.use(z)
+    assert be.llm.events == []
+
+
 def test_scores_match_hf_engine(tiny_model_dir, fake_vllm):
     be, e, _ = _backend(tiny_model_dir)
     tok, hf = be.tokenizer, be.svf.model

@@ -27,6 +27,7 @@ HUMANEVAL_ROW = {
 }
 
 
+@pytest.mark.needs_bwrap
 def test_mbpp_splits_by_task_id_and_scores_in_the_sandbox(tmp_path, jsonl):
     path = jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
     task = get_task("mbpp")
@@ -71,6 +72,7 @@ def test_extract_completion(completion, appended):
     assert extract_completion(completion) == appended
 
 
+@pytest.mark.needs_bwrap
 def test_humaneval_local_file(tmp_path, jsonl):
     path = jsonl(tmp_path / "he.jsonl", [HUMANEVAL_ROW])
     task = HumanEval(timeout_s=1)  # one completion loops forever
@@ -94,6 +96,7 @@ def test_humaneval_packaged_file():
     assert all(e.meta["entry_point"] in e.question for e in ex)
 
 
+@pytest.mark.needs_bwrap
 def test_humaneval_test_field_cannot_escape_the_sandbox(tmp_path, jsonl):
     """Issue 11 (a): a data file's `test` holding `from __future__ import x; code` ran that code as root."""
     canary = tmp_path / "escaped.txt"
@@ -141,6 +144,7 @@ FORGERIES = {  # completions of inc() that are wrong, then end the program befor
 }
 
 
+@pytest.mark.needs_bwrap
 def test_humaneval_completions_that_end_before_the_checks_fail(tmp_path, jsonl):
     """Issue 19: each of these scored passed=True; the reference harness fails them all."""
     task = HumanEval(timeout_s=3)
@@ -154,6 +158,7 @@ def test_humaneval_completions_that_end_before_the_checks_fail(tmp_path, jsonl):
     assert task.score(ex[:1], ["    return x + 1\n"]) == [True]
 
 
+@pytest.mark.needs_bwrap
 def test_mbpp_exit_after_a_wrong_solution_fails(tmp_path, jsonl):
     """Issue 19: `def add(a,b): return 0` then `sys.exit(0)` passed MBPP's asserts."""
     task = get_task("mbpp")

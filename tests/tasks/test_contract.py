@@ -1,15 +1,22 @@
-"""Every registered task: loads a tiny file in its own format, formats (plain and chat), parses and scores."""
+"""Every registered task: loads a tiny file in its own format, formats (plain and chat), parses, scores and
+rewards; its kind reads answers from a model, offers training objectives, writes a submission and a constant answer."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
-from transformer_squared.errors import RegistryError
+from transformer_squared.errors import ConfigError, RegistryError
 from transformer_squared.tasks import TASKS, Example, get_task
+from transformer_squared.tasks.kinds import CodeKind, GenerativeKind, ModelCalls, MultipleChoiceKind, objective_of
+from transformer_squared.training.rollout import OBJECTIVES
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -99,10 +106,14 @@ def test_every_registered_task_is_covered():
         get_task("vmlx")
 
 
-@pytest.mark.parametrize("name", sorted(WRITERS))
+SANDBOXED = {"mbpp", "humaneval"}  # score by running code in the sandbox
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.needs_bwrap) if n in SANDBOXED else n
+                                  for n in sorted(WRITERS)])
 def test_task_contract(name, tmp_path, chat_tokenizer):
     task = get_task(name)
-    assert task.name == name and isinstance(task.version, str) and task.kind in ("mcq", "generate")
+    assert task.name == name and isinstance(task.version, str)
     assert isinstance(task.categories, tuple)
     data, split = WRITERS[name](tmp_path)
     ex = task.load(data, split)
@@ -110,7 +121,7 @@ def test_task_contract(name, tmp_path, chat_tokenizer):
     assert len({e.id for e in ex}) == len(ex)
     if task.categories:
         assert all(e.category in task.categories for e in ex)
-    if task.kind == "mcq":
+    if task.kind.letters:
         assert all(e.answer in e.letters for e in ex)
     prompts = task.format(ex)
     assert len(prompts) == len(ex) and all(isinstance(p, str) and p for p in prompts)
@@ -118,3 +129,58 @@ def test_task_contract(name, tmp_path, chat_tokenizer):
     right = [right_answer(name, e) for e in ex]
     assert task.score(ex, task.parse(ex, right)) == [True] * len(ex)
     assert task.score(ex, task.parse(ex, ["I am not sure."] * len(ex))) == [False] * len(ex)
+    assert task.reward(ex, task.parse(ex, right)) == [1.0] * len(ex)  # the paper's ±1
+    assert task.reward(ex, task.parse(ex, ["I am not sure."] * len(ex))) == [-1.0] * len(ex)
+
+
+KINDS = {"vmlu": "mcq", "mmlu": "mcq", "mcq": "mcq", "arc": "mcq", "route": "mcq", "gsm8k": "generate",
+         "math": "generate", "rg": "generate", "rg-direct": "generate", "mbpp": "code", "humaneval": "code"}
+
+
+def _calls(name: str, ex: list[Example]) -> ModelCalls:
+    """A model that answers every question right: the gold letter's text and log-probs peaked on it, or a right completion."""
+    def letters(prompts, letter_sets):
+        assert len(prompts) == len(ex) and letter_sets == [e.letters for e in ex]
+        logp = [torch.log_softmax(torch.tensor([4.0 if x == e.answer else 0.0 for x in e.letters]), 0) for e in ex]
+        return [f" {e.answer}" for e in ex], logp
+
+    return ModelCalls(letters, lambda prompts: [right_answer(name, e) for e in ex])
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_kind_contract(name, tmp_path):
+    """Each task's kind: its protocols, its answers read from a model, objectives, submission and constant answer."""
+    task = get_task(name)
+    kind = task.kind
+    assert kind.name == KINDS[name] and set(KINDS) == set(WRITERS)
+    assert isinstance(kind, {"mcq": MultipleChoiceKind, "generate": GenerativeKind, "code": CodeKind}[kind.name])
+    assert kind.selection in kind.protocols and kind.letters == (kind.name == "mcq")
+    assert all(OBJECTIVES.get(v) for v in kind.objectives.values())  # every objective the kind names exists
+    assert objective_of(kind, name, "auto") == ("exact-letters" if kind.letters else "rollouts")
+    data, split = WRITERS[name](tmp_path)
+    ex = task.load(data, split)
+    answers = kind.predict(task, ex, task.format(ex), _calls(name, ex))
+    assert set(answers.predictions) == set(kind.protocols) and len(answers.completions) == len(ex)
+    for protocol in kind.protocols:
+        assert task.score(ex, answers.predictions[protocol]) == [True] * len(ex), protocol
+    assert (answers.letter_logp is not None) == kind.letters
+    preds = answers.predictions[kind.selection]
+    if not kind.letters:  # rollouts: the float reward of each answer, and whether its program ended early
+        assert kind.rollout_rewards(task, ex, preds) == ([1.0] * len(ex), [False] * len(ex))
+    text = kind.submission(tmp_path / "sub", [e.id for e in ex], preds, answers.completions)
+    if kind.name == "mcq":
+        assert list(csv.reader(io.StringIO(text))) == [["id", "answer"]] + [[e.id, e.answer] for e in ex]
+    elif kind.name == "generate":
+        assert [json.loads(line) for line in text.splitlines()] == [
+            {"id": e.id, "answer": p, "completion": c} for e, p, c in zip(ex, preds, answers.completions)]
+    else:
+        assert [json.loads(line) for line in text.splitlines()] == [{"task_id": e.id, "completion": p} for e, p in zip(ex, preds)]
+    if kind.name == "code":
+        with pytest.raises(ConfigError, match="code task"):
+            kind.constant(task, ex, ex)
+    else:
+        const = kind.constant(task, ex, ex)
+        counts = Counter(e.answer for e in ex)
+        assert const.best == min(counts, key=lambda a: (-counts[a], a))  # most frequent, ties: the first in order
+        assert const.predictions == [const.best if not kind.letters or const.best in e.letters else e.letters[0]
+                                     for e in ex]

@@ -22,7 +22,8 @@ from transformer_squared.experts.expert import Expert, attach
 from transformer_squared.experts.svd import Factors
 from transformer_squared.tasks.base import Example
 from transformer_squared.tasks.code import CodeTask
-from transformer_squared.training.train import Recipe, TrainConfig
+from transformer_squared.tasks.kinds import CODE, GENERATIVE, MULTIPLE_CHOICE, right_or_wrong
+from transformer_squared.training.train import SVFRun, TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 LETTERS = ("A", "B", "C")
@@ -40,7 +41,7 @@ class TinyMCQ:
 
     name: str = "tiny-mcq"
     version: str = "1"
-    kind: str = "mcq"
+    kind: object = MULTIPLE_CHOICE
     categories: tuple[str, ...] = ("c0", "c1")
 
     def load(self, data, split):
@@ -55,6 +56,9 @@ class TinyMCQ:
     def score(self, examples, predictions):
         return [p == e.answer for e, p in zip(examples, predictions)]
 
+    def reward(self, examples, predictions):
+        return right_or_wrong(self.score(examples, predictions))
+
 
 def _cfg(tiny_model_dir, **kw) -> TrainConfig:
     base = dict(task="tiny-mcq", model=str(tiny_model_dir), device="cpu", steps=2, batch_size=8, micro_batch_size=8,
@@ -62,8 +66,8 @@ def _cfg(tiny_model_dir, **kw) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
-def _recipe(tmp_path, tiny_model_dir, **kw) -> Recipe:
-    r = Recipe(_cfg(tiny_model_dir, **kw), tmp_path / "run", TinyMCQ())
+def _svf_run(tmp_path, tiny_model_dir, **kw) -> SVFRun:
+    r = SVFRun(_cfg(tiny_model_dir, **kw), tmp_path / "run", TinyMCQ())
     r.setup()
     return r
 
@@ -87,7 +91,8 @@ def test_exact_objective_matches_formula_and_finite_differences(tiny):
     svf.factors = {t: Factors(f.U.double(), f.S.double(), f.V.double()) for t, f in svf.factors.items()}
     svf.track_weight_grads(False)
     task, ex = TinyMCQ(), _examples()[:4]
-    items = [rollout.Item(p, letters=e.letters, gold=e.answer) for p, e in zip(task.format(ex), ex)]
+    items = [rollout.Item(p, letters=e.letters, letter_rewards=tuple(r))
+             for p, e, r in zip(task.format(ex), ex, MULTIPLE_CHOICE.letter_rewards(task, ex))]
     ids = rollout.LetterIds(tok)
     g = torch.Generator().manual_seed(0)
     p = {t: (0.1 + 0.5 * torch.randn(f.S.numel(), generator=g, dtype=torch.float64)).requires_grad_() for t, f in svf.factors.items()}
@@ -96,9 +101,9 @@ def test_exact_objective_matches_formula_and_finite_differences(tiny):
         with torch.set_grad_enabled(grad), svf.factored({t: torch.sigmoid(v).expand(len(items), -1) for t, v in params.items()}):
             J, _, _ = rollout.mcq_terms(model, tok, items, ids, "exact", None)
             by_hand = []
-            for it in items:
+            for it, e in zip(items, ex):
                 probs = _letter_probs_by_hand(model, tok, it.prompt, it.letters)
-                R = torch.tensor([1.0 if l == it.gold else -1.0 for l in it.letters], dtype=probs.dtype)
+                R = torch.tensor([1.0 if l == e.answer else -1.0 for l in it.letters], dtype=probs.dtype)
                 by_hand.append((probs * R).sum())  # expected reward Σ p(letter)·R(letter)
         return -J.mean(), -torch.stack(by_hand).mean()
 
@@ -118,11 +123,12 @@ def test_kl_is_zero_at_uniform_z(tiny):
     model, tok = tiny
     svf = attach(model)
     task, ex = TinyMCQ(), _examples()[:4]
-    items = [rollout.Item(p, letters=e.letters, gold=e.answer, answer_ids=tok.encode(" 12 apples", add_special_tokens=False),
-                          reward=1.0) for p, e in zip(task.format(ex), ex)]
+    items = [rollout.Item(p, letters=e.letters, letter_rewards=tuple(r),
+                          answer_ids=tok.encode(" 12 apples", add_special_tokens=False), reward=1.0)
+             for p, e, r in zip(task.format(ex), ex, MULTIPLE_CHOICE.letter_rewards(task, ex))]
     ids = rollout.LetterIds(tok)
-    base_mcq = rollout.base_terms(model, tok, items, "mcq", ids)
-    base_gen = rollout.base_terms(model, tok, items, "generate", ids)
+    base_mcq = rollout.letter_base(model, tok, items, ids)
+    base_gen = rollout.answer_base(model, tok, items)
     z = {t: torch.full_like(f.S, 0.7) for t, f in svf.factors.items()}  # uniform z: W' = W
     with svf.factored({t: v.expand(len(items), -1) for t, v in z.items()}):
         _, kl_mcq, _ = rollout.mcq_terms(model, tok, items, ids, "exact", base_mcq)
@@ -133,15 +139,15 @@ def test_kl_is_zero_at_uniform_z(tiny):
         assert rollout.mcq_terms(model, tok, items, ids, "exact", base_mcq)[1].min() > 0
 
 
-def _expected_reward(recipe: Recipe, examples) -> float:
-    items = recipe.rollouts(0, examples)
-    with torch.no_grad(), recipe.svf.factored({t: z.expand(len(items), -1) for t, z in recipe.z().items()}):
-        return rollout.mcq_terms(recipe.model, recipe.tokenizer, items, recipe.letter_ids, "exact", None)[0].mean().item()
+def _expected_reward(run: SVFRun, examples) -> float:
+    items = run.rollouts(0, examples)
+    with torch.no_grad(), run.svf.factored({t: z.expand(len(items), -1) for t, z in run.z().items()}):
+        return rollout.mcq_terms(run.model, run.tokenizer, items, run.letter_ids, "exact", None)[0].mean().item()
 
 
 @pytest.mark.parametrize("mode", ["factored", "merged"])
 def test_one_step_changes_p_and_raises_expected_reward(tmp_path, tiny_model_dir, mode):
-    r = _recipe(tmp_path, tiny_model_dir, mode=mode, lr=5e-3)
+    r = _svf_run(tmp_path, tiny_model_dir, mode=mode, lr=5e-3)
     batch = r.batch_examples(0)
     before_p = {t: v.detach().clone() for t, v in r.p.items()}
     before = _expected_reward(r, batch)
@@ -152,7 +158,7 @@ def test_one_step_changes_p_and_raises_expected_reward(tmp_path, tiny_model_dir,
 
 
 def _grads(tmp_path, tiny_model_dir, name, **kw) -> dict[str, torch.Tensor]:
-    r = _recipe(tmp_path / name, tiny_model_dir, lr=0.0, **kw)  # lr 0: the step leaves p, grads stay readable
+    r = _svf_run(tmp_path / name, tiny_model_dir, lr=0.0, **kw)  # lr 0: the step leaves p, grads stay readable
     r.train_step(0)
     return {t: v.grad.clone() for t, v in r.p.items()}
 
@@ -162,7 +168,7 @@ def test_micro_batching_gives_the_full_batch_gradient(tmp_path, tiny_model_dir, 
     micro = _grads(tmp_path, tiny_model_dir, "micro", micro_batch_size=2)
     merged = _grads(tmp_path, tiny_model_dir, "merged", micro_batch_size=4, mode="merged")
     # independent: -mean_i Σ_letters p_i·R_i, each question alone (no padding), grad by autograd
-    r = _recipe(tmp_path / "ind", tiny_model_dir)
+    r = _svf_run(tmp_path / "ind", tiny_model_dir)
     model, tok = r.model, r.tokenizer
     p = {t: v.detach().clone().requires_grad_() for t, v in r.p.items()}
     batch = r.batch_examples(0)
@@ -191,16 +197,16 @@ def test_split_is_stratified_seeded_and_disjoint():
         n = 10 + 5 * s
         assert sum(e.subject == f"{s:02d}" for e in a["val"]) == round(0.2 * n)
         assert sum(e.subject == f"{s:02d}" for e in a["holdout"]) == round(0.1 * n)
-    assert {e.category for e in splits.select(ex, "category=stem")} == {"STEM"}
-    assert {e.subject for e in splits.select(ex, "subject=01,04")} == {"01", "04"}
+    assert {e.category for e in splits.filter_subset(ex, "category=stem")} == {"STEM"}
+    assert {e.subject for e in splits.filter_subset(ex, "subject=01,04")} == {"01", "04"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        splits.select(ex, "topic=x")
+        splits.filter_subset(ex, "topic=x")
     with pytest.raises(ConfigError, match="selects no example"):
-        splits.select(ex, "category=Humanities")
+        splits.filter_subset(ex, "category=Humanities")
 
 
 def test_run_folder_and_split_file(tmp_path, tiny_model_dir):
-    r = _recipe(tmp_path, tiny_model_dir, steps=2, holdout_fraction=0.25, label="demo")
+    r = _svf_run(tmp_path, tiny_model_dir, steps=2, holdout_fraction=0.25, label="demo")
     summary = r.train()
     run = tmp_path / "run"
     assert {"config.yaml", "split.json", "metrics.jsonl", "best", "latest"} <= {p.name for p in run.iterdir()}
@@ -221,7 +227,7 @@ def test_run_folder_and_split_file(tmp_path, tiny_model_dir):
 
 
 def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
-    r = _recipe(tmp_path, tiny_model_dir)
+    r = _svf_run(tmp_path, tiny_model_dir)
     r.save_checkpoint("latest")
     p0 = load_file(tmp_path / "run" / "latest" / "expert.safetensors")
     r.train_step(0)
@@ -241,7 +247,7 @@ def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
     # a kill between the two renames of a swap: the old folder comes back on the next read
     os.replace(latest, tmp_path / "run" / ".latest.old")
     monkeypatch.undo()
-    r2 = Recipe(r.cfg, tmp_path / "run", TinyMCQ())
+    r2 = SVFRun(r.cfg, tmp_path / "run", TinyMCQ())
     r2.setup(resume=True)
     assert r2.step == 0 and latest.is_dir()
 
@@ -256,7 +262,7 @@ def test_config_checks_and_flags(tmp_path):
 
 
 def test_every_shipped_recipe_loads():
-    from transformer_squared.recipe.runner import is_recipe
+    from transformer_squared.recipe.config import is_recipe
 
     files = sorted(f for f in (REPO / "recipes").glob("*.yaml") if not is_recipe(f))  # pipelines: tests/test_recipe.py
     assert files
@@ -271,7 +277,7 @@ class TinyGen:
 
     name: str = "tiny-gen"
     version: str = "1"
-    kind: str = "generate"
+    kind: object = GENERATIVE
     categories: tuple[str, ...] = ()
 
     def load(self, data, split):
@@ -287,20 +293,23 @@ class TinyGen:
     def score(self, examples, predictions):
         return [p == e.answer for e, p in zip(examples, predictions)]
 
+    def reward(self, examples, predictions):
+        return right_or_wrong(self.score(examples, predictions))
+
 
 @pytest.mark.parametrize("mode", ["factored", "merged"])
 def test_generative_rollouts_step_with_kl(tmp_path, tiny_model_dir, mode):
     cfg = _cfg(tiny_model_dir, task="tiny-gen", mode=mode, kl=0.1, batch_size=4, micro_batch_size=2, val_fraction=0.25,
                max_new_tokens=4, temperature=1.0, samples_per_prompt=2)
-    r = Recipe(cfg, tmp_path / "run", TinyGen())
+    r = SVFRun(cfg, tmp_path / "run", TinyGen())
     r.setup()
     before = {t: v.detach().clone() for t, v in r.p.items()}
     stats = r.train_step(0)
-    assert r.objective == "sample" and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert r.objective.name == "rollouts" and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert stats["reward"] == -1.0  # a random tiny model never repeats the word: every rollout is wrong
     assert stats["kl"] >= 0 and any(not torch.equal(before[t], r.p[t]) for t in r.p)
     with pytest.raises(ConfigError, match="needs a multiple-choice task"):
-        Recipe(replace(cfg, objective="exact"), tmp_path / "x", TinyGen()).setup()
+        SVFRun(replace(cfg, objective="exact"), tmp_path / "x", TinyGen()).setup()
 
 
 CODE_ANSWERS = {  # what TinyCode's "model" writes for each kind of question, whatever it generated
@@ -317,7 +326,7 @@ class TinyCode(CodeTask):
 
     name: str = "tiny-code"
     version: str = "1"
-    kind: str = "generate"
+    kind: object = CODE
     categories: tuple[str, ...] = ()
 
     def load(self, data, split):
@@ -334,11 +343,12 @@ class TinyCode(CodeTask):
         return [f"{p}\nassert inc(1) == 2\n" for p in predictions]
 
 
+@pytest.mark.needs_bwrap
 def test_code_rollouts_log_the_share_that_ended_before_the_checks(tmp_path, tiny_model_dir):
     """Issue 19: a forged pass was a +1 reward; now it is −1 and metrics.jsonl shows how often rollouts try it."""
     cfg = _cfg(tiny_model_dir, task="tiny-code", steps=1, batch_size=4, micro_batch_size=4, val_fraction=0.25,
                max_new_tokens=2, temperature=1.0, samples_per_prompt=2, eval_every=1)
-    r = Recipe(cfg, tmp_path / "run", TinyCode())
+    r = SVFRun(cfg, tmp_path / "run", TinyCode())
     r.setup()
     batch = r.batch_examples(0)
     r.train()
@@ -359,7 +369,7 @@ def test_sampled_letters_gradient_averages_to_the_exact_gradient(tmp_path, tiny_
     rel = norm({t: sampled[t] - exact[t] for t in exact}) / norm(exact)
     assert norm(exact) > 0 and rel < 0.03, float(rel)
     with pytest.raises(ConfigError, match="temperature > 0"):
-        Recipe(_cfg(tiny_model_dir, objective="sample"), tmp_path / "y", TinyMCQ()).setup()
+        SVFRun(_cfg(tiny_model_dir, objective="sample"), tmp_path / "y", TinyMCQ()).setup()
 
 
 def test_missing_logger_is_a_config_error(tmp_path, monkeypatch):
@@ -391,7 +401,7 @@ def test_a_run_without_validation_questions_is_refused_up_front(tmp_path, tiny_m
     if kw["val_fraction"] == 0.1:  # strata of 3 questions: round(3 × 0.1) = 0 in every subject
         task.load = lambda data, split: _examples(9)
     with pytest.raises(ConfigError, match=f"val_fraction {kw['val_fraction']} leaves no validation questions"):
-        Recipe(_cfg(tiny_model_dir, **kw), tmp_path / "run", task).setup()
+        SVFRun(_cfg(tiny_model_dir, **kw), tmp_path / "run", task).setup()
     assert not (tmp_path / "run").exists()
 
 
@@ -407,7 +417,7 @@ def _mlp_calls(r) -> list[int]:
 def test_gradient_checkpointing_recomputes_and_gives_the_same_gradient(tmp_path, tiny_model_dir, mode):
     grads, calls = {}, {}
     for on in (False, True):
-        r = _recipe(tmp_path / str(on), tiny_model_dir, lr=0.0, micro_batch_size=4, kl=0.1, mode=mode,
+        r = _svf_run(tmp_path / str(on), tiny_model_dir, lr=0.0, micro_batch_size=4, kl=0.1, mode=mode,
                     gradient_checkpointing=on)
         n = _mlp_calls(r)
         r.train_step(0)
@@ -418,3 +428,72 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradient(tmp_path,
     for t in grads[False]:
         torch.testing.assert_close(grads[True][t], grads[False][t], rtol=1e-5, atol=1e-8)
     assert any(g.abs().sum() > 0 for g in grads[True].values())
+
+
+@dataclass
+class GradedGen(TinyGen):
+    """TinyGen with graded rewards: every answer to an even-numbered question earns 0.5, to an odd one −0.25."""
+
+    name: str = "graded-gen"
+
+    def reward(self, examples, predictions):
+        return [0.5 if int(e.id[1:]) % 2 == 0 else -0.25 for e in examples]
+
+
+def _answer_logprob_by_hand(model, tok, prompt: str, answer_ids: list[int]) -> float:
+    """Σ_t log π(answer token t | prompt, earlier answer tokens), one unpadded sequence."""
+    from transformer_squared.models.engine import tokenize
+
+    p = tokenize(tok, [prompt])[0]
+    ids = torch.tensor([p + answer_ids])  # (1, T)
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)  # (T, V)
+    return sum(float(logp[len(p) - 1 + j, a]) for j, a in enumerate(answer_ids))
+
+
+def test_graded_rewards_enter_the_rollout_loss_exactly(tmp_path, tiny_model_dir):
+    """loss = −(1/n) Σ_i R_i · Σ_t log π'(a_it) with the task's float rewards (fails with ±1 rewards)."""
+    cfg = _cfg(tiny_model_dir, task="graded-gen", batch_size=4, micro_batch_size=2, val_fraction=0.25, max_new_tokens=3,
+               temperature=0.0)
+    r = SVFRun(cfg, tmp_path / "run", GradedGen())
+    r.setup()
+    examples = r.batch_examples(0)
+    items = r.rollouts(0, examples)  # greedy: the same answers train_step will roll out
+    R = [0.5 if int(e.id[1:]) % 2 == 0 else -0.25 for e in examples]
+    assert [it.reward for it in items] == R and len(set(R)) == 2
+    with torch.no_grad(), r.svf.merged({t: z.detach() for t, z in r.z().items()}):
+        logp = [_answer_logprob_by_hand(r.model, r.tokenizer, it.prompt, it.answer_ids) for it in items]
+    stats = r.train_step(0)
+    assert stats["reward"] == pytest.approx(sum(R) / len(R))
+    # factored training pass vs merged weights by hand: float32 rounding only
+    assert stats["loss"] == pytest.approx(-sum(x * y for x, y in zip(R, logp)) / len(items), rel=1e-4)
+
+
+@dataclass
+class NearMissMCQ(TinyMCQ):
+    """TinyMCQ with a graded reward: the gold letter 1, the letter after it 0.5, the others −1."""
+
+    name: str = "near-miss"
+
+    def reward(self, examples, predictions):
+        out = []
+        for e, p in zip(examples, predictions):
+            near = e.letters[(e.letters.index(e.answer) + 1) % len(e.letters)]
+            out.append(1.0 if p == e.answer else 0.5 if p == near else -1.0)
+        return out
+
+
+def test_graded_letter_rewards_enter_the_exact_objective(tmp_path, tiny_model_dir):
+    """Exact objective with graded rewards: J = Σ_letters π'(letter)·R(letter), R from the task, per item."""
+    r = SVFRun(_cfg(tiny_model_dir, task="near-miss"), tmp_path / "run", NearMissMCQ())
+    r.setup()
+    examples = r.batch_examples(0)[:4]
+    items = r.rollouts(0, examples)
+    with torch.no_grad(), r.svf.factored({t: z.expand(len(items), -1) for t, z in r.z().items()}):
+        J, _, reward = r.terms(items, None, torch.Generator())
+    with torch.no_grad(), r.svf.merged({t: z.detach() for t, z in r.z().items()}):
+        for i, (it, e) in enumerate(zip(items, examples)):
+            gold = LETTERS.index(e.answer)
+            R = torch.tensor([1.0 if k == gold else 0.5 if k == (gold + 1) % 3 else -1.0 for k in range(3)])
+            probs = _letter_probs_by_hand(r.model, r.tokenizer, it.prompt, it.letters)
+            torch.testing.assert_close(J[i], (probs * R).sum(), rtol=1e-4, atol=1e-6)  # float32, factored vs merged
+    torch.testing.assert_close(reward, J)  # the exact objective reports its expected reward

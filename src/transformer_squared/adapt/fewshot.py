@@ -24,6 +24,7 @@ from torch import Tensor
 from ..atomic import read_json
 from ..errors import ConfigError
 from ..tasks.base import Example, Task
+from ..tasks.kinds import ModelCalls
 from .cem import CEMConfig, CEMResult, cem
 from .registry import SHOTS, Request, StrategyConfig, StrategySpec, register_strategy
 
@@ -114,13 +115,13 @@ class FewShot:
         items = shots * P
         mixed = self.settings.mixed and getattr(self.am.engine, "supports_factored", False)
         run = dict(alpha=rows, mixed=mixed, batch_size=self.cfg.batch_size)
-        if task.kind == "mcq":
-            _, logp = self.am.score_letters(prompts, [e.letters for e in items], **run)
-            correct = torch.tensor([e.letters[int(lp.argmax())] == e.answer for e, lp in zip(items, logp)])
-            ll = torch.tensor([float(lp[e.letters.index(e.answer)]) for e, lp in zip(items, logp)])
+        calls = ModelCalls(lambda p, letters: self.am.score_letters(p, letters, **run),
+                           lambda p: self.am.generate(p, self.cfg.max_new_tokens, chat=False, seed=self.cfg.seed, **run))
+        answers = task.kind.predict(task, items, prompts, calls)  # multiple choice: argmax over the letters
+        correct = torch.tensor(task.score(items, answers.predictions[task.kind.selection]))
+        if answers.letter_logp is not None:  # the gold letter's log-probability among the letters
+            ll = torch.tensor([float(lp[e.letters.index(e.answer)]) for e, lp in zip(items, answers.letter_logp)])
         else:
-            texts = self.am.generate(prompts, self.cfg.max_new_tokens, chat=False, seed=self.cfg.seed, **run)
-            correct = torch.tensor(task.score(items, task.parse(items, texts)))
             space = "" if self.cfg.task_chat else " "
             ll = torch.tensor([s for s, _ in self.am.loglikelihood(prompts, [space + e.answer for e in items], **run)])
         return correct.float().reshape(P, k).mean(1), ll.reshape(P, k).mean(1)  # (P,), (P,)

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from ..tasks.base import Example, Task
-from .registry import Request, StrategyConfig, StrategySpec, register_strategy, one_hot
+from .registry import LABELS, Request, StrategyConfig, StrategySpec, one_hot, register_strategy
 
 
 def _norm(name: str) -> str:
@@ -43,4 +43,4 @@ class Oracle:
         return {"name": self.name, "matches": "category, then subject, then task name, against expert labels"}
 
 
-register_strategy(StrategySpec("oracle", Oracle, help="each request to the expert labelled with its category, subject or task (upper bound)"))
+register_strategy(StrategySpec("oracle", Oracle, needs=LABELS, help="each request to the expert labelled with its category, subject or task (upper bound)"))

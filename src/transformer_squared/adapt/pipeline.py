@@ -128,9 +128,11 @@ class Pipeline:
         return self.route(requests if requests is not None else [Request(p) for p in prompts])
 
     # ---- pass 2 --------------------------------------------------------------------------------
-    def generate(self, prompts: list[str], max_new_tokens: int = 128, chat: bool = True, alpha: Tensor | None = None,
-                 requests: list[Request] | None = None, batch_size: int = 8, **kwargs: Any) -> list[Answer]:
-        """Route every prompt (pass 1, unless `alpha` is given), then answer all of them with their mixtures."""
+    def generate(self, prompts: list[str], max_new_tokens: int = 128, chat: bool | None = None,
+                 alpha: Tensor | None = None, requests: list[Request] | None = None, batch_size: int = 8,
+                 **kwargs: Any) -> list[Answer]:
+        """Route every prompt (pass 1, unless `alpha` is given), then answer all of them with their mixtures
+        (`chat`: tasks/base.uses_chat; None = the chat template if the tokenizer has one)."""
         routed = self.mixtures(prompts, alpha, requests)
         t0 = time.perf_counter()
         texts = self.am.generate(prompts, max_new_tokens, alpha=routed.alpha, mixed=self.mixed, chat=chat,

@@ -39,7 +39,8 @@ def request_of(example: Example, task: str = "") -> Request:
     return Request(request_text(example), example.category, example.subject, task)
 
 
-NOTHING, CLASSIFIER, SHOTS = "nothing", "classifier", "shots"  # what a strategy needs (StrategySpec.needs)
+NOTHING, CLASSIFIER, SHOTS, LABELS = "nothing", "classifier", "shots", "labels"  # what a strategy needs (StrategySpec.needs);
+# labels: each request's true category, subject or task, which only evaluation knows
 
 
 @dataclass
@@ -113,7 +114,8 @@ class StrategySpec:
     name: str  # registry name; also the key of its settings section in StrategyConfig
     build: Callable[[Any, "StrategyConfig"], Any]  # (AdaptedModel, config) → Strategy
     settings: type = NoSettings  # dataclass of its own settings (each field with a default and a comment)
-    needs: str = NOTHING  # nothing; classifier: an expert trained on task `route`; shots: labelled examples of the task
+    needs: str = NOTHING  # nothing; classifier: an expert trained on task `route`; shots: labelled examples of the task;
+    # labels: the requests' true labels (evaluation only)
     help: str = ""  # one line: what it does
     check: Callable[[Any], list[str]] = lambda settings: []  # problems of its settings when it is the chosen one
     runs: Callable[[Any], list[str]] = lambda settings: []  # expert folders it runs besides the mixed ones (left out of evaluation)

@@ -52,7 +52,7 @@ class BaselineConfig:
 
     method: Literal["lora", "ia3"] = "lora"  # PEFT method
     preset: Literal["vmlu", "paper"] = "vmlu"  # defaults of r, alpha, dropout, targets, lr, epochs (PRESETS)
-    task: str = "mcq"  # multiple-choice task in the registry (vmlu, mmlu, mcq)
+    task: str = "vmlu"  # multiple-choice task in the registry (vmlu, mmlu, arc, mcq)
     data: str | None = None  # task data: local file/folder or hub id (None: the task's default)
     splits: list[str] = field(default_factory=list)  # labelled splits pooled ([]: vmlu dev+valid, mmlu test, else train)
     subset: str = ""  # filter: "category=STEM", "subject=28,29"
@@ -151,12 +151,13 @@ class BaselineRun:
             from ..tasks import get_task
 
             self.task = get_task(cfg.task)
-        if self.task.kind != "mcq":
-            raise ConfigError(f"t2 baseline trains on the answer letter: task '{cfg.task}' is not multiple choice")
+        if not self.task.kind.letters:
+            raise ConfigError(f"t2 baseline trains on the answer letter: task '{cfg.task}' is {self.task.kind.name}, "
+                              "not multiple choice")
         if resume and not (self.out / "latest").exists() and not (self.out / ".latest.old").exists():
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
-        self.parts = splits.prepare(cfg, self.task, self.out, resume)
+        self.parts = splits.make_parts(cfg, self.task, self.out, resume)
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every adapter folder it writes
         base, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.model = _peft().get_peft_model(base, peft_config(cfg, base))

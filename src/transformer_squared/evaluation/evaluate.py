@@ -1,9 +1,10 @@
 """Run a task with the base model, one expert, a fixed mixture, or a two-pass strategy (a mixture per
-question chosen in pass 1, paper §3.2); metrics, results JSON, submission CSV.
+question chosen in pass 1, paper §3.2); metrics, results JSON, submission file.
 
-Multiple choice gets both protocols from one forward pass per batch: `generate` (the greedy next
-token read as the letter, VMLU's official protocol) and `letter` (argmax over the valid letters).
-Generative tasks: generate → task.parse → task.score. With a strategy, pass 1 routes every
+The task's kind (tasks/kinds.py) reads the answers: multiple choice gets both protocols from one
+forward pass per batch, `generate` (the greedy next token read as the letter, VMLU's official
+protocol) and `letter` (argmax over the valid letters); generative and code tasks generate → parse;
+task.score scores them. The kind also writes the submission file. With a strategy, pass 1 routes every
 pending question first, then pass 2 runs them grouped by mixture (each merged once) or, with
 `mixed_batches`, factored with one mixture per row; per question the results record the routing
 decision (and α) and the seconds of each pass (its batch's time divided by the batch's size).
@@ -27,8 +28,8 @@ from torch import Tensor
 from .. import __version__, distributed
 from . import seen
 from ..adapt import Pipeline, Strategy, StrategyConfig, pass2_order, request_of, strategy_runs
-from ..experts.adapted import AdaptedModel
-from ..atomic import check_file_target, write_json
+from ..experts.adapted import AdaptedModel, load_experts
+from ..atomic import check_file_target, write_json, write_text
 from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FILE as ADAPTER_META, adapter_identity
 from ..errors import ConfigError, DataError
 from ..models.engine import check_context
@@ -36,9 +37,10 @@ from ..experts.expert import META, Expert, check_together, read_seen
 from .metrics import accuracy_metrics, routing_metrics
 from ..models.load import model_id
 from ..tasks import Example, Task, get_task
+from ..tasks.kinds import ModelCalls
 from ..training import splits
 
-PROTOCOLS = ("generate", "letter")
+PROTOCOLS = ("generate", "letter")  # every protocol of any kind; a task's kind says which it has
 FORMAT_VERSION = 1
 Progress = Callable[[int], None]
 
@@ -50,7 +52,7 @@ class EvalConfig:
     task: str = "vmlu"  # registry name of the task
     data: str | None = None  # local folder/file or Hugging Face dataset id (None: the task's default)
     split: str = "valid"  # split to evaluate
-    protocol: str = "both"  # MCQ: generate, letter or both (one forward pass gives both); other tasks: generate
+    protocol: str = "both"  # generate, letter or both (all the task's kind has); letter: multiple choice only
     chat: bool = False  # wrap prompts in the model's chat template (VMLU's official protocol: no)
     limit: int | None = None  # evaluate at most this many questions (None: all)
     sample: str = "first"  # how `limit` picks: "first" N, or "stratified" (seeded, proportional per subject)
@@ -58,7 +60,7 @@ class EvalConfig:
     batch_size: int = 8  # prompts per forward pass (halved automatically on out-of-memory)
     max_new_tokens: int = 512  # generation budget of generative tasks, in tokens
     save_every: int = 8  # batches between saves of the partial results (resume)
-    submission_protocol: str = "letter"  # predictions written to the submission CSV
+    submission_protocol: str = ""  # predictions written to the submission file ('': letter for MCQ, else generate)
     subset: str = ""  # filter before `limit`: "category=STEM", "subject=28,29" ('' keeps all)
     exclude_run: str | None = None  # a training run folder (or its split.json): skip its train and val ids
     include_seen: bool = False  # also score questions the experts in use were trained or selected on
@@ -72,7 +74,7 @@ class EvalConfig:
         problems = []
         if self.protocol not in (*PROTOCOLS, "both"):
             problems.append(f"protocol '{self.protocol}': choose generate, letter or both")
-        if self.submission_protocol not in PROTOCOLS:
+        if self.submission_protocol not in ("", *PROTOCOLS):
             problems.append(f"submission_protocol '{self.submission_protocol}': choose generate or letter")
         if self.part not in splits.PARTS:
             problems.append(f"part '{self.part}': choose one of {', '.join(splits.PARTS)}")
@@ -87,15 +89,25 @@ class EvalConfig:
             raise ConfigError("; ".join(problems))
 
     def protocols(self, task: Task) -> tuple[str, ...]:
-        """The protocols to report for `task` (generative tasks have only `generate`)."""
-        if task.kind != "mcq":
-            if self.protocol == "letter":
-                raise ConfigError(f"protocol 'letter' needs a multiple-choice task; '{task.name}' is generative")
-            return ("generate",)
-        return PROTOCOLS if self.protocol == "both" else (self.protocol,)
+        """The protocols to report for `task`: those of its kind (generative tasks have only `generate`)."""
+        kind = task.kind
+        if self.protocol == "both":
+            return kind.protocols
+        if self.protocol not in kind.protocols:
+            raise ConfigError(f"protocol '{self.protocol}': task '{task.name}' is {kind.name}, whose protocols are "
+                              f"{', '.join(kind.protocols)} ('letter' needs a multiple-choice task)")
+        return (self.protocol,)
+
+    def submission_for(self, task: Task) -> str:
+        """The protocol whose predictions go into the submission file ('' : the kind's own)."""
+        protocol = self.submission_protocol or task.kind.selection
+        if protocol not in task.kind.protocols:
+            raise ConfigError(f"submission_protocol '{protocol}': task '{task.name}' is {task.kind.name}, whose "
+                              f"protocols are {', '.join(task.kind.protocols)}")
+        return protocol
 
 
-def select(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
+def limit_examples(examples: list[Example], limit: int | None, sample: str = "first", seed: int = 0) -> list[Example]:
     """The first `limit` examples, or a seeded sample stratified by subject (largest-remainder quotas), in data order."""
     if limit is None or limit >= len(examples):
         return list(examples)
@@ -215,17 +227,12 @@ def _run_chunk(pipe: Pipeline, task: Task, cfg: EvalConfig, examples: list[Examp
     """Records (prediction and correctness per protocol, raw completion, seconds) for one chunk of questions
     (pass 2, each question with its row of `alpha`, or the fixed mixture)."""
     t0 = time.perf_counter()
-    if task.kind == "mcq":
-        letters = [e.letters for e in examples]
-        greedy, logp = pipe.score_letters(prompts, letters, alpha, batch_size=cfg.batch_size, progress=progress)
-        preds = {"generate": task.parse(examples, greedy),
-                 "letter": [e.letters[int(lp.argmax())] for e, lp in zip(examples, logp)]}
-        completions = greedy
-    else:
-        answers = pipe.generate(prompts, cfg.max_new_tokens, chat=False, alpha=alpha, batch_size=cfg.batch_size,
-                                seed=cfg.seed, progress=progress)
-        completions = [a.text for a in answers]
-        preds = {"generate": task.parse(examples, completions)}
+    calls = ModelCalls(
+        lambda p, letters: pipe.score_letters(p, letters, alpha, batch_size=cfg.batch_size, progress=progress),
+        lambda p: [a.text for a in pipe.generate(p, cfg.max_new_tokens, chat=False, alpha=alpha,
+                                                  batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)])
+    answers = task.kind.predict(task, examples, prompts, calls)
+    preds, completions = answers.predictions, answers.completions
     seconds = (time.perf_counter() - t0) / len(examples)
     correct = _score(task, examples, preds)
     return {
@@ -286,7 +293,7 @@ class Plan:
     experts: list[Expert] = field(default_factory=list)  # the experts, loaded and checked against each other
 
 
-def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
+def plan_eval(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
             markdown_path: str | Path | None = None, experts: Sequence[str | Path | Expert] = (),
             also_seen: Sequence[str | Path] = ()) -> Plan:
     """Check the output locations, load and select the questions: everything that needs no model.
@@ -301,8 +308,8 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         check_file_target(path, flag)
     task = get_task(cfg.task, cfg.unsafe_exec)
     cfg.protocols(task)
-    if submission_path is not None and task.kind != "mcq":
-        raise ConfigError(f"--submission: only multiple-choice tasks have an id,answer submission ('{task.name}' is generative)")
+    if submission_path is not None:
+        cfg.submission_for(task)
     if cfg.split_file:
         examples = splits.load_part(task, cfg.data, splits.load_split(cfg.split_file), cfg.part)
     else:
@@ -312,10 +319,10 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         where = f"part '{cfg.part}' of {cfg.split_file}" if cfg.split_file else f"split '{cfg.split}'{source}"
         raise DataError(f"task '{task.name}' {where}: no questions to evaluate")
     if cfg.subset:
-        examples = splits.select(examples, cfg.subset)
+        examples = splits.filter_subset(examples, cfg.subset)
     if cfg.exclude_run:
         examples = _exclude_run(examples, Path(cfg.exclude_run))
-    loaded = [e if isinstance(e, Expert) else Expert.load(e) for e in experts]
+    loaded = load_experts(experts)
     check_together(loaded)
     names = [e.meta.label if isinstance(e, Expert) else str(e) for e in experts]
     records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), _read_seen(Path(f))) for f in also_seen]
@@ -326,7 +333,7 @@ def prepare(cfg: EvalConfig, out_path: str | Path | None = None, submission_path
         if not examples:
             raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
                               "evaluate another split, or pass --include-seen to score them anyway")
-    return Plan(task, select(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
+    return Plan(task, limit_examples(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
                 loaded)
 
 
@@ -360,7 +367,7 @@ def _fit(pipe: Pipeline, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], li
     left = [e for e in plan.pool if e.id not in set(used)]
     if not left:
         raise ConfigError(f"strategy '{pipe.name}' used every question of this split to fit itself")
-    return select(left, cfg.limit, cfg.sample, cfg.seed), used, pipe.fit_seconds
+    return limit_examples(left, cfg.limit, cfg.sample, cfg.seed), used, pipe.fit_seconds
 
 
 def strategy_experts(strategy: Strategy | StrategyConfig | str | None) -> list[str]:
@@ -380,12 +387,12 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
              total: Callable[[int], None] | None = None, plan: Plan | None = None,
              strategy: Strategy | StrategyConfig | str | None = None) -> dict[str, Any]:
     """Evaluate `cfg.task` with `am`: its fixed mixture merged, or with `strategy` a mixture per question
-    chosen in pass 1; write results JSON and submission CSV if asked.
+    chosen in pass 1; write results JSON and submission file if asked.
 
-    `plan` is `prepare(cfg, ...)`'s result when the caller checked the inputs before loading the model.
+    `plan` is `plan_eval(cfg, ...)`'s result when the caller checked the inputs before loading the model.
     `total` is called once with the number of questions (for a progress bar); `progress` after each batch.
     """
-    plan = plan or prepare(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
+    plan = plan or plan_eval(cfg, out_path, submission_path, experts=am.experts, also_seen=strategy_experts(strategy))
     distributed.init(next(am.model.parameters()).device)  # no-op unless launched by torchrun / accelerate
     task = plan.task
     protocols = cfg.protocols(task)
@@ -414,7 +421,7 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
         results["routing"] = routing_metrics(results["predictions"], am.labels)
         if out is not None and results["strategy"].get("alpha") is not None and distributed.is_main():
             write_json(results["strategy"], alpha_path(out))  # fewshot: reusable with --alpha-from
-    return finish(results, cfg, examples, records, out, submission_path)
+    return finish(results, task, cfg, examples, records, out, submission_path)
 
 
 def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
@@ -432,7 +439,7 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
     return {
         "format_version": FORMAT_VERSION, "t2_version": __version__, **system,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "task": {"name": task.name, "version": task.version, "kind": task.kind, "split": cfg.split,
+        "task": {"name": task.name, "version": task.version, "kind": task.kind.name, "split": cfg.split,
                  "data": None if cfg.data is None else str(cfg.data),
                  "part": None if not cfg.split_file else {"file": str(cfg.split_file), "name": cfg.part}},
         "protocol": list(protocols), "config": asdict(cfg), "git": _git(),
@@ -445,14 +452,13 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
     }
 
 
-def finish(results: dict[str, Any], cfg: EvalConfig, examples: list[Example], records: dict[str, dict[str, Any]],
-           out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
-    """Write the submission CSV and the results JSON (if asked; rank 0 only in a data-parallel run), drop
+def finish(results: dict[str, Any], task: Task, cfg: EvalConfig, examples: list[Example],
+           records: dict[str, dict[str, Any]], out: Path | None, submission_path: str | Path | None) -> dict[str, Any]:
+    """Write the submission file and the results JSON (if asked; rank 0 only in a data-parallel run), drop
     the partial file; returns `results`."""
     if submission_path is not None:
-        preds = [records[e.id]["prediction"][cfg.submission_protocol] for e in examples]
-        results["submission"] = write_submission(submission_path, [e.id for e in examples], preds,
-                                                 cfg.submission_protocol, write=distributed.is_main())
+        results["submission"] = write_submission(submission_path, task, cfg, examples, records,
+                                                 write=distributed.is_main())
     if out is not None and distributed.is_main():  # data parallel: rank 0 writes the one results file
         write_json(results, out)
     distributed.barrier()
@@ -461,15 +467,14 @@ def finish(results: dict[str, Any], cfg: EvalConfig, examples: list[Example], re
     return results
 
 
-def write_submission(path: str | Path, ids: list[str], preds: list[str], protocol: str,
-                     write: bool = True) -> dict[str, Any]:
-    """The benchmark's `id,answer` CSV from one protocol's predictions (VMLU's writer checks every line)."""
-    from ..tasks.vmlu import write_submission as write_csv
-
-    missing = [i for i, p in zip(ids, preds) if p == ""]
-    if missing:
-        raise ConfigError(f"--submission: {len(missing)} question(s) without a letter under protocol '{protocol}' "
-                          f"(first: {missing[0]}); use --submission-protocol letter")
+def write_submission(path: str | Path, task: Task, cfg: EvalConfig, examples: list[Example],
+                     records: dict[str, dict[str, Any]], write: bool = True) -> dict[str, Any]:
+    """The task's submission file (its kind's format: VMLU's id,answer CSV, id,answer CSV for other multiple
+    choice, JSONL otherwise) from one protocol's predictions; every rank checks it, rank 0 writes it."""
+    protocol = cfg.submission_for(task)
+    ids = [e.id for e in examples]
+    text = task.kind.submission(path, ids, [records[i]["prediction"][protocol] for i in ids],
+                                [records[i]["completion"] for i in ids])
     if write:
-        write_csv(path, ids, preds)
+        write_text(text, Path(path))
     return {"path": str(path), "protocol": protocol, "n": len(ids)}

@@ -17,7 +17,7 @@ from ..config import check_sections
 from ..errors import ConfigError
 from ..models.load import ModelConfig
 from . import evaluate as evaluation
-from .evaluate import EvalConfig, Plan, prepare, strategy_experts
+from .evaluate import EvalConfig, Plan, plan_eval, strategy_experts
 
 Flags = dict[str, tuple[str, ...]]  # short flag → the dotted keys it sets (fnmatch patterns allowed)
 COMMON_FLAGS: Flags = {"--model": ("model.name",), "-m": ("model.name",), "--expert": ("experts",),
@@ -77,7 +77,7 @@ def run_eval(cfg: EvalRun, progress: Callable[[int], None] | None = None, total:
     from ..experts.adapted import AdaptedModel, load_adapted
 
     adapters = [cfg.lora] if cfg.lora is not None else []  # their seen questions are left out too
-    plan = prepare(cfg.eval, cfg.out, cfg.submission, cfg.markdown, cfg.experts,
+    plan = plan_eval(cfg.eval, cfg.out, cfg.submission, cfg.markdown, cfg.experts,
                    strategy_experts(cfg.strategy) + adapters)
     if cfg.constant_from is not None:
         from .reference import evaluate_constant
@@ -109,7 +109,7 @@ class GenerateRun:
     experts: list[str] = field(default_factory=list)  # expert folders: mixed by `alpha`, or routed by `strategy`
     alpha: list[float] = field(default_factory=list)  # fixed mixture weight per expert, in expert order (empty: equal)
     max_new_tokens: int = 128  # generation budget, in tokens
-    chat: bool = True  # wrap the prompt in the model's chat template (--no-chat sends it raw)
+    chat: bool | None = None  # wrap the prompt in the model's chat template (None: if it has one; --no-chat sends it raw)
     strategy: StrategyConfig | None = None  # pass 1 choosing the mixture for the prompt (None: the fixed experts)
 
     FLAGS: ClassVar[Flags] = COMMON_FLAGS

@@ -25,6 +25,7 @@ from ..models import engine as eng
 from ..errors import ConfigError, ExpertError
 from .expert import Expert, attach, check_together
 from ..models.load import load_model
+from ..tasks.base import chat_format
 from .svf import SVFModel, mix, mix_batch
 
 Call = Callable[[list[int], "eng.RowZ | None"], list]  # (prompt indices, per-row z or None) → one result per index
@@ -200,9 +201,10 @@ class AdaptedModel:
             [contexts[i] for i in idx], [continuations[i] for i in idx], batch_size, progress, z_rows), alpha, mixed)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 128, alpha: Tensor | None = None,
-                 mixed: bool = False, chat: bool = True, batch_size: int = 8, **kwargs: Any) -> list[str]:
-        """Completions with a mixture per prompt; `chat` wraps each prompt in the chat template first."""
-        texts = eng.chat_prompts(self.tokenizer, prompts) if chat else prompts
+                 mixed: bool = False, chat: bool | None = None, batch_size: int = 8, **kwargs: Any) -> list[str]:
+        """Completions with a mixture per prompt, each prompt first wrapped in the chat template: `chat` True
+        (an error for a model without one), None (default) if the tokenizer has one, False never."""
+        texts = chat_format(prompts, self.tokenizer, chat)
         return self.run(len(texts), lambda idx, z_rows: self.engine.generate(
             [texts[i] for i in idx], max_new_tokens, batch_size, z_rows=z_rows, **kwargs), alpha, mixed)
 

@@ -97,6 +97,15 @@ def delta_from_s(U: Tensor, s: Tensor, V: Tensor, s2: Tensor) -> Tensor:
     return (U * (s2 - s).to(U.dtype)) @ V.T  # (out, r) * (r,) @ (r, in) → (out, in)
 
 
+def adapted_weight(name: str, W0: Tensor, dW: Tensor) -> Tensor:
+    """W' = W₀ + ΔW in the wider of the two dtypes, checked finite: the one place merging, export and the vLLM
+    backend write an adapted weight (invalid expert values raise ExpertError naming the target `name`)."""
+    W = W0.to(torch.promote_types(W0.dtype, dW.dtype)) + dW  # (out, in)
+    if not torch.isfinite(W).all():
+        raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
+    return W
+
+
 def mix(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
     """z' = Σₖ αₖ zₖ per target; alpha (K,) = one per expert, (K, n_targets) = one per expert
     per target (targets in the order of zs[0]). Per-row mixtures: `mix_batch`."""
@@ -209,10 +218,7 @@ class SVFModel:
         else:
             W0 = weight.detach()
             self._originals[name] = W0.to("cpu", copy=True)
-        dW = delta_from_s(f.U, f.S, f.V, s2)  # (out, in)
-        W = W0.to(torch.promote_types(W0.dtype, dW.dtype)) + dW  # (out, in), one target at a time
-        if not torch.isfinite(W).all():
-            raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
+        W = adapted_weight(name, W0, delta_from_s(f.U, f.S, f.V, s2))  # (out, in), one target at a time
         with torch.no_grad():
             weight.copy_(W)
         self._merged_s[name] = s2

@@ -30,7 +30,7 @@ from ..experts.expert import Expert, check_together
 from ..models.load import BUILTINS, DTYPES, pick_device, resolve_model
 from ..models.random_weights import is_random
 from ..experts.svd import Factors, decompose, fingerprint, legacy_fingerprint, load_factors
-from ..experts.svf import adapted_s, delta_w, mix
+from ..experts.svf import adapted_s, adapted_weight, delta_w, mix
 from .checkpoint import INDEX, Checkpoint, base_folder
 from .model_card import lora_card, merged_card
 
@@ -202,9 +202,7 @@ def _write_shard(base: _Base, shard: str, z: dict[str, Tensor], normalise: bool,
     for t in here:
         (f,) = load_factors(base.ckpt.source("", base.dtype), [t], fp=base.fingerprint, dtype="float32").values()
         W0 = tensors[f"{t}.weight"]  # (out, in)
-        W = W0.float() + delta_w(f.U, f.S, f.V, z[t], normalise)  # (out, in), float32 factors
-        if not torch.isfinite(W).all():
-            raise ExportError(f"adapted weight of '{t}' is not finite; expert values are invalid")
+        W = adapted_weight(t, W0, delta_w(f.U, f.S, f.V, z[t], normalise))  # (out, in), float32 factors
         tensors[f"{t}.weight"] = W.to(W0.dtype)
         del f, W
     write_safetensors(tensors, path, metadata=base.ckpt.shard_metadata(shard) or {"format": "pt"})

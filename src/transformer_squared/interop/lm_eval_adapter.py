@@ -87,7 +87,7 @@ class T2LM(HFLM):
 register_model("t2")(T2LM)
 
 
-def evaluate(
+def run_lm_eval(
     model: str, tasks: Sequence[str], experts: Sequence[str | Path] = (), alpha: Sequence[float] | None = None,
     limit: int | float | None = None, include_path: str | Path | None = None, include_defaults: bool = True,
     num_fewshot: int | None = None, batch_size: int = 8, device: str = "auto", dtype: str = "float32",

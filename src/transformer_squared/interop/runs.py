@@ -124,14 +124,15 @@ def run_lm_eval(cfg: LmEvalRun) -> dict[str, Any]:
     import json
 
     from ..atomic import check_file_target, write_text
-    from .lm_eval_adapter import evaluate
+    from . import lm_eval_adapter
 
     check_file_target(cfg.output, "--output")
     names = [t for spec in cfg.tasks for t in spec.split(",") if t]
     n = None if cfg.limit is None else (int(cfg.limit) if cfg.limit >= 1 else cfg.limit)
-    res = evaluate(cfg.model.spec, names, cfg.experts, cfg.alpha or None, limit=n, include_path=cfg.include_path,
-                   include_defaults=not cfg.no_builtin_tasks, num_fewshot=cfg.num_fewshot,
-                   batch_size=cfg.batch_size, device=cfg.model.device, dtype=cfg.model.dtype, seed=cfg.seed)
+    res = lm_eval_adapter.run_lm_eval(cfg.model.spec, names, cfg.experts, cfg.alpha or None, limit=n,
+                                      include_path=cfg.include_path, include_defaults=not cfg.no_builtin_tasks,
+                                      num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size, device=cfg.model.device,
+                                      dtype=cfg.model.dtype, seed=cfg.seed)
     if cfg.output:
         from lm_eval.utils import handle_non_serializable
 

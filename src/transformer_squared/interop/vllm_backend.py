@@ -24,7 +24,7 @@ from ..experts.adapted import AdaptedModel, fixed_alpha, load_experts
 from ..errors import ConfigError, ExpertError
 from ..experts.expert import Expert, attach
 from ..models.load import load_model, resolve_model
-from ..experts.svf import SVFModel, delta_w
+from ..experts.svf import SVFModel, adapted_weight, delta_w
 
 
 def _load_into(model: Any, weights: list[tuple[str, Tensor]]) -> None:
@@ -76,9 +76,8 @@ class VLLMBackend:
         weights = []
         for name, f in self.svf.factors.items():
             W0 = self._base[name]
-            W = W0 if z is None else W0.float() + delta_w(f.U, f.S, f.V, z[name].detach().float(), self.svf.normalise)
-            if not torch.isfinite(W).all():
-                raise ExpertError(f"adapted weight of '{name}' is not finite; expert values are invalid")
+            W = W0 if z is None else adapted_weight(
+                name, W0, delta_w(f.U, f.S, f.V, z[name].detach().float(), self.svf.normalise))  # (out, in)
             weights.append((f"{name}.weight", W.to(self.dtype)))  # HF checkpoint name
         if hasattr(self.llm, "apply_model"):
             self.llm.apply_model(functools.partial(_load_into, weights=weights))

@@ -33,16 +33,6 @@ BatchContext = Callable[[list[int]], AbstractContextManager]  # input indices of
 RowZ = Callable[[list[int]], dict[str, Tensor]]  # input indices of a batch → z per target, (B, r) each
 
 
-def chat_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
-    """Wrap each prompt as one user turn with the tokenizer's chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return prompts
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        for p in prompts
-    ]
-
-
 def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, unpadded. A chat-formatted text already carries BOS; plain text gets the default."""
     if not texts:  # nothing left to score (a resumed run, a rank's empty shard): tokenizers refuse []

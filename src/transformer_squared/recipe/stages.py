@@ -1,4 +1,4 @@
-"""The stages of a recipe (see recipe.py): what each one computes, from which settings, into which files.
+"""The stages of a recipe (run by recipe/runner.py): what each one computes, from which settings, into which files.
 
 Output folder: `split.json` (shared by every system), `experts/<category>/`, `router/` (the
 classification expert of strategies that need one) and `baselines/<method>/` (run folders),
@@ -13,14 +13,24 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..adapt import CLASSIFIER, SHOTS, STRATEGIES
 from ..baselines.adapter import DISPLAY
 from ..errors import ConfigError
-from .runner import RecipeConfig, Stage, slug
 from ..training import splits
+from .config import RecipeConfig, slug
 
+
+
+@dataclass
+class Stage:
+    """One resumable step: its settings (a changed setting invalidates it), outputs and work."""
+
+    name: str
+    settings: dict[str, Any]
+    outputs: list[Path]
+    run: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,11 @@ class Loader:
 # ---- the work of each stage ---------------------------------------------------------------------
 def make_split(cfg: RecipeConfig, task: Any, path: Path) -> dict[str, Any]:
     """One seeded split of the labelled pool (optionally a stratified sample of it) into train / val / holdout."""
-    from ..evaluation.evaluate import select
+    from ..evaluation.evaluate import limit_examples
 
     d = cfg.data
     names = d.splits or splits.DEFAULT_SPLITS.get(d.task, ["train"])
-    pool = select(splits.labelled_pool(task, d.path, names), d.sample or None, "stratified", d.seed)
+    pool = limit_examples(splits.labelled_pool(task, d.path, names), d.sample or None, "stratified", d.seed)
     parts = splits.stratified_split(pool, d.val_fraction, d.holdout_fraction, d.seed)
     record = splits.split_record(parts, task=d.task, data=d.path, splits=names, subset="", seed=d.seed,
                                  val_fraction=d.val_fraction, holdout_fraction=d.holdout_fraction, sample=d.sample,
@@ -140,13 +150,13 @@ def eval_config(cfg: RecipeConfig, system: System, split_path: Path | None, test
 def evaluate_system(loader: Loader, system: System, ecfg: Any, split_path: Path, out: Path,
                     submission: Path | None = None) -> dict[str, Any]:
     """Score one system; the constant row learns its letter from the shared split's train part."""
-    from ..evaluation.evaluate import evaluate, prepare, strategy_experts
+    from ..evaluation.evaluate import evaluate, plan_eval, strategy_experts
     from ..evaluation.reference import evaluate_constant
 
     out.parent.mkdir(parents=True, exist_ok=True)
     experts = list(system.members) or ([system.folder] if system.kind == "expert" else [])
     others = [system.folder] if system.kind == "adapter" else strategy_experts(system.strategy)
-    plan = prepare(ecfg, out, submission, experts=experts, also_seen=others)  # leaves out what the system saw
+    plan = plan_eval(ecfg, out, submission, experts=experts, also_seen=others)  # leaves out what the system saw
     if system.kind == "constant":
         res = evaluate_constant(ecfg, split_path, out, submission, plan=plan)
     else:
@@ -196,14 +206,14 @@ def strategy_systems(cfg: RecipeConfig, experts: list[System], router: Stage | N
 
 
 def write_generations(cfg: RecipeConfig, loader: Loader, systems: list[System], path: Path) -> dict[str, Any]:
-    """Each prompt answered (chat template, greedy) by every system that has weights: the before/after check."""
+    """Each prompt answered (chat template if the model has one, greedy) by every system that has weights: the before/after check."""
     from ..atomic import write_json
 
     r = cfg.report
     rows = [{"prompt": p, "answers": {}} for p in r.generate]
     for system in systems:
         with loader.adapted(system) as am:
-            texts = am.generate(r.generate, max_new_tokens=r.max_new_tokens, chat=True)
+            texts = am.generate(r.generate, max_new_tokens=r.max_new_tokens, chat=None)  # the template if any
         for row, text in zip(rows, texts):
             row["answers"][system.label] = text
     write_json(rows, path)
@@ -227,8 +237,9 @@ def build_stages(cfg: RecipeConfig, out: Path) -> list[Stage]:
     from ..tasks import get_task
 
     task = get_task(cfg.data.task)
-    if task.kind != "mcq":
-        raise ConfigError(f"data.task '{cfg.data.task}': recipes compare multiple-choice tasks")
+    if not task.kind.letters:
+        raise ConfigError(f"data.task '{cfg.data.task}': recipes compare multiple-choice tasks ('{task.name}' is "
+                          f"{task.kind.name})")
     split_path = out / splits.SPLIT_FILE
     loader = Loader(cfg)
     stages = [Stage("split", asdict(cfg.data), [split_path], lambda: make_split(cfg, task, split_path)),

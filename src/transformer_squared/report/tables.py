@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 
 
@@ -182,16 +185,45 @@ def comparison_markdown(comp: Any, base: str = "base") -> str:
     return "\n".join(lines + _quotes(comp)) + "\n"
 
 
-def comparison_table(comp: Any) -> Table:
-    """The main table for rich to print on the terminal."""
+class Fitted:
+    """A table rich prints in full where the console is wide enough for it, else in its compact form."""
+
+    def __init__(self, full: Table, compact: Table):
+        self.full, self.compact = full, compact
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        natural = Measurement.get(console, options.update_width(10_000), self.full).maximum
+        yield self.full if natural <= options.max_width else self.compact
+
+
+def _compact_table(comp: Any, title: str) -> Table:
+    """Accuracy % and n only, for a narrow terminal: the 95 % CIs stay in report.md."""
+    from .comparison import AVERAGE, MEAN
+
+    cols = [*comp.categories, AVERAGE, MEAN]
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                  caption=f"accuracy %; avg: weighted {AVERAGE.lower()}; mean: {MEAN.lower()}; CIs: report.md")
+    table.add_column("system", no_wrap=True)  # a row never wraps; a long category name wraps in its header
+    for c in cols:
+        table.add_column({AVERAGE: "avg", MEAN: "mean"}.get(c, c), justify="right")
+    table.add_column("n", justify="right")
+    for r in comp.rows:
+        table.add_row(r.label, *(_pct(r.cells[c][0]) for c in cols), str(r.n))
+    return table
+
+
+def comparison_table(comp: Any) -> Fitted:
+    """The main table for rich to print on the terminal: with CIs and letter entropy where they fit on one line per
+    row, else accuracy and n only (an 80-column terminal wrapped each cell of the full table over three lines)."""
     head, lines = comparison_rows(comp)
     h = comp.header
-    table = Table(title=f"{h['task']} · {h['split']} · {', '.join(h['models'])} · protocol {h['protocol']}")
+    title = f"{h['task']} · {h['split']} · {', '.join(h['models'])} · protocol {h['protocol']}"
+    table = Table(title=title)
     for i, x in enumerate(head):
         table.add_column(x, justify="left" if i == 0 else "right")
     for line in lines:
         table.add_row(*(x.strip("*") for x in line))
-    return table
+    return Fitted(table, _compact_table(comp, title))
 
 
 def write_report(named: list[tuple[str, dict[str, Any]]], out_dir: Path, protocol: str = "letter", base: str = "base",

@@ -1,4 +1,4 @@
-"""The `Task` protocol: load a split, format prompts, parse answers, score them (STYLE §3).
+"""The `Task` protocol: load a split, format prompts, parse answers, score and reward them (STYLE §3).
 
 A task is data wherever possible: its splits, prompt template, option letters and a
 subject → category table. Python is for parsing and rewards only.
@@ -7,12 +7,13 @@ subject → category table. Python is for parsing and rewards only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from ..registry import Registry
 
-Kind = Literal["mcq", "generate"]
+if TYPE_CHECKING:  # kinds imports io, which imports this module
+    from .kinds import TaskKind
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Task(Protocol):
 
     name: str  # registry name
     version: str  # bumped whenever prompts, parsing or data handling change
-    kind: Kind  # "mcq": one letter among `Example.letters`; "generate": free text
+    kind: TaskKind  # multiple choice, generative or code (tasks/kinds.py): protocols, objective, submission
     categories: tuple[str, ...]  # category names in report order (may be empty)
 
     def load(self, data: str | None, split: str) -> list[Example]:
@@ -57,16 +58,31 @@ class Task(Protocol):
         """Whether each prediction is correct (code tasks run their tests in the sandbox)."""
         ...
 
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        """The RL reward of each prediction, a float (usually `kinds.right_or_wrong(self.score(...))`: ±1)."""
+        ...
+
 
 TASKS: Registry[Task] = Registry("task")
 
 
-def chat_format(texts: list[str], tokenizer: Any = None, chat: bool = False) -> list[str]:
-    """With `chat`, wrap each text as one user turn with the tokenizer's chat template; else return the texts."""
-    if not chat:
+def uses_chat(tokenizer: Any, chat: bool | None) -> bool:
+    """Whether prompts get the chat template: `chat` True (ConfigError naming the model when its tokenizer has
+    none), None = if the tokenizer has one, False = never. The one chat policy of tasks, generation and pass 1."""
+    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if chat is None:
+        return has_template
+    if chat and not has_template:
+        name = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise ConfigError(f"{name}: chat=True needs a chat template and its tokenizer has none; ask for plain prompts "
+                          "(chat: false, t2 generate --no-chat) or for the template only if available (chat: null)")
+    return bool(chat)
+
+
+def chat_format(texts: list[str], tokenizer: Any = None, chat: bool | None = False) -> list[str]:
+    """Each text as one user turn of the tokenizer's chat template when `uses_chat(tokenizer, chat)`; else the texts."""
+    if not uses_chat(tokenizer, chat):
         return list(texts)
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("chat=True needs a tokenizer with a chat template")
     return [
         tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
         for t in texts

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import DataError
 from ..sandbox.bwrap import SandboxResult, run_many
 from .base import Example
+from .kinds import right_or_wrong
 
 
 @dataclass
@@ -37,6 +38,10 @@ class CodeTask(ABC):
 
     def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
         return [r.passed for r in self.runs(examples, predictions)]
+
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        """+1 for a passing program, −1 otherwise (training reads `runs` directly, to count early exits too)."""
+        return right_or_wrong(self.score(examples, predictions))
 
 
 def name_field(where: str, row: dict[str, Any], key: str) -> str:

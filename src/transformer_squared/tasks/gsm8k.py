@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .base import TASKS, Example, Kind, chat_format
+from .base import TASKS, Example, chat_format
 from .io import get, load_records, need_data, unique
+from .kinds import GENERATIVE, TaskKind, right_or_wrong
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 INSTRUCTION = (
@@ -53,7 +54,7 @@ class GSM8K:
 
     name: str = "gsm8k"
     version: str = "1"
-    kind: Kind = "generate"
+    kind: TaskKind = GENERATIVE
     categories: tuple[str, ...] = ()
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:
@@ -78,6 +79,9 @@ class GSM8K:
 
     def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
         return [p != "" and p == e.answer for e, p in zip(examples, predictions, strict=True)]
+
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        return right_or_wrong(self.score(examples, predictions))
 
 
 TASKS.register("gsm8k", GSM8K())

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .base import TASKS, Example, Kind, chat_format
+from .base import TASKS, Example, chat_format
 from .code import CodeTask, code_field, name_field
 from .io import get, load_records, unique
+from .kinds import CODE, TaskKind
 from .mbpp import CODE_FENCE
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Chen et al. 2021, section 2.3
@@ -50,7 +51,7 @@ class HumanEval(CodeTask):
 
     name: str = "humaneval"
     version: str = "2"  # 2: a program that ends before its checks fails (issue 19)
-    kind: Kind = "generate"
+    kind: TaskKind = CODE
     categories: tuple[str, ...] = ()
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:

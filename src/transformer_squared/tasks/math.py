@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .base import TASKS, Example, Kind, chat_format
+from .base import TASKS, Example, chat_format
 from .io import Record, get, load_records, need_data, unique
+from .kinds import GENERATIVE, TaskKind, right_or_wrong
 
 CATEGORIES = (
     "Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory", "Prealgebra",
@@ -97,7 +98,7 @@ class MATH:
 
     name: str = "math"
     version: str = "1"
-    kind: Kind = "generate"
+    kind: TaskKind = GENERATIVE
     categories: tuple[str, ...] = CATEGORIES
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:
@@ -129,6 +130,9 @@ class MATH:
 
     def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
         return [p != "" and p == e.answer for e, p in zip(examples, predictions, strict=True)]
+
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        return right_or_wrong(self.score(examples, predictions))
 
 
 TASKS.register("math", MATH())

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .base import TASKS, Example, Kind, chat_format
+from .base import TASKS, Example, chat_format
 from .code import CodeTask, code_field
 from .io import get, is_hub_id, load_hub, need_data, read_jsonl, split_path, unique
+from .kinds import CODE, TaskKind
 
 SPLIT_IDS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
 CODE_FENCE = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", re.DOTALL)
@@ -36,7 +37,7 @@ class MBPP(CodeTask):
 
     name: str = "mbpp"
     version: str = "2"  # 2: a program that ends before its checks fails (issue 19)
-    kind: Kind = "generate"
+    kind: TaskKind = CODE
     categories: tuple[str, ...] = ()
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:

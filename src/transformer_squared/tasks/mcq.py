@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import TASKS, Example, Kind, chat_format
+from .base import TASKS, Example, chat_format
 from .io import LETTERS, get, get_choices, load_records, need_data, to_letter, unique
+from .kinds import MULTIPLE_CHOICE, TaskKind, right_or_wrong
 
 
 def parse_letter(text: str, letters: tuple[str, ...]) -> str:
@@ -33,7 +34,7 @@ class MultipleChoice:
 
     name: str = "mcq"
     version: str = "1"
-    kind: Kind = "mcq"
+    kind: TaskKind = MULTIPLE_CHOICE
     categories: tuple[str, ...] = ()
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:
@@ -62,6 +63,9 @@ class MultipleChoice:
 
     def score(self, examples: list[Example], predictions: list[str]) -> list[bool]:
         return [p != "" and p == e.answer for e, p in zip(examples, predictions, strict=True)]
+
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        return right_or_wrong(self.score(examples, predictions))
 
 
 TASKS.register("mcq", MultipleChoice())

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .base import TASKS, Example, Kind, chat_format
+from .base import TASKS, Example, chat_format
+from .kinds import GENERATIVE, TaskKind, right_or_wrong
 
 SPLIT_BUCKETS = {"train": range(0, 6), "valid": range(6, 8), "test": range(8, 10)}  # of hash % 10
 SPLIT_SEEDS = {"train": 0, "valid": 1, "test": 2}
@@ -119,7 +120,7 @@ class ReasoningGym:
 
     name: str = "rg"
     version: str = "1"
-    kind: Kind = "generate"
+    kind: TaskKind = GENERATIVE
     categories: tuple[str, ...] = ()
     instruction: str = INSTRUCTION  # appended to every question
     size: int = 500  # questions per split when `data` gives none
@@ -174,6 +175,9 @@ class ReasoningGym:
                 scorers[e.subject] = rg.get_score_answer_fn(e.subject)
             out.append(p != "" and scorers[e.subject](p, e.meta["entry"]) >= 1.0)
         return out
+
+    def reward(self, examples: list[Example], predictions: list[str]) -> list[float]:
+        return right_or_wrong(self.score(examples, predictions))
 
 
 TASKS.register("rg", ReasoningGym())

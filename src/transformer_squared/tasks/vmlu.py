@@ -21,6 +21,7 @@ from ..atomic import write_text
 from ..errors import ConfigError, DataError
 from .base import TASKS, Example
 from .io import LETTERS, get, get_choices, load_records, need_data, to_letter, unique
+from .kinds import MultipleChoiceKind, TaskKind
 from .mcq import MultipleChoice
 
 CATEGORIES = ("STEM", "Social Science", "Humanities", "Other")
@@ -113,8 +114,8 @@ def official_prompt(question: str, options: Sequence[str]) -> str:
     return INSTRUCTION + "\n\n" + question + "\n\n" + "\n".join(" " + s for s in slots) + "\nĐáp án:"
 
 
-def write_submission(path: str | Path, ids: Sequence[str], predictions: Sequence[str]) -> None:
-    """Write the benchmark's `id,answer` CSV atomically; ids must not repeat, each answer one letter A-E."""
+def submission_csv(path: str | Path, ids: Sequence[str], predictions: Sequence[str]) -> str:
+    """The benchmark's `id,answer` CSV; ids must not repeat, each answer one letter A-E (`path` names it in errors)."""
     if len(ids) != len(predictions):
         raise ConfigError(f"{path}: {len(ids)} ids but {len(predictions)} predictions")
     seen: set[str] = set()
@@ -128,7 +129,12 @@ def write_submission(path: str | Path, ids: Sequence[str], predictions: Sequence
             raise DataError(f"{path}: prediction {pred!r} for id '{qid}' is not one letter A-E")
         seen.add(qid)
         writer.writerow([qid, pred])
-    write_text(buf.getvalue(), Path(path))
+    return buf.getvalue()
+
+
+def write_submission(path: str | Path, ids: Sequence[str], predictions: Sequence[str]) -> None:
+    """Write the benchmark's `id,answer` CSV atomically (`submission_csv`)."""
+    write_text(submission_csv(path, ids, predictions), Path(path))
 
 
 @dataclass
@@ -137,6 +143,7 @@ class VMLU(MultipleChoice):
 
     name: str = "vmlu"
     version: str = "1"
+    kind: TaskKind = MultipleChoiceKind(writer=submission_csv)  # the benchmark's own id,answer CSV (A-E)
     categories: tuple[str, ...] = CATEGORIES
 
     def load(self, data: str | Path | None, split: str) -> list[Example]:

@@ -85,7 +85,7 @@ def new_loop() -> dict[str, Any]:
     return {"best_val": None, "best_step": None, "bad_evals": 0, "stopped_early": False}
 
 
-def select(run: Run, n_val: int) -> float:
+def validate_and_keep_best(run: Run, n_val: int) -> float:
     """Validate; a new best accuracy writes best/, else counts one more validation without improvement."""
     acc = run.validate()
     run.log_row({"step": run.step, "val_acc": acc, "n_val": n_val})
@@ -103,7 +103,7 @@ def train(run: Run, total: int, eval_every: int, patience: int, n_val: int, desc
     """Steps until `total` (or early stopping); `postfix(stats, last_val)` labels the progress bar (shown if `show`)."""
     last = float("nan")
     if run.step == 0 and run.loop["best_val"] is None:
-        last = select(run, n_val)
+        last = validate_and_keep_best(run, n_val)
         run.save_checkpoint("latest")
     bar = tqdm(total=total, initial=run.step, desc=desc, disable=not show)
     while run.step < total and not run.loop["stopped_early"]:
@@ -112,7 +112,7 @@ def train(run: Run, total: int, eval_every: int, patience: int, n_val: int, desc
         run.step += 1
         row = {"step": run.step, **stats, "seconds": round(time.perf_counter() - t0, 3)}
         if run.step % eval_every == 0 or run.step == total:
-            last = select(run, n_val)
+            last = validate_and_keep_best(run, n_val)
             if patience and run.loop["bad_evals"] >= patience:
                 run.loop["stopped_early"] = True
         run.log_row(row)  # before the save: resume trims rows past the saved step

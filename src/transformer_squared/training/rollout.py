@@ -1,6 +1,8 @@
-"""Rollouts and the per-item terms of the REINFORCE objective (paper §3.1, eq. 1).
+"""Rollouts and the per-item terms of the REINFORCE objective (paper §3.1, eq. 1), one training objective per
+name in `OBJECTIVES` (a task's kind names the ones it offers, tasks/kinds.py).
 
-For item i with reward R (+1 correct, −1 wrong) the trainer maximises
+For item i with reward R (a float from Task.reward: +1 correct, −1 wrong by default, graded if the task
+says so) the trainer maximises
   J_i = R · Σ_t log π'(a_t)                         (sampled letters or generated answers)
   J_i = Σ_letters π'(letter) · R(letter)            (MCQ "exact": the expected reward, no sampling)
 and penalises KL_i = Σ_t Σ_v π'(v) (log π'(v) − log π_base(v)) over the answer tokens
@@ -16,8 +18,7 @@ import torch
 from torch import Tensor
 
 from ..models import engine
-
-REWARD_RIGHT, REWARD_WRONG = 1.0, -1.0
+from ..registry import Registry
 
 
 @dataclass
@@ -26,15 +27,10 @@ class Item:
 
     prompt: str  # formatted prompt text
     letters: tuple[str, ...] = ()  # MCQ: valid option letters
-    gold: str = ""  # MCQ: the correct letter
+    letter_rewards: tuple[float, ...] = ()  # MCQ: the reward of answering each letter
     answer_ids: list[int] = field(default_factory=list)  # generate: token ids of the rolled-out answer
     reward: float = 0.0  # generate: reward of that answer
     exited: bool = False  # code tasks: the answer's program ended before its checks (reward hacking, issue 19)
-
-
-def letter_rewards(letters: tuple[str, ...], gold: str) -> Tensor:
-    """R per option letter: +1 for the gold letter, −1 for every other (n_letters,)."""
-    return torch.tensor([REWARD_RIGHT if x == gold else REWARD_WRONG for x in letters])
 
 
 class LetterIds:
@@ -81,11 +77,15 @@ def answer_logprobs(model: Any, tokenizer: Any, items: list[Item]) -> tuple[Tens
 
 
 @torch.no_grad()
-def base_terms(model: Any, tokenizer: Any, items: list[Item], kind: str, ids: LetterIds) -> list[Tensor] | Tensor:
-    """What the KL term needs from the base weights: letter log-probs (MCQ) or full answer log-probs."""
-    if kind == "mcq":
-        return [lp.detach() for lp in letter_logprobs(model, tokenizer, items, ids)]
-    return answer_logprobs(model, tokenizer, items)[1].detach()  # (B, L, V)
+def letter_base(model: Any, tokenizer: Any, items: list[Item], ids: LetterIds) -> list[Tensor]:
+    """What the letters' KL term needs from the base weights: log π_base over each item's letters."""
+    return [lp.detach() for lp in letter_logprobs(model, tokenizer, items, ids)]
+
+
+@torch.no_grad()
+def answer_base(model: Any, tokenizer: Any, items: list[Item]) -> Tensor:
+    """What the answers' KL term needs from the base weights: full log π_base at the answer positions (B, L, V)."""
+    return answer_logprobs(model, tokenizer, items)[1].detach()
 
 
 def mcq_terms(
@@ -95,7 +95,7 @@ def mcq_terms(
     """(J (B,), KL (B,), reward (B,)) for multiple-choice items; J and KL carry the graph."""
     J, KL, reward = [], [], []
     for i, (it, lp) in enumerate(zip(items, letter_logprobs(model, tokenizer, items, ids))):
-        R = letter_rewards(it.letters, it.gold).to(lp.device)  # (n_letters,)
+        R = torch.tensor(it.letter_rewards, dtype=lp.dtype, device=lp.device)  # (n_letters,)
         prob = lp.exp()  # (n_letters,)
         if objective == "exact":
             J.append((prob * R).sum())  # expected reward
@@ -114,7 +114,7 @@ def generate_terms(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(J (B,), KL (B,), reward (B,)) for rolled-out answers; J and KL carry the graph."""
     token_logp, logp, mask = answer_logprobs(model, tokenizer, items)  # (B, L), (B, L, V), (B, L)
-    R = torch.tensor([it.reward for it in items], device=token_logp.device)  # (B,)
+    R = torch.tensor([it.reward for it in items], dtype=token_logp.dtype, device=token_logp.device)  # (B,)
     J = R * token_logp.sum(-1)  # (B,)
     if base is None:
         KL = torch.zeros_like(J)
@@ -127,20 +127,76 @@ def generate_rollouts(
     model: Any, tokenizer: Any, task: Any, examples: list[Any], prompts: list[str], samples: int,
     max_new_tokens: int, temperature: float, seed: int, batch_size: int,
 ) -> list[Item]:
-    """Answer each prompt `samples` times (greedy when temperature is 0), score, and tokenize the answers."""
+    """Answer each prompt `samples` times (greedy when temperature is 0), reward (the task's kind: Task.reward, or
+    the sandbox's verdict for code), tokenize the answers."""
     ex = [e for e in examples for _ in range(samples)]
     pr = [p for p in prompts for _ in range(samples)]
     texts = engine.generate(model, tokenizer, pr, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed)
-    parsed = task.parse(ex, texts)
-    runs = task.runs(ex, parsed) if hasattr(task, "runs") else None  # code tasks: how each program ended
-    correct = [r.passed for r in runs] if runs is not None else task.score(ex, parsed)
-    exited = [r.exited for r in runs] if runs is not None else [False] * len(ex)
+    rewards, exited = task.kind.rollout_rewards(task, ex, task.parse(ex, texts))  # code: early exits too
     items = []
-    for p, text, ok, early in zip(pr, texts, correct, exited):
+    for p, text, reward, early in zip(pr, texts, rewards, exited, strict=True):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) < max_new_tokens and tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]  # the answer stopped: learn to stop too
         items.append(Item(p, answer_ids=ids[:max_new_tokens] or [tokenizer.eos_token_id],
-                          reward=REWARD_RIGHT if ok else REWARD_WRONG, exited=early))
+                          reward=float(reward), exited=early))
     return items
+
+
+# ---- the training objectives a task's kind can name --------------------------------------------------------
+Terms = tuple[Tensor, Tensor, Tensor]  # (J, KL, reward), (B,) each
+
+
+class LetterObjective:
+    """Multiple choice: one option letter; `exact` maximises the expected reward over the letters, else
+    REINFORCE on sampled letters. The letters' rewards come from the kind (Task.reward of each letter)."""
+
+    def __init__(self, exact: bool) -> None:
+        self.exact = exact
+        self.name = "exact-letters" if exact else "sampled-letters"
+
+    def check(self, cfg: Any) -> list[str]:
+        if not self.exact and cfg.temperature <= 0:
+            return ["objective 'sample' on a multiple-choice task needs temperature > 0 (e.g. 1.0)"]
+        return []
+
+    def items(self, trainer: Any, step: int, examples: list[Any], prompts: list[str]) -> list[Item]:
+        rewards = trainer.task.kind.letter_rewards(trainer.task, examples)
+        return [Item(p, letters=e.letters, letter_rewards=tuple(r)) for p, e, r in zip(prompts, examples, rewards)]
+
+    def terms(self, trainer: Any, items: list[Item], base: Any, generator: torch.Generator) -> Terms:
+        cfg = trainer.cfg
+        how = "exact" if self.exact else "sample"
+        return mcq_terms(trainer.model, trainer.tokenizer, items, trainer.letter_ids, how, base, cfg.temperature,
+                         cfg.samples_per_prompt, generator)
+
+    def base_terms(self, trainer: Any, items: list[Item]) -> list[Tensor]:
+        return letter_base(trainer.model, trainer.tokenizer, items, trainer.letter_ids)
+
+
+class RolloutObjective:
+    """Free text (generative and code tasks): answers rolled out with the current z, REINFORCE on their tokens."""
+
+    name = "rollouts"
+
+    def check(self, cfg: Any) -> list[str]:
+        return []
+
+    def items(self, trainer: Any, step: int, examples: list[Any], prompts: list[str]) -> list[Item]:
+        cfg = trainer.cfg
+        with torch.no_grad(), trainer.svf.merged({t: z.detach() for t, z in trainer.z().items()}):
+            return generate_rollouts(trainer.model, trainer.tokenizer, trainer.task, examples, prompts,
+                                     cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                                     seed=trainer.step_seed(step), batch_size=cfg.eval_batch_size)
+
+    def terms(self, trainer: Any, items: list[Item], base: Any, generator: torch.Generator) -> Terms:
+        return generate_terms(trainer.model, trainer.tokenizer, items, base)
+
+    def base_terms(self, trainer: Any, items: list[Item]) -> Tensor:
+        return answer_base(trainer.model, trainer.tokenizer, items)
+
+
+OBJECTIVES: Registry[Any] = Registry("training objective")
+for _objective in (LetterObjective(exact=True), LetterObjective(exact=False), RolloutObjective()):
+    OBJECTIVES.register(_objective.name, _objective)

@@ -49,7 +49,7 @@ def _matches(e: Example, key: str, allowed: set[str]) -> bool:
     return str(getattr(e, key)).lower() in allowed
 
 
-def select(examples: list[Example], subset: str) -> list[Example]:
+def filter_subset(examples: list[Example], subset: str) -> list[Example]:
     """The examples that pass every filter of `subset` ('' keeps all); an empty result is an error."""
     filters = parse_subset(subset)
     kept = [e for e in examples if all(_matches(e, k, v) for k, v in filters.items())]
@@ -170,7 +170,7 @@ def _shared_parts(cfg: Any, task: Any) -> tuple[dict[str, list[Example]], list[s
     return parts, record["splits"]
 
 
-def prepare(cfg: Any, task: Any, run_dir: Path, resume: bool, write: bool = True) -> dict[str, list[Example]]:
+def make_parts(cfg: Any, task: Any, run_dir: Path, resume: bool, write: bool = True) -> dict[str, list[Example]]:
     """A run's train / val / holdout parts, saved as run_dir/split.json unless `write` is off (the
     other ranks of a data-parallel run); on resume: the saved ones.
 
@@ -188,7 +188,7 @@ def prepare(cfg: Any, task: Any, run_dir: Path, resume: bool, write: bool = True
         parts, names = _shared_parts(cfg, task)
     else:
         names = cfg.splits or DEFAULT_SPLITS.get(cfg.task, ["train"])
-        pool = select(labelled_pool(task, cfg.data, names), cfg.subset)
+        pool = filter_subset(labelled_pool(task, cfg.data, names), cfg.subset)
         parts = stratified_split(pool, cfg.val_fraction, cfg.holdout_fraction, cfg.seed)
     if not parts["train"]:
         raise DataError(f"task '{cfg.task}' subset '{cfg.subset}': no training questions left after the split")

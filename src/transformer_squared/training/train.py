@@ -1,7 +1,7 @@
-"""Train an SVF expert with REINFORCE (paper §3.1): `TrainConfig` and a torchtune-style `Recipe`.
+"""Train an SVF expert with REINFORCE (paper §3.1): `TrainConfig` and `SVFRun`, a run with torchtune's verbs.
 
-    recipe = Recipe(TrainConfig(task="vmlu", data="data/vmlu", subset="category=STEM"), "runs/stem")
-    recipe.setup(); recipe.train(); recipe.cleanup()
+    run = SVFRun(TrainConfig(task="vmlu", data="data/vmlu", subset="category=STEM"), "runs/stem")
+    run.setup(); run.train(); run.cleanup()
 
 Run folder: `config.yaml` (resolved), `split.json`, `metrics.jsonl`, `best/` (by validation
 accuracy) and `latest/` (plus optimizer and RNG state, for `resume`).
@@ -28,6 +28,7 @@ from ..experts.expert import Expert, attach
 from ..models.load import DEFAULT_MODEL, DTYPES, load_model, model_id, pick_device
 from ..models.random_weights import is_random
 from ..experts.svf import PARAMETRISATIONS
+from ..tasks.kinds import ModelCalls, objective_of
 from . import loop as trainloop
 from . import rollout, splits
 from .checkpoint import load_expert, load_trainer_state, recover, save_trainer_state, write_folder
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything a training run needs; YAML keys and `--key value` flags map onto these fields."""
 
-    task: str = "mcq"  # task name in the registry (vmlu, mmlu, gsm8k, rg:<name>, ...)
+    task: str = "vmlu"  # task name in the registry (vmlu, mmlu, mcq, gsm8k, rg, ...)
     data: str | None = None  # task data: local file/folder or hub id (None: the task's default)
     splits: list[str] = field(default_factory=list)  # labelled splits pooled before splitting ([]: vmlu dev+valid, else train)
     subset: str = ""  # filter: "category=STEM", "subject=28,29", "category=STEM;subject=05"
@@ -62,7 +63,7 @@ class TrainConfig:
     kl: float = 0.0  # λ, weight of KL(adapted ‖ base) on the answer tokens (paper: 0, 0.1, 0.3)
     grad_clip: float = 1e-3  # max global L2 norm of the gradient on p (paper: 1e-3); 0 = off
     seed: int = 0  # seeds Python, NumPy, torch, the split, the data order and sampling
-    objective: Literal["auto", "exact", "sample"] = "auto"  # auto: exact for MCQ, sample (rollouts) otherwise
+    objective: Literal["auto", "exact", "sample"] = "auto"  # auto: the task kind's default (MCQ: exact, else sample)
     temperature: float = 0.0  # rollout temperature; 0 = greedy (reference); MCQ sampling needs > 0
     samples_per_prompt: int = 1  # rollouts (or sampled letters) per prompt
     max_new_tokens: int = 64  # rollout length for generative tasks
@@ -97,7 +98,7 @@ class TrainConfig:
             raise ConfigError("; ".join(problems))
 
 
-class Recipe:
+class SVFRun:
     """setup() → train() → cleanup(); save_checkpoint() writes latest/ (and best/)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, task: Any = None) -> None:
@@ -116,17 +117,14 @@ class Recipe:
             from ..tasks import get_task
 
             self.task = get_task(cfg.task, cfg.unsafe_exec)
-        self.kind = self.task.kind
-        self.objective = cfg.objective if cfg.objective != "auto" else ("exact" if self.kind == "mcq" else "sample")
-        if self.kind != "mcq" and self.objective == "exact":
-            raise ConfigError(f"objective 'exact' needs a multiple-choice task; '{cfg.task}' is {self.kind}")
-        if self.kind == "mcq" and self.objective == "sample" and cfg.temperature <= 0:
-            raise ConfigError("objective 'sample' on a multiple-choice task needs temperature > 0 (e.g. 1.0)")
+        self.objective = rollout.OBJECTIVES.get(objective_of(self.task.kind, self.task.name, cfg.objective))
+        if problems := self.objective.check(cfg):
+            raise ConfigError("; ".join(problems))
         if resume and not (self.out / "latest").exists() and not (self.out / ".latest.old").exists():
             raise ConfigError(f"--resume: {self.out / 'latest'} does not exist; start without --resume")
         check_folder_target(self.out, "--out")
         distributed.init(pick_device(cfg.device))
-        self.parts = splits.prepare(cfg, self.task, self.out, resume, write=distributed.is_main())
+        self.parts = splits.make_parts(cfg, self.task, self.out, resume, write=distributed.is_main())
         self.seen = seen.keys(self.parts["train"] + self.parts["val"])  # recorded in every expert it writes
         self.model, self.tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
         self.svf = attach(self.model, targets=cfg.targets, factor_dtype=cfg.factor_dtype or None)
@@ -186,28 +184,23 @@ class Recipe:
         """The global batch of a step: consecutive slices of seeded per-epoch permutations of train."""
         return splits.batch_of(self.parts["train"], self.cfg.batch_size, self.cfg.seed, step)
 
+    def step_seed(self, step: int) -> int:
+        return _step_seed(self.cfg.seed, step)
+
     def rollouts(self, step: int, examples: list[Any]) -> list[rollout.Item]:
-        cfg = self.cfg
-        prompts = self.task.format(examples, self.tokenizer, chat=cfg.chat)
-        if self.kind == "mcq":
-            return [rollout.Item(p, letters=e.letters, gold=e.answer) for p, e in zip(prompts, examples)]
-        with torch.no_grad(), self.svf.merged({t: z.detach() for t, z in self.z().items()}):
-            return rollout.generate_rollouts(self.model, self.tokenizer, self.task, examples, prompts,
-                                             cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
-                                             seed=_step_seed(cfg.seed, step), batch_size=cfg.eval_batch_size)
+        """The step's training items with their rewards (sampled answers for a rollout objective)."""
+        prompts = self.task.format(examples, self.tokenizer, chat=self.cfg.chat)
+        return self.objective.items(self, step, examples, prompts)
 
     def terms(self, items: list[rollout.Item], base: Any, generator: torch.Generator):
         """(J, KL, reward) per item, under whatever weights are in place."""
-        if self.kind == "mcq":
-            return rollout.mcq_terms(self.model, self.tokenizer, items, self.letter_ids, self.objective, base,
-                                     self.cfg.temperature, self.cfg.samples_per_prompt, generator)
-        return rollout.generate_terms(self.model, self.tokenizer, items, base)
+        return self.objective.terms(self, items, base, generator)
 
     def base_terms(self, items: list[rollout.Item]) -> Any:
         """Base-model quantities for the KL term (base weights must be in place), None when λ = 0."""
         if self.cfg.kl == 0:
             return None
-        return rollout.base_terms(self.model, self.tokenizer, items, self.kind, self.letter_ids)
+        return self.objective.base_terms(self, items)
 
     def train_step(self, step: int) -> dict[str, float]:
         """Rollouts, micro-batched REINFORCE gradient on p, clip, Adam step. Returns the step's metrics."""
@@ -257,21 +250,21 @@ class Recipe:
     # ---- validation, checkpoints, loop ----------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float:
-        """Accuracy on the validation part with the current z (MCQ: argmax over the letters)."""
+        """Accuracy on the validation part with the current z, under the kind's selection protocol (MCQ: argmax
+        over the letters)."""
         val = self.parts["val"][: self.cfg.max_val or None]
         assert val, "setup() guarantees a validation part"
         local = distributed.shard(val)  # data parallel: each rank scores its share
         prompts = self.task.format(local, self.tokenizer, chat=self.cfg.chat)
         preds = []
+        kind, bs = self.task.kind, self.cfg.eval_batch_size
+        calls = ModelCalls(
+            lambda p, letters: engine.score_letters(self.model, self.tokenizer, p, letters, batch_size=bs),
+            lambda p: engine.generate(self.model, self.tokenizer, p, max_new_tokens=self.cfg.max_new_tokens,
+                                      batch_size=bs))
         with self.svf.merged({t: z.detach() for t, z in self.z().items()}):
-            if self.kind == "mcq" and local:
-                _, logp = engine.score_letters(self.model, self.tokenizer, prompts, [e.letters for e in local],
-                                               batch_size=self.cfg.eval_batch_size)
-                preds = [e.letters[int(lp.argmax())] for e, lp in zip(local, logp)]
-            elif local:
-                texts = engine.generate(self.model, self.tokenizer, prompts, max_new_tokens=self.cfg.max_new_tokens,
-                                        batch_size=self.cfg.eval_batch_size)
-                preds = self.task.parse(local, texts)
+            if local:
+                preds = kind.predict(self.task, local, prompts, calls).predictions[kind.selection]
         (correct,) = distributed.all_sum([sum(self.task.score(local, preds))])
         return correct / len(val)
 
@@ -351,7 +344,7 @@ def _seed_all(seed: int) -> None:
 
 def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, task: Any = None) -> dict[str, Any]:
     """setup → train → cleanup; returns the summary (best validation accuracy, steps, folder)."""
-    return trainloop.run_job(Recipe(cfg, out_dir, task), resume)
+    return trainloop.run_job(SVFRun(cfg, out_dir, task), resume)
 
 
 def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any], flags: list[str],
