@@ -59,11 +59,12 @@ def test_usage_mistakes_are_one_line_and_exit_code_2(args, culprit, capsys):
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and culprit in err, err
     assert "Traceback" not in err and "╭" not in err
-    if args[0] == "eval" and len(args) > 2:
+    if args[0] == "eval" and len(args) > 2 and "--out" in args:  # click's errors; a missing --out is the config's
         assert "try 't2 eval --help'" in err
 
 
 def test_usage_mistake_through_the_console_script_has_no_traceback():
     out = subprocess.run([sys.executable, "-m", "transformer_squared.cli", "eval", "--nosuchflag"],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr == "error: No such option: --nosuchflag (try 't2 eval --help')\n"
+    assert out.returncode == 2 and out.stderr.startswith("error: No such option: --nosuchflag")
+    assert out.stderr.endswith(" (try 't2 eval --help')\n") and out.stderr.count("\n") == 1

@@ -13,8 +13,12 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 
-from .errors import ConfigError, T2Error
-from .models.load import DEFAULT_MODEL
+from .errors import T2Error
+from .evaluation.runs import EvalRun, GenerateRun
+from .experts.runs import DecomposeRun, ExpertInitRun
+from .interop.runs import ExportLoraRun, ExportMergedRun, LmEvalRun
+from .flags import command, normalise
+from .models.plan import PlanConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transformer²: SVF experts and self-adaptive inference.")
@@ -27,14 +31,8 @@ app.add_typer(recipe_app, name="recipe")
 console = Console()
 err = Console(stderr=True)
 
-MODEL = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Built-in name, local folder or hub id.")
 DATA_HELP = ("Local folder/file or Hugging Face dataset id; for rg a generator NAME[:N][:key=value,...], "
              "e.g. basic_arithmetic:200:max_terms=2,operators=+|-.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps.")
-DTYPE = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16, float16.")
-TRUST = typer.Option(False, "--trust-remote-code", help="Run code shipped with the model (off by default).")
-STRATEGY = typer.Option(None, "--strategy", help="Pass-1 strategy choosing a mixture per prompt: prompt, cls, fewshot, "
-                        "oracle, uniform.")
 MULTI_FLAGS = ("--experts", "--expert", "-e")  # flags that take several values: --experts A B C
 
 
@@ -59,13 +57,6 @@ def _expand_multi(args: list[str]) -> list[str]:
 LAYERS = typer.Option(None, "--num-layers", help="random: models only: build this many decoder layers (full-size matrices).")
 
 
-def _model(model: str, num_layers: Optional[int]) -> str:
-    """The model name with --num-layers folded in (random:NAME?layers=N)."""
-    from .models.random_weights import with_layers
-
-    return with_layers(model, num_layers)
-
-
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
@@ -77,183 +68,79 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
         transformers.utils.logging.set_verbosity_error()
 
 
-@app.command()
-def decompose(
-    model: str = MODEL,
-    targets: str = typer.Option("mlp", "--targets", help="mlp, attn, all, or a regex over module names."),
-    device: str = DEVICE,
-    factor_dtype: str = typer.Option("float32", "--factor-dtype", help="Dtype of cached factors: float32 or bfloat16."),
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    trust_remote_code: bool = TRUST,
-) -> None:
-    """Decompose the target weights once and cache U, s, V (resumable)."""
-    from .models.load import load_model
-    from .experts.svd import decompose as run
+def _decompose(cfg: Any) -> None:
+    from .experts.runs import run_decompose
 
-    m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    folder = run(m, targets, device=None if device == "auto" else device, dtype=factor_dtype)
-    console.print(f"SVD cache: {folder}")
+    console.print(f"SVD cache: {run_decompose(cfg)}")
 
 
-@app.command()
-def generate(
-    prompt: str = typer.Argument(..., help="The user message."),
-    model: str = MODEL,
-    expert: Optional[List[Path]] = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder(s); several are mixed."),
-    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
-    strategy: Optional[str] = STRATEGY,
-    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="Classification expert (strategy cls)."),
-    alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: the α a `t2 eval` run saved."),
-    fit_task: Optional[str] = typer.Option(None, "--fit-task", help="fewshot: search α on labelled shots of this task."),
-    fit_data: Optional[str] = typer.Option(None, "--fit-data", help="fewshot: --fit-task's data (default: the task's)."),
-    fit_split: Optional[str] = typer.Option(None, "--fit-split", help="fewshot: --fit-task's split (default train)."),
-    shots: Optional[int] = typer.Option(None, "--shots", help="fewshot: labelled examples for the α search (default 10)."),
-    population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
-    generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    no_chat: bool = typer.Option(False, "--no-chat", help="Send the prompt raw, without the chat template (default: the template if the model has one)."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    trust_remote_code: bool = TRUST,
-) -> None:
-    """Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert)."""
-    from .experts.adapted import load_adapted
+def _expert_init(cfg: Any) -> None:
+    from .experts.runs import run_expert_init
 
-    scfg = _strategy_config(strategy, cls_expert=cls_expert, alpha_from=alpha_from, fit_task=fit_task,
-                            fit_data=fit_data, fit_split=fit_split, shots=shots, population=population,
-                            generations=generations) if strategy else None
-    if scfg is not None and alpha:
-        raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
-    am = load_adapted(_model(model, num_layers), experts=expert or [], alpha=alpha, device=device, dtype=dtype,
-                      trust_remote_code=trust_remote_code)
-    if scfg is None:
-        console.print(am.generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0])
-        return
-    from .adapt import Pipeline
+    e = run_expert_init(cfg)
+    console.print(f"expert with {e.n_params:,} parameters over {len(e.p)} targets: {cfg.out}")
 
-    answer = Pipeline(am, scfg).generate([prompt], max_new_tokens=max_new_tokens, chat=False if no_chat else None)[0]
-    err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
+
+def _plan(cfg: Any) -> None:
+    from .models.plan import plan, render, shapes
+
+    s = shapes(cfg.spec, cfg.targets)
+    typer.echo(render(cfg, s, plan(cfg, s)))
+
+
+def _generate(cfg: Any) -> None:
+    from .evaluation.runs import run_generate
+
+    answer = run_generate(cfg)
+    if cfg.strategy is not None:
+        err.print(f"expert: {answer.expert}" + ("" if answer.expert != "mixture" else f" (alpha {answer.alpha})"))
     console.print(answer.text)
 
 
-def _strategy_config(name: str, **kw: Any) -> Any:
-    """StrategyConfig from CLI values (None values keep the defaults; the others go to the shared fields or
-    the strategy's own section); checks them before any model loads."""
-    from .adapt import StrategyConfig
+def _prompt_after_experts(values: dict[str, Any]) -> None:
+    """`t2 generate --expert DIR "PROMPT"`: the flag's values run on to the prompt; when no prompt was given,
+    a last value that is not an existing folder is the prompt."""
+    experts = values.get("experts") or []
+    if not values.get("prompt") and experts and not Path(experts[-1]).is_dir():
+        values["prompt"] = experts.pop()
 
-    return StrategyConfig.of(name, **{k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items() if v is not None})
 
-
-@app.command("eval")
-def eval_(
-    task: str = typer.Option(..., "--task", "-t", help="Task name (vmlu, mmlu, mcq, gsm8k, ...)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Results JSON (resumes from OUT.partial.json)."),
-    model: str = MODEL,
-    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
-    split: str = typer.Option("valid", "--split"),
-    expert: Optional[List[Path]] = typer.Option(None, "--expert", "--experts", "-e",
-                                                help="Expert folder(s): --experts A B C; mixed, or routed by --strategy."),
-    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="Mixture weight per expert (default: equal)."),
-    strategy: Optional[str] = STRATEGY,
-    mixed_batches: bool = typer.Option(False, "--mixed-batches", help="Pass 2 factored in mixed batches (one mixture "
-                                       "per row) instead of merged per group; same predictions."),
-    shots: Optional[int] = typer.Option(None, "--shots", help="fewshot: labelled examples for the α search (default 10)."),
-    cls_expert: Optional[Path] = typer.Option(None, "--cls-expert", help="cls: the classification expert folder."),
-    alpha_per: Optional[str] = typer.Option(None, "--alpha-per", help="fewshot: one α per expert or per target."),
-    alpha_from: Optional[Path] = typer.Option(None, "--alpha-from", help="fewshot: reuse the α saved by an earlier run."),
-    population: Optional[int] = typer.Option(None, "--population", help="fewshot: CEM population (default 32)."),
-    generations: Optional[int] = typer.Option(None, "--generations", help="fewshot: most CEM generations (default 50)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate at most N questions."),
-    sample: str = typer.Option("first", "--sample", help="How --limit picks: first or stratified (by subject, seeded)."),
-    seed: int = typer.Option(0, "--seed"),
-    protocol: str = typer.Option("both", "--protocol", help="generate, letter or both (one forward pass gives both)."),
-    chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the chat template (VMLU's official: off)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (halved on out-of-memory)."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation budget of generative tasks."),
-    submission: Optional[Path] = typer.Option(None, "--submission", help="Write the submission file: id,answer CSV (multiple choice), JSONL otherwise."),
-    submission_protocol: str = typer.Option("", "--submission-protocol",
-                                            help="generate or letter ('': letter for multiple choice, else generate)."),
-    subset: str = typer.Option("", "--subset", help="Only these questions: category=STEM, subject=28,29, ..."),
-    exclude_run: Optional[Path] = typer.Option(None, "--exclude-run", help="Skip the questions a `t2 train` run (or an expert) used."),
-    include_seen: bool = typer.Option(False, "--include-seen", help="Also score questions the experts were trained on."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the category table as Markdown."),
-    unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="Code tasks: run generated code unconfined where bubblewrap cannot."),
-    lora: Optional[Path] = typer.Option(None, "--lora", help="A PEFT adapter folder (t2 baseline's best/) instead of experts."),
-    split_file: Optional[Path] = typer.Option(None, "--split-file", help="A split.json (or run folder): evaluate one of its parts."),
-    part: str = typer.Option("holdout", "--part", help="With --split-file: train, val or holdout."),
-    label: str = typer.Option("", "--label", help="Row name of this system in reports."),
-    constant_from: Optional[Path] = typer.Option(None, "--constant-from", help="No model: answer with the best constant letter of this split's train part."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    trust_remote_code: bool = TRUST,
-) -> None:
-    """Evaluate a task with the base model, an expert, a fixed mixture, a two-pass strategy or a PEFT adapter."""
+def _eval(cfg: Any) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from . import distributed
-    from .experts.adapted import load_adapted
     from .atomic import write_text
-    from .evaluation.evaluate import EvalConfig, evaluate, plan_eval, strategy_experts
+    from .evaluation.runs import run_eval
     from .report.tables import confusion_table, eval_markdown, eval_table, routing_lines
 
-    cfg = EvalConfig(task=task, data=data, split=split, protocol=protocol, chat=chat, limit=limit, sample=sample,
-                     seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                     submission_protocol=submission_protocol, subset=subset, mixed_batches=mixed_batches,
-                     exclude_run=None if exclude_run is None else str(exclude_run), include_seen=include_seen,
-                     unsafe_exec=unsafe_exec, split_file=None if split_file is None else str(split_file), part=part,
-                     label=label)
-    scfg = None
-    if strategy:
-        scfg = _strategy_config(strategy, shots=shots, cls_expert=cls_expert, alpha_per=alpha_per,
-                                alpha_from=alpha_from, seed=seed, batch_size=batch_size, task_chat=chat,
-                                population=population, generations=generations,
-                                max_new_tokens=max_new_tokens)
-        if alpha:
-            raise ConfigError("--alpha and --strategy exclude each other: the strategy chooses α")
-    if scfg is not None and not expert:
-        raise ConfigError(f"strategy '{strategy}' chooses among experts: give at least one (--experts)")
-    if lora is not None and (expert or constant_from is not None):
-        raise ConfigError("--lora evaluates a PEFT adapter alone: not with --expert, --strategy or --constant-from")
-    adapters = [lora] if lora is not None else []  # their seen questions are left out too
-    plan = plan_eval(cfg, out, submission, markdown, expert or [], strategy_experts(scfg) + adapters)  # before loading
-    if constant_from is not None:
-        from .evaluation.reference import evaluate_constant
-
-        _announce(plan)
-        results = evaluate_constant(cfg, constant_from, out, submission, plan=plan)
-        console.print(eval_table(results))
-        console.print(f"results: {out}")
-        return
-    if lora is not None:
-        from .experts.adapted import AdaptedModel
-        from .baselines.adapter import adapter_label, attach_adapter
-        from .models.load import load_model
-
-        base, tok = load_model(_model(model, num_layers), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        am = AdaptedModel(attach_adapter(base, lora), tok)
-        cfg.label = cfg.label or adapter_label(lora)
-    else:
-        am = load_adapted(_model(model, num_layers), experts=plan.experts, alpha=alpha, device=device, dtype=dtype,
-                          trust_remote_code=trust_remote_code)
-    _announce(plan)  # once the run is sure to start, so a failing one prints its error line alone
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err, transient=True, disable=not err.is_terminal or not distributed.is_main()) as bar:
-        job = bar.add_task(f"{task} {split}", total=None)
-        results = evaluate(am, cfg, out, submission, progress=lambda n: bar.advance(job, n),
-                           total=lambda n: bar.update(job, total=n), plan=plan, strategy=scfg)
+        job = bar.add_task(f"{cfg.eval.task} {cfg.eval.split}", total=None)
+        results = run_eval(cfg, progress=lambda n: bar.advance(job, n), total=lambda n: bar.update(job, total=n),
+                           announce=_announce)
     if not distributed.is_main():  # data parallel: rank 0 reports
         return
     console.print(eval_table(results))
-    if confusion_table(results) is not None:
-        console.print(confusion_table(results))
-    for line in routing_lines(results):
-        console.print(line)
-    if markdown is not None:
-        write_text(eval_markdown(results), markdown)
-    console.print(f"results: {out}" + (f"\nsubmission: {submission}" if submission else ""))
+    if cfg.constant_from is None:
+        if confusion_table(results) is not None:
+            console.print(confusion_table(results))
+        for line in routing_lines(results):
+            console.print(line)
+    if cfg.markdown is not None:
+        write_text(eval_markdown(results), Path(cfg.markdown))
+    console.print(f"results: {cfg.out}" + (f"\nsubmission: {cfg.submission}" if cfg.submission else ""))
+
+
+command(app, "decompose", DecomposeRun, _decompose, help="Decompose the target weights once and cache U, s, V "
+        "(resumable).")
+command(expert_app, "init", ExpertInitRun, _expert_init, help="Write an untrained expert with the reference "
+        "initialisation.")
+command(app, "plan", PlanConfig, _plan, help="Memory plan (weights, factors, expert, optimizer, activations, KV) "
+        "for training and evaluation.")
+command(app, "generate", GenerateRun, _generate, argument="prompt", fill=_prompt_after_experts,
+        help="Generate an answer with the base model, an adapted one, or two passes (--strategy picks the expert).")
+command(app, "eval", EvalRun, _eval, help="Evaluate a task with the base model, an expert, a fixed mixture, a two-pass "
+        "strategy or a PEFT adapter.")
 
 
 def _announce(plan: Any) -> None:
@@ -363,19 +250,10 @@ def train_(
     from . import distributed
     from .training.train import configure, run
 
-    if experts:
-        if task != "route" or data is not None:
-            raise ConfigError("--experts names the experts of --task route (which builds its data from them); "
-                              "use it with --task route and without --data")
-        data = "|".join(str(Path(e).resolve()) for e in experts)
-    if num_layers is not None:
-        if model is None:
-            raise ConfigError("--num-layers needs --model random:NAME")
-        model = _model(model, num_layers)
     named = {"task": task, "model": model, "dtype": dtype, "data": data, "subset": subset, "steps": steps, "batch_size": batch_size,
              "micro_batch_size": micro_batch_size, "lr": lr, "kl": kl, "seed": seed, "eval_every": eval_every,
              "label": label, "description": description}
-    cfg = configure(out, config, named, list(ctx.args), resume)
+    cfg = configure(out, config, named, list(ctx.args), resume, experts or [], num_layers)
     summary = run(cfg, out, resume=resume)
     if not distributed.is_main():  # data parallel: rank 0 reports
         return
@@ -401,65 +279,12 @@ def baseline_(
     """Train a LoRA or IA3 baseline on the experts' split; any other BaselineConfig key works as --key value."""
     from .baselines.peft_train import configure, run
 
-    flags = list(ctx.args)
-    given = flags[flags.index("--method") + 1 :][:1] if "--method" in flags else []
-    if method is not None and given and given != [method]:
-        raise ConfigError(f"--method {given[0]} contradicts 't2 baseline {method}'")
     named = {"method": method, "task": task, "model": model, "data": data, "subset": subset, "preset": preset,
              "steps": steps}
-    cfg = configure(out, config, named, flags, resume)
+    cfg = configure(out, config, named, list(ctx.args), resume)
     summary = run(cfg, out, resume=resume)
     console.print(f"best validation accuracy {summary['best_val']:.4f} at step {summary['best_step']} "
                   f"({summary['steps_done']} of {summary['total_steps']} steps)\nadapter: {out / 'best'}")
-
-
-@app.command("plan")
-def plan_(
-    model: str = typer.Option("random:llama-3-8b", "--model", "-m", help="Any model name; only its config is read."),
-    targets: str = typer.Option("mlp", "--targets", help="mlp, attn, all, or a regex over module names."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass (training micro-batch)."),
-    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per prompt, padded."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="Model dtype."),
-    factor_dtype: str = typer.Option("bfloat16", "--factor-dtype", help="Dtype of U and V in memory."),
-    new_tokens: int = typer.Option(64, "--new-tokens", help="Generated tokens for the KV-cache line."),
-    gpus: int = typer.Option(8, "--gpus", help="GPUs for the sharded (FSDP) column."),
-    checkpointing: bool = typer.Option(False, "--checkpointing", help="Training with gradient_checkpointing: true."),
-    num_layers: Optional[int] = LAYERS,
-) -> None:
-    """Memory plan (weights, factors, expert, optimizer, activations, KV) for training and evaluation."""
-    from .models.plan import PlanConfig, plan, render, shapes
-
-    cfg = PlanConfig(_model(model, num_layers), targets, batch_size, seq_len, dtype, factor_dtype, new_tokens, gpus,
-                     checkpointing)
-    s = shapes(cfg.model, cfg.targets)
-    typer.echo(render(cfg, s, plan(cfg, s)))
-
-
-@expert_app.command("init")
-def expert_init(
-    out: Path = typer.Option(..., "--out", help="Folder to write the expert into."),
-    model: str = MODEL,
-    targets: str = typer.Option("mlp", "--targets"),
-    label: str = typer.Option("", "--label"),
-    description: str = typer.Option("", "--description"),
-    parametrisation: str = typer.Option("sigmoid", "--parametrisation", help="sigmoid (reference) or linear."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    force: bool = typer.Option(False, "--force", help="Save even for a random: base model (tests, benchmarks)."),
-) -> None:
-    """Write an untrained expert with the reference initialisation."""
-    from .atomic import check_folder_target
-    from .experts.expert import Expert, attach
-    from .models.load import load_model, model_id
-
-    check_folder_target(out, "--out")
-    m, _ = load_model(_model(model, num_layers), device=device, dtype=dtype)
-    svf = attach(m, targets=targets)
-    e = Expert.init(svf.factors, model_id(m), svf.fingerprint, parametrisation, seed, label, description)
-    e.save(out, force=force)
-    console.print(f"expert with {e.n_params:,} parameters over {len(e.p)} targets: {out}")
 
 
 @expert_app.command("show")
@@ -474,94 +299,6 @@ def expert_show(folder: Path = typer.Argument(..., help="Expert folder.")) -> No
                   f"task: {m.task}\nmetrics: {m.metrics}\n"
                   + (f"seen: {e.seen.numel():,} question(s) ({', '.join(m.seen.get('parts', [])) or 'none'}), "
                      "left out of evaluations" if e.seen is not None else "seen: no record (older expert)"))
-
-
-EXPERTS = typer.Option(None, "--expert", "--experts", "-e", help="Expert folder (repeat the flag to mix several).")
-ALPHAS = typer.Option(None, "--alpha", help="Mixture weight per expert, repeated in expert order (default: equal).")
-PUSH = typer.Option(None, "--push-to-hub", help="Also upload the folder to this Hugging Face repo id.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace OUT if it exists.")
-EXPORT_DTYPE = typer.Option(None, "--dtype", help="Cast the checkpoint to float32, bfloat16 or float16 "
-                            "(default: its stored dtype, or the narrower one the expert was trained on).")
-
-
-@export_app.command("merged")
-def export_merged(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (atomically)."),
-    model: str = MODEL,
-    expert: List[Path] = EXPERTS,
-    alpha: Optional[List[float]] = ALPHAS,
-    dtype: Optional[str] = EXPORT_DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    push_to_hub: Optional[str] = PUSH,
-    overwrite: bool = OVERWRITE,
-) -> None:
-    """A standalone Hugging Face checkpoint with the experts' W' merged in, plus a model card (streamed shard by shard)."""
-    from .interop.export import export_merged as run
-
-    folder = run(_model(model, num_layers), expert or [], alpha, out, push_to_hub, dtype=dtype, overwrite=overwrite)
-    console.print(f"merged checkpoint: {folder}" + (f" (pushed to {push_to_hub})" if push_to_hub else ""))
-
-
-@export_app.command("lora")
-def export_lora(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (atomically)."),
-    expert: Path = typer.Option(..., "--expert", "-e", help="Expert folder."),
-    rank: str = typer.Option("full", "--rank", "-r", help="LoRA rank R, or 'full' (exact)."),
-    model: str = MODEL,
-    dtype: Optional[str] = EXPORT_DTYPE,
-    num_layers: Optional[int] = LAYERS,
-    push_to_hub: Optional[str] = PUSH,
-    overwrite: bool = OVERWRITE,
-) -> None:
-    """The expert's best rank-R update ΔW per target, as a PEFT LoRA adapter."""
-    from .interop.export import export_lora as run
-
-    if rank != "full" and not rank.isdigit():
-        raise ConfigError(f"--rank {rank}: a positive integer or 'full'")
-    rep = run(_model(model, num_layers), expert, None if rank == "full" else int(rank), out, push_to_hub,
-              overwrite=overwrite, dtype=dtype)
-    worst = max(rep.rel_error, key=rep.rel_error.get)
-    console.print(f"LoRA adapter r={rep.rank} ({rep.n_params:,} parameters): {rep.out_dir}\n"
-                  f"relative error ||dW - dW_R||/||dW||: {rep.overall:.4f} overall, "
-                  f"worst {rep.rel_error[worst]:.4f} ({worst})" + (f"\npushed to {push_to_hub}" if push_to_hub else ""))
-
-
-@app.command("lm-eval")
-def lm_eval(
-    tasks: List[str] = typer.Option(..., "--tasks", help="lm-eval task names (repeat or comma-separate)."),
-    model: str = MODEL,
-    expert: Optional[List[Path]] = EXPERTS,
-    alpha: Optional[List[float]] = ALPHAS,
-    limit: Optional[float] = typer.Option(None, "--limit", help="Documents per task (N, or a fraction < 1)."),
-    include_path: Optional[Path] = typer.Option(None, "--include-path", help="Folder of extra task YAML files."),
-    no_builtin_tasks: bool = typer.Option(False, "--no-builtin-tasks", help="Index only --include-path (faster)."),
-    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write lm-eval's results JSON here."),
-    device: str = DEVICE,
-    dtype: str = DTYPE,
-    num_layers: Optional[int] = LAYERS,
-) -> None:
-    """Run lm-evaluation-harness tasks with the base model, an expert or a fixed mixture."""
-    from .atomic import check_file_target, write_text
-    from .interop.lm_eval_adapter import run_lm_eval
-
-    check_file_target(output, "--output")
-    names = [t for spec in tasks for t in spec.split(",") if t]
-    n = None if limit is None else (int(limit) if limit >= 1 else limit)
-    res = run_lm_eval(_model(model, num_layers), names, expert or [], alpha, limit=n, include_path=include_path,
-                   include_defaults=not no_builtin_tasks, num_fewshot=num_fewshot, batch_size=batch_size,
-                   device=device, dtype=dtype, seed=seed)
-    from lm_eval.utils import handle_non_serializable, make_table
-
-    console.print(make_table(res))
-    if output:
-        import json
-
-        slim = {k: v for k, v in res.items() if k != "samples"}
-        write_text(json.dumps(slim, indent=2, default=handle_non_serializable), output)
-        console.print(f"results: {output}")
 
 
 @app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -586,6 +323,41 @@ def serve_(
     serve(cfg, ready=lambda url: err.print(f"serving {url}", highlight=False, soft_wrap=True))
 
 
+def _export_merged(cfg: Any) -> None:
+    from .interop.runs import run_export_merged
+
+    folder = run_export_merged(cfg)
+    console.print(f"merged checkpoint: {folder}" + (f" (pushed to {cfg.push_to_hub})" if cfg.push_to_hub else ""))
+
+
+def _export_lora(cfg: Any) -> None:
+    from .interop.runs import run_export_lora
+
+    rep = run_export_lora(cfg)
+    worst = max(rep.rel_error, key=rep.rel_error.get)
+    console.print(f"LoRA adapter r={rep.rank} ({rep.n_params:,} parameters): {rep.out_dir}\n"
+                  f"relative error ||dW - dW_R||/||dW||: {rep.overall:.4f} overall, "
+                  f"worst {rep.rel_error[worst]:.4f} ({worst})" + (f"\npushed to {cfg.push_to_hub}" if cfg.push_to_hub else ""))
+
+
+def _lm_eval(cfg: Any) -> None:
+    from lm_eval.utils import make_table
+
+    from .interop.runs import run_lm_eval
+
+    console.print(make_table(run_lm_eval(cfg)))
+    if cfg.output:
+        console.print(f"results: {cfg.output}")
+
+
+command(export_app, "merged", ExportMergedRun, _export_merged, help="A standalone Hugging Face checkpoint with the "
+        "experts' W' merged in, plus a model card (streamed shard by shard).")
+command(export_app, "lora", ExportLoraRun, _export_lora, help="The expert's best rank-R update ΔW per target, as a "
+        "PEFT LoRA adapter.")
+command(app, "lm-eval", LmEvalRun, _lm_eval, help="Run lm-evaluation-harness tasks with the base model, an expert or "
+        "a fixed mixture.")
+
+
 def _click_errors() -> tuple[type[Exception], type[Exception]]:
     """(ClickException, NoArgsIsHelpError) of the click that typer runs on (typer ≥ 0.22 vendors its own)."""
     try:
@@ -606,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     extra argument) exit 2; an operating-system failure (disk full, permission) exits 1, also in
     one line; anything else is a bug and keeps its traceback.
     """
-    args = _expand_multi(sys.argv[1:] if argv is None else list(argv))
+    args = _expand_multi(normalise(sys.argv[1:] if argv is None else list(argv)))
     debug = "--debug" in args
     click_error, no_args_help = _click_errors()
     try:

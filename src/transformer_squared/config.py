@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import io
+import textwrap
+import tokenize
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, T2Error
 
 C = TypeVar("C")
 
@@ -73,7 +78,53 @@ def _closest(key: str, names: list[str]) -> str | None:
     return prefixed[0] if prefixed else None
 
 
-def _apply(obj: Any, data: dict[str, Any], source: str, errors: list[str], prefix: str = "") -> None:
+def section_type(tp: Any) -> type | None:
+    """The dataclass of a section field typed `Section` or `Section | None`; None for a plain value."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and isinstance(inner[0], type) and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
+
+
+def blank(cls: type[C]) -> C:
+    """`cls` with every field at its default, its __post_init__ checks not yet run (they run once filled)."""
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} has no default (STYLE §2: every field has one)")
+        object.__setattr__(obj, f.name, value)
+    return obj
+
+
+def _open_section(obj: Any, key: str, tp: type, value: Any, where: str, errors: list[str]) -> Any:
+    """The section a YAML mapping (or flags) fills where the field is `Section | None` and still None.
+
+    A section with a `name` field (one chosen from a registry, like `strategy`) is switched on by its name:
+    `strategy: fewshot` is short for `strategy: {name: fewshot}`, and its other keys without a name are an error."""
+    names = {f.name for f in dataclasses.fields(tp)}
+    if isinstance(value, str) and "name" in names:
+        value = {"name": value}
+    if not isinstance(value, dict):
+        errors.append(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return None
+    if "name" in names and "name" not in value:
+        errors.append(f"{where}: {', '.join(f'{key}.{k}' for k in value)} given without {key}.name (which {key}?)")
+        return None
+    setattr(obj, key, blank(tp))
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], source: str, errors: list[str], prefix: str = "",
+           soft: bool = False) -> None:
+    """Set `data`'s keys on `obj`, collecting problems. `soft`: keys of a section that is absent (None) are
+    skipped (a short flag such as --seed sets the strategy's seed only when there is a strategy)."""
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
@@ -84,8 +135,17 @@ def _apply(obj: Any, data: dict[str, Any], source: str, errors: list[str], prefi
             errors.append(f"{source}: unknown key '{prefix}{key}'{hint}")
             continue
         current = getattr(obj, key_n)
+        section = section_type(hints[key_n])
+        if soft and current is None and section is not None:
+            continue
+        if current is None and section is not None and value is not None and not (
+                isinstance(value, str) and value.lower() in ("none", "null")):
+            value = _open_section(obj, key_n, section, value, f"{source}: {prefix}{key}", errors)
+            if value is None:
+                continue
+            current = getattr(obj, key_n)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _apply(current, value, source, errors, f"{prefix}{key_n}.")
+            _apply(current, value, source, errors, f"{prefix}{key_n}.", soft)
             continue
         try:
             setattr(obj, key_n, _coerce(value, hints[key_n], f"{source}: {prefix}{key}"))
@@ -117,9 +177,12 @@ def parse_flags(flags: list[str]) -> dict[str, Any]:
 
 
 def load_config(cls: type[C], yaml_path: str | Path | None = None, flags: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> C:
-    """cls() filled from `base`, then the YAML file, then flags; __post_init__ checks run last."""
-    obj = cls()
+                base: dict[str, Any] | None = None, values: dict[str, Any] | None = None,
+                soft: dict[str, Any] | None = None) -> C:
+    """cls's defaults filled from `base`, then the YAML file, then flags, then `values` (nested, as the CLI
+    parsed them), then `soft` (like values, but skipping absent sections); __post_init__ checks run once,
+    on the filled config."""
+    obj = blank(cls)
     errors: list[str] = []
     if base:
         _apply(obj, base, "config", errors)
@@ -136,11 +199,28 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, flags: list[s
         _apply(obj, data, str(path), errors)
     if flags:
         _apply(obj, parse_flags(flags), "flag", errors)
+    if values:
+        _apply(obj, values, "flag", errors)
+    if soft:
+        _apply(obj, soft, "flag", errors, soft=True)
     if errors:
         raise ConfigError("; ".join(errors))
     if hasattr(obj, "__post_init__"):
         obj.__post_init__()
     return obj
+
+
+def check_sections(cfg: Any, names: tuple[str, ...]) -> list[str]:
+    """The problems of a run config's sections (each section's own __post_init__), to report with the run's own."""
+    problems = []
+    for name in names:
+        section = getattr(cfg, name)
+        if section is not None and hasattr(section, "__post_init__"):
+            try:
+                section.__post_init__()
+            except T2Error as e:
+                problems.append(str(e))
+    return problems
 
 
 def configure_run(cls: type[C], out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any],
@@ -150,8 +230,70 @@ def configure_run(cls: type[C], out_dir: str | Path, config_path: str | Path | N
     saved = Path(out_dir) / "config.yaml"
     if resume and saved.is_file():
         base = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    given = parse_flags(list(flags))
+    clash = [f"--{k} {given[k]} contradicts {k} '{v}' given before it" for k, v in named.items()
+             if v is not None and k in given and str(given[k]) != str(v)]
+    if clash:
+        raise ConfigError("; ".join(clash))
     extra = [x for k, v in named.items() if v is not None for x in (f"--{k}", str(v))]
     return load_config(cls, config_path, extra + list(flags), base=base)
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One settable field of a config, sections flattened: `key` is dotted (`strategy.shots`)."""
+
+    key: str  # dotted path from the top config
+    type: Any  # the field's type hint
+    default: Any  # its default value
+    help: str  # its meaning (the field's `# comment`, or metadata["help"])
+
+
+def leaves(cls: type, prefix: str = "") -> list[Leaf]:
+    """Every field of `cls` that takes a value, nested sections (also `Section | None`) flattened, in source order."""
+    hints = typing.get_type_hints(cls)
+    notes = field_help(cls)
+    out: list[Leaf] = []
+    for f in dataclasses.fields(cls):
+        section = section_type(hints[f.name])
+        if section is not None:
+            out += leaves(section, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append(Leaf(prefix + f.name, hints[f.name], default, notes.get(f.name, "")))
+    return out
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field name → help: `field(metadata={"help": ...})` where given, else the field's trailing `# comment`."""
+    notes: dict[str, str] = {}
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+        source = ""
+    names = {f.name for f in dataclasses.fields(cls)}
+    start: tokenize.TokenInfo | None = None  # first token of the current logical line
+    second: tokenize.TokenInfo | None = None
+    comments: list[str] = []
+    for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(source)).readline):
+        if tok.type == tokenize.COMMENT:
+            comments.append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.NEWLINE:
+            if start is not None and second is not None and start.string in names and second.string == ":" \
+                    and start.start[1] > 0 and comments:
+                notes.setdefault(start.string, " ".join(comments))
+            start, second, comments = None, None, []
+        elif tok.type in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT):
+            if tok.type == tokenize.NL and start is None:
+                comments = []  # a comment on a line of its own belongs to no field
+        elif start is None:
+            start = tok
+        elif second is None:
+            second = tok
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help"):
+            notes[f.name] = f.metadata["help"]
+    return notes
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -282,6 +282,38 @@ def load_model(
     return model, tok
 
 
+@dataclass
+class ModelConfig:
+    """The base model of a command (`t2 eval`, `t2 generate`, ...): the `model` section of its config."""
+
+    name: str = DEFAULT_MODEL  # built-in name, local folder or hub id; random:NAME builds random weights
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    dtype: str = "float32"  # model dtype: float32, bfloat16, float16
+    num_layers: int | None = None  # random: models only: build this many decoder layers (full-size matrices)
+    trust_remote_code: bool = False  # run code shipped with the model (off by default)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype '{self.dtype}': choose one of {', '.join(DTYPES)}")
+        if self.num_layers is not None and self.num_layers < 1:
+            problems.append(f"--num-layers {self.num_layers}: must be at least 1")
+        if self.num_layers is not None and not is_random(self.name):
+            problems.append(f"--num-layers {self.num_layers}: only random: models can be built with fewer layers, "
+                            f"not '{self.name}'")
+        if problems:
+            raise ModelError("; ".join(problems))
+
+    @property
+    def spec(self) -> str:
+        """The name to load, with num_layers folded in (random:NAME?layers=N)."""
+        return random_models.with_layers(self.name, self.num_layers)
+
+    def load(self):
+        """(model, tokenizer) as `load_model` gives them."""
+        return load_model(self.spec, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+
+
 def _load_failure(name: str, e: Exception) -> str:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if Path(name).exists():

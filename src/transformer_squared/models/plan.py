@@ -16,8 +16,10 @@ per token and layer, for model dtype bytes b and factor dtype bytes f:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..errors import ConfigError
+from . import random_weights as random_models
 from .load import DTYPES
 
 CARDS_GB = (24, 40, 48, 80, 141)  # common accelerator sizes
@@ -39,6 +41,14 @@ class PlanConfig:
     new_tokens: int = 64  # generation length for the KV-cache line
     gpus: int = 8  # the sharded column: weights and factors split over this many GPUs
     checkpointing: bool = False  # activation checkpointing of every decoder layer (gradient_checkpointing: true)
+    num_layers: int | None = None  # random: models only: plan for this many decoder layers
+
+    FLAGS: ClassVar[dict[str, tuple[str, ...]]] = {"-m": ("model",)}  # the CLI's short flags
+
+    @property
+    def spec(self) -> str:
+        """The model name with num_layers folded in (random:NAME?layers=N)."""
+        return random_models.with_layers(self.model, self.num_layers)
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be ≥ 1, got {getattr(self, k)}" for k in ("batch_size", "seq_len", "gpus")
@@ -115,7 +125,7 @@ def activation_bytes_per_token(s: Shapes, dtype: str, factor_dtype: str, checkpo
 
 def plan(cfg: PlanConfig, s: Shapes | None = None) -> dict[str, dict[str, int]]:
     """Bytes per component for training and evaluation on one GPU and per GPU when sharded over `cfg.gpus`."""
-    s = s or shapes(cfg.model, cfg.targets)
+    s = s or shapes(cfg.spec, cfg.targets)
     b, f = BYTES[cfg.dtype], BYTES[cfg.factor_dtype]
     tokens = cfg.batch_size * cfg.seq_len
     ranks = sum(min(o, i) for o, i in s.targets.values())
@@ -152,7 +162,7 @@ def render(cfg: PlanConfig, s: Shapes, result: dict[str, dict[str, int]]) -> str
     cols = list(result)
     head = {"train": "train, 1 GPU", "eval": "eval, 1 GPU"}
     lines = [
-        f"model {cfg.model}: {s.n_params:,} parameters, {s.layers} layers, hidden {s.hidden}, MLP {s.intermediate}, "
+        f"model {cfg.spec}: {s.n_params:,} parameters, {s.layers} layers, hidden {s.hidden}, MLP {s.intermediate}, "
         f"vocab {s.vocab}; {len(s.targets)} targets ({cfg.targets}), {factor_values(s):,} factor values, "
         f"{sum(min(t) for t in s.targets.values()):,} expert parameters",
         f"batch {cfg.batch_size} × {cfg.seq_len} tokens, model {cfg.dtype}, factors {cfg.factor_dtype}; "

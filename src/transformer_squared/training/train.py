@@ -348,8 +348,22 @@ def run(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, task: Any =
 
 
 def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[str, Any], flags: list[str],
-              resume: bool = False) -> TrainConfig:
-    """TrainConfig from (on resume) the run's saved config.yaml, then a YAML file, then named and --key flags."""
-    from ..config import configure_run
+              resume: bool = False, experts: list[str | Path] = (), num_layers: int | None = None) -> TrainConfig:
+    """TrainConfig from (on resume) the run's saved config.yaml, then a YAML file, then named and --key flags.
 
+    `experts` (the CLI's --experts) are the experts of `task: route`, which builds its data from them;
+    `num_layers` builds a random: model with that many layers."""
+    from ..config import configure_run
+    from ..models.random_weights import with_layers
+
+    named = dict(named)
+    if experts:
+        if named.get("task") != "route" or named.get("data") is not None:
+            raise ConfigError("--experts names the experts of --task route (which builds its data from them); "
+                              "use it with --task route and without --data")
+        named["data"] = "|".join(str(Path(e).resolve()) for e in experts)
+    if num_layers is not None:
+        if named.get("model") is None:
+            raise ConfigError("--num-layers needs --model random:NAME")
+        named["model"] = with_layers(named["model"], num_layers)
     return configure_run(TrainConfig, out_dir, config_path, named, flags, resume)
