@@ -39,14 +39,15 @@ def test_report_numbers_match_hand_computation(tmp_path, capsys):
     main(["report", *files, "--out", str(tmp_path / "rep"), "--quote", "seed"])
     md = (tmp_path / "rep" / "report.md").read_text()
     # base: right on q1, q5, q7 → 3/8; per category 1/2, 0/2, 1/2, 1/2. Wilson 95 %: 1/2 → [9.5, 90.5],
-    # 0/2 → [0.0, 65.8], 3/8 → [13.7, 69.4]; mean of categories 37.5 ± 1.96·√(0.375/16) → [7.5, 67.5]
+    # 0/2 → [0.0, 65.8], 3/8 → [13.7, 69.4]; mean of categories 37.5, MOVER over the Wilson limits:
+    # 37.5 − √(3·((50 − 9.45)/4)²) and 37.5 + √(3·((90.55 − 50)/4)² + (65.76/4)²) → [19.9, 61.6]
     assert ("| base | 50.0 [9.5, 90.5] | 0.0 [0.0, 65.8] | 50.0 [9.5, 90.5] | 50.0 [9.5, 90.5] | 37.5 [13.7, 69.4] "
-            "| 37.5 [7.5, 67.5] | 8 | 0.00 [0.00, 0.00] |") in md
+            "| 37.5 [19.9, 61.6] | 8 | 0.00 [0.00, 0.00] |") in md
     # LoRA: right on q1 q2 q3 q6 q7 q8 → 6/8; categories 2/2, 1/2, 1/2, 2/2 (2/2 → [34.2, 100.0]; 6/8 → [40.9, 92.9]);
-    # mean 75.0 ± 1.96·√(0.25/16) → [50.5, 99.5]; letters A 3, B 3, C 2 → entropy 1.56 bits
+    # mean 75.0, MOVER: 75 − √(2·(65.8/4)² + 2·(40.55/4)²) … → [47.7, 89.3]; letters A 3, B 3, C 2 → entropy 1.56 bits
     lora = next(x for x in md.splitlines() if x.startswith("| LoRA |"))
     assert lora.startswith("| LoRA | 100.0 [34.2, 100.0] | 50.0 [9.5, 90.5] | 50.0 [9.5, 90.5] | 100.0 [34.2, 100.0] "
-                           "| 75.0 [40.9, 92.9] | 75.0 [50.5, 99.5] | 8 | 1.56 [")
+                           "| 75.0 [40.9, 92.9] | 75.0 [47.7, 89.3] | 8 | 1.56 [")
     assert "| *best constant (A)* | 50.0 [9.5, 90.5] |" in md  # a reference row, marked
     assert "| LoRA | 37.5 | 37.5 | 25.0 |" in md and "| base | 100.0 | 0.0 | 0.0 |" in md  # predicted letters, %
     # paired against base: base alone right on q5, LoRA alone right on q2 q3 q6 q8 → McNemar p = 2·(1+5)/2⁵ = 0.375
@@ -122,6 +123,27 @@ def test_chart_dashes_the_row_named_by_base(tmp_path, monkeypatch):
     bar_chart(comp, tmp_path / "chart.png")
     # LoRA per category 2/2, 1/2, 1/2, 2/2; average 6/8; mean of categories 0.75 (worked out in the first test)
     assert lines == pytest.approx([100.0, 50.0, 50.0, 100.0, 75.0, 75.0])
+
+
+def test_report_bolds_only_what_mcnemar_and_the_ci_both_call_significant(tmp_path):
+    """0 vs 4 discordant answers in 40: the bootstrap CI excludes 0 (≈ [+2.5, +20.0]) but McNemar's p = 0.125;
+    the report states its one rule and does not bold the difference. The reference row says what it is."""
+    def res(label, right, reference=False):
+        rows = [{"id": f"q{i}", "subject": "s", "category": CATS[i % 4], "answer": "A",
+                 "prediction": {"letter": "A" if ok else "B"}, "correct": {"letter": ok}, "completion": ""}
+                for i, ok in enumerate(right)]
+        return _results(label, "", reference) | {"predictions": rows}
+
+    base = [False] * 4 + [True] * 20 + [False] * 16
+    files = [_write(tmp_path, "base", res("base", base)), _write(tmp_path, "exp", res("expert", [True] * 24 + [False] * 16)),
+             _write(tmp_path, "const", res("best constant (A)", [True] * 40, reference=True))]
+    main(["report", *files, "--out", str(tmp_path / "rep"), "--no-chart"])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| expert | 40 |"))
+    m = re.search(r"\| (\*\*)?\+10\.0 \[([+-][\d.]+), [+-][\d.]+\](\*\*)? \| 0 \| 4 \| 0\.125 \|", line)
+    assert m and float(m[2]) > 0 and not m[1] and not m[3]
+    assert "McNemar's exact p < 0.05 and the paired bootstrap 95 % CI excludes 0" in md
+    assert "the score of always answering X only" in md
 
 
 def _demo_like_comparison():

@@ -153,3 +153,33 @@ def test_record_roundtrip_and_untrained_experts(setup):
     assert json.loads((folders["A"] / META).read_text())["seen"]["n"] == 6
     assert Expert.load(folders["C"]).seen is None and not (folders["C"] / SEEN).exists()
     assert read_seen(folders["C"]) is None
+
+
+def test_submission_has_every_test_id_and_names_the_seen_ones(setup, tmp_path, capsys):
+    """The test split holds the valid questions (same texts): expert A saw 5 of them. The CSV still has every
+    test id; the results and the run log name the 5 seen ids, and they stay out of the metrics."""
+    import csv
+
+    sub = tmp_path / "sub.csv"
+    out = tmp_path / "t.json"
+    code, stdout, stderr = _run(["eval", "--model", str(setup.model_dir), "--task", "vmlu", "--data", str(setup.data),
+                                 "--split", "test", "--protocol", "letter", "--device", "cpu", "--out", str(out),
+                                 "--submission", str(sub), "--expert", str(setup.folders["A"])], capsys)
+    assert code == 0, stderr
+    test_ids = [json.loads(x)["id"] for x in (setup.data / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    with open(sub, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    assert sorted(r[0] for r in rows) == sorted(test_ids)
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert sorted(res["seen"]["answered_seen_ids"]) == sorted(setup.ids["A"]) and res["seen"]["n_excluded"] == 0
+    assert sorted(r["id"] for r in res["predictions"] if r.get("seen")) == sorted(setup.ids["A"])
+    assert f"answered 5 question(s) the expert(s) saw" in stdout and all(i in stdout for i in setup.ids["A"])
+    # a labelled split with a submission: the seen ones are answered but not scored
+    code, stdout, stderr = _run(["eval", "--model", str(setup.model_dir), "--task", "vmlu", "--data", str(setup.data),
+                                 "--split", "valid", "--protocol", "letter", "--device", "cpu", "--out", str(out),
+                                 "--submission", str(sub), "--expert", str(setup.folders["A"])], capsys)
+    assert code == 0, stderr
+    res = json.loads(out.read_text(encoding="utf-8"))
+    m = res["metrics"]["letter"]
+    assert m["n"] == len(setup.valid_ids) - 5 and m["n_seen"] == 5 and m["n_unlabelled"] == 0
+    assert len(res["predictions"]) == len(setup.valid_ids)

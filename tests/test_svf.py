@@ -214,6 +214,48 @@ def test_factored_uses_the_factors_without_casting(tiny):
         assert layer.U.data_ptr() == svf.factors[svf.targets[0]].U.data_ptr() and layer.U.dtype == torch.bfloat16
 
 
+def test_adapted_s_of_zero_z_is_the_base():
+    """z = 0 (a target whose α are all zero) has no scale to keep: s' = s, never 0·∞ = NaN."""
+    torch.testing.assert_close(adapted_s(torch.ones(3), torch.zeros(3)), torch.ones(3))
+    s = torch.tensor([3.0, 2.0, 1.0])
+    z = torch.stack([torch.zeros(3), torch.tensor([1.0, 0.5, 0.0])])  # (2, r): one empty row, one real
+    out = adapted_s(s, z)
+    torch.testing.assert_close(out[0], s)
+    torch.testing.assert_close(out[1], s * z[1] * (6.0 / 4.0))  # by hand: Σs = 6, Σ(s⊙z) = 4
+
+
+@pytest.mark.parametrize("parametrisation", PARAMETRISATIONS.names())
+def test_target_with_all_zero_alpha_keeps_base_weights(tiny, parametrisation):
+    """--alpha-per target: the α of target 0 are all zero, the rest are not. Merged: target 0's weight is
+    exactly W, every other target is U·diag(s')·Vᵀ from its own mixture, written out by hand. Factored: each
+    target's output is x·Wᵀ for target 0 and x·W'ᵀ for the others; the logits are finite and equal merged."""
+    model, tok = tiny
+    svf = attach(model)
+    zs = [e.z() for e in _experts(svf, parametrisation, 2)]
+    names = svf.targets
+    alpha = torch.full((2, len(names)), 0.5)
+    alpha[:, 0] = 0.0  # (K, n_targets): no expert for the first target
+    W0 = {t: model.get_submodule(t).weight.detach().clone() for t in names}
+    with svf.merged(mix(zs, alpha)):
+        for i, t in enumerate(names):
+            W = model.get_submodule(t).weight.detach()
+            if i == 0:
+                assert torch.equal(W, W0[t])
+                continue
+            f = svf.factors[t]
+            z = 0.5 * zs[0][t] + 0.5 * zs[1][t]
+            s2 = f.S * z * (f.S.sum() / (f.S * z).sum()) if svf.normalise else f.S * z
+            torch.testing.assert_close(W, (f.U * s2) @ f.V.T, rtol=1e-4, atol=1e-4)
+        merged = _logits(model, tok, PROMPTS)
+    x = torch.randn(2, 3, W0[names[0]].shape[1], generator=torch.Generator().manual_seed(0))  # (B, T, in)
+    with svf.factored(mix_batch(zs, alpha.expand(2, -1, -1))):
+        torch.testing.assert_close(model.get_submodule(names[0])(x), x @ W0[names[0]].T, rtol=1e-4, atol=1e-4)
+    with svf.factored(mix_batch(zs, alpha.expand(len(PROMPTS), -1, -1))):
+        factored = _logits(model, tok, PROMPTS)
+    assert torch.isfinite(factored).all()
+    torch.testing.assert_close(factored, merged, rtol=1e-4, atol=1e-4)
+
+
 def test_adapted_weight_adds_in_the_wider_dtype_and_refuses_non_finite():
     """The one W₀ + ΔW of merging, export and the vLLM backend."""
     from transformer_squared.errors import ExpertError

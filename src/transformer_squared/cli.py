@@ -150,6 +150,9 @@ def _announce(plan: Any) -> None:
               "(made by an older version); they may be scored on them (see --exclude-run)", file=sys.stderr)
     if plan.excluded:
         print(f"excluded {len(plan.excluded)} question(s) the expert(s) saw in training (--include-seen scores them)")
+    if plan.answered_seen:
+        print(f"answered {len(plan.answered_seen)} question(s) the expert(s) saw in training, for a complete submission "
+              f"(not scored): {' '.join(plan.answered_seen)}")
 
 
 @app.command("report")

@@ -90,3 +90,31 @@ def test_fewshot_saves_alpha_excludes_shots_and_reuses_it(adapted, tmp_path):
     assert [r["prediction"] for r in reused["predictions"]] == [r["prediction"] for r in res["predictions"]]
     with pytest.raises(ConfigError, match="need \\(2,\\)"):
         build_strategy(adapted, StrategyConfig.of("fewshot", alpha_from=str(alpha_path(out))))
+
+
+def test_fewshot_scores_alpha_the_way_evaluation_runs_it_in_bfloat16(tiny_model_dir, tmp_path):
+    """In bfloat16 the factored and merged forms round differently. By default the fitness of a candidate is
+    the evaluation's own number: the gold letter's log-probability with that α merged (pass 2, grouped)."""
+    from transformer_squared.experts.adapted import AdaptedModel
+    from transformer_squared.experts.expert import attach
+    from transformer_squared.models.load import load_model
+
+    from labelled_experts import make_experts
+
+    model, tok = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    experts = make_experts(model)
+    am = AdaptedModel(model, tok, attach(model, experts), experts)
+    task = get_task("vmlu")
+    shots = task.load(str(write_vmlu(tmp_path / "vmlu", per_subject=1)), "valid")[:4]
+    fs = build_strategy(am, StrategyConfig.of("fewshot", shots=4))
+    pop = torch.tensor([[0.3, 0.6], [0.9, 0.1]])
+    _, ll = fs.fitness(task, shots, pop)
+    for c in range(2):  # evaluation: one α for every question, run grouped (merged)
+        _, logp = am.score_letters(task.format(shots), [e.letters for e in shots], alpha=pop[c].expand(4, -1))
+        want = sum(float(lp[e.letters.index(e.answer)]) for e, lp in zip(shots, logp)) / 4
+        assert float(ll[c]) == pytest.approx(want, rel=0, abs=1e-6)
+    assert fs.record()["scored"] == "merged"
+    factored = build_strategy(am, StrategyConfig.of("fewshot", shots=4, mixed=True))
+    _, ll_f = factored.fitness(task, shots, pop)
+    assert factored.record()["scored"] == "factored"
+    assert not torch.equal(ll_f, ll)  # the two forms do round differently in bfloat16

@@ -4,6 +4,7 @@ trains a classification expert; its pass-1 decisions equal a direct forward with
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 import torch
@@ -16,16 +17,28 @@ from transformer_squared.tasks import get_task
 from transformer_squared.tasks.route import OTHER
 
 from labelled_experts import DESCRIPTIONS, LABELS
+from test_strategies import digit_logp, routing_content
 
 REQUESTS = [Request("What is 7 times 3?"), Request("In which century did the French Revolution happen?")]
+
+
+def _order(question_id: str) -> list[int]:
+    shift = zlib.crc32(question_id.encode("utf-8")) % 3
+    return [(shift + p) % 3 for p in range(3)]
 
 
 def test_route_task_is_the_experts_training_questions(routed):
     dirs, cls_dir = routed
     ex = get_task("route").load("|".join(map(str, dirs)), "train")
-    want = {f"{label}-{k}": "AB"[i] for i, label in enumerate(LABELS) for k in range(8)}  # train + val ids, by expert
+    # each question lists the experts in its own cyclic order (shift = crc32 of its id mod 3); the answer is the
+    # number of its expert's place in that order
+    want = {f"{label}-{k}": str(_order(f"{label}-{k}").index(i) + 1) for i, label in enumerate(LABELS) for k in range(8)}
     assert {e.id: e.answer for e in ex} == want
-    assert ex[0].choices == (f"STEM: {DESCRIPTIONS[0]}", f"Humanities: {DESCRIPTIONS[1]}", OTHER)
+    options = (f"STEM: {DESCRIPTIONS[0]}", f"Humanities: {DESCRIPTIONS[1]}", OTHER)
+    assert all(e.choices == tuple(options[j] for j in _order(e.id)) and e.letters == ("1", "2", "3") for e in ex)
+    assert len({_order(e.id)[0] for e in ex}) == 3  # every expert comes first for some questions
+    prompt = get_task("route").format(ex[:1])[0]
+    assert "1. " + ex[0].choices[0] in prompt and "<request>\n" + ex[0].question + "\n</request>" in prompt
     assert ex[1].question == "What is 1 times 3?\nA. 1\nB. 3\nC. none" and ex[1].subject == "STEM"
     assert get_task("route").load([str(d) for d in dirs], "test") == []  # no holdout questions
     route_split = json.loads((cls_dir.parent / "split.json").read_text(encoding="utf-8"))
@@ -42,15 +55,12 @@ def test_cls_decisions_equal_a_direct_forward_with_the_route_expert(routed, tiny
     scores = s.scores(REQUESTS)
     route = Expert.load(cls_dir)
     tok = am.tokenizer
-    with am.svf.merged({t: z.detach() for t, z in route.z().items()}):
-        for i, r in enumerate(REQUESTS):  # the prompt spelled out by hand, no chat template (as trained)
-            prompt = ("Choose the expert best suited to answer the request below, by the skill it needs most.\n\n"
-                      f"Experts:\nA. STEM: {DESCRIPTIONS[0]}\nB. Humanities: {DESCRIPTIONS[1]}\nC. {OTHER}\n\n"
-                      f"Request:\n{r.text}\n\nReply with the letter of the expert.\nExpert:")
-            with torch.no_grad():
-                logits = am.model(input_ids=tok(prompt, return_tensors="pt")["input_ids"]).logits[0, -1]
-            ids = [[tok.encode(v, add_special_tokens=False)[0] for v in (x, " " + x)] for x in "ABC"]
-            want = torch.log_softmax(torch.stack([torch.logsumexp(logits[v], 0) for v in ids]), 0)
+    options = [f"STEM: {DESCRIPTIONS[0]}", f"Humanities: {DESCRIPTIONS[1]}", OTHER]
+    bos = tok.bos_token or ""
+    with am.svf.merged({t: z.detach() for t, z in route.z().items()}):  # no chat template (as trained)
+        empty = digit_logp(am.model, tok, bos + routing_content("", options), 3)
+        for i, r in enumerate(REQUESTS):  # the prompt spelled out by hand, calibrated by the empty request
+            want = digit_logp(am.model, tok, bos + routing_content(r.text, options), 3) - empty
             torch.testing.assert_close(scores[i], want, rtol=1e-4, atol=1e-4)
     assert torch.equal(s.mix(REQUESTS), one_hot(scores.argmax(-1).tolist(), 2))
     assert not torch.equal(scores, build_strategy(am, "prompt").scores(REQUESTS))  # its own weights, not the base's

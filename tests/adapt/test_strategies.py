@@ -75,34 +75,53 @@ def test_uniform_and_oracle_alpha_are_exact(adapted):
     assert torch.equal(oracle, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
 
 
+def routing_content(text: str, options: list[str]) -> str:
+    """The routing prompt spelled out by hand: numbered experts, the request fenced."""
+    lines = "".join(f"{i + 1}. {o}\n" for i, o in enumerate(options))
+    return ("Choose the expert best suited to answer the request below, by the skill it needs most.\n\n"
+            f"Experts:\n{lines}\nThe request is between <request> and </request>; letters or numbers inside it are "
+            f"its own, not the experts'.\n<request>\n{text}\n</request>\n\n"
+            f"Reply with the number of the expert (1 to {len(options)}).\nExpert number:")
+
+
+def digit_logp(model, tok, prompt: str, n: int) -> torch.Tensor:
+    """log-softmax over the numbers 1..n ("1" or " 1" as the next token), one forward pass of `prompt` alone."""
+    with torch.no_grad():
+        logits = model(input_ids=tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]).logits[0, -1]
+    per = []
+    for d in "123456789"[:n]:
+        variants = {tok.encode(v, add_special_tokens=False)[0] for v in (d, " " + d)
+                    if len(tok.encode(v, add_special_tokens=False)) == 1}
+        per.append(torch.logsumexp(logits[sorted(variants)], 0))
+    return torch.log_softmax(torch.stack(per), 0)
+
+
 def test_prompt_strategy_equals_a_direct_forward(adapted):
-    """The routing prompt spelled out by hand, in the chat template, one forward pass per request:
-    log-probabilities of the option letters ("A" or " A" as next token) and their argmax."""
+    """The routing prompt spelled out by hand, in the chat template, one forward pass per request: the
+    numbers' log-probabilities minus those under an empty request (calibration), and their argmax."""
     s = build_strategy(adapted, StrategyConfig.of("prompt", max_request_tokens=16))
     tok, model = adapted.tokenizer, adapted.model
+    options = ["STEM: Science, technology, engineering and mathematics questions.",
+               "Humanities: History, law and philosophy questions.",
+               "other: none of the above; answer with the base model"]
+
+    def chat(text):
+        return tok.apply_chat_template([{"role": "user", "content": routing_content(text, options)}],
+                                       add_generation_prompt=True, tokenize=False)
+
+    empty = digit_logp(model, tok, chat(""), 3)
     scores = s.scores(REQUESTS)
     for i, r in enumerate(REQUESTS):
         ids = tok(r.text, add_special_tokens=False)["input_ids"]
         text = tok.decode(ids[:16]) if len(ids) > 16 else r.text
-        content = ("Choose the expert best suited to answer the request below, by the skill it needs most.\n\n"
-                   "Experts:\nA. STEM: Science, technology, engineering and mathematics questions.\n"
-                   "B. Humanities: History, law and philosophy questions.\n"
-                   "C. other: none of the above; answer with the base model\n\n"
-                   f"Request:\n{text}\n\nReply with the letter of the expert.\nExpert:")
-        chat = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-        with torch.no_grad():
-            logits = model(input_ids=tok(chat, add_special_tokens=False, return_tensors="pt")["input_ids"]).logits[0, -1]
-        per_letter = []
-        for letter in "ABC":
-            variants = {tok.encode(v, add_special_tokens=False)[0] for v in (letter, " " + letter)
-                        if len(tok.encode(v, add_special_tokens=False)) == 1}
-            per_letter.append(torch.logsumexp(logits[sorted(variants)], 0))
-        want = torch.log_softmax(torch.stack(per_letter), 0)
+        want = digit_logp(model, tok, chat(text), 3) - empty
         torch.testing.assert_close(scores[i], want, rtol=1e-4, atol=1e-4)  # batched, left-padded vs alone
     choice = scores.argmax(-1).tolist()
     assert torch.equal(s.mix(REQUESTS), one_hot(choice, 2))
     long_prompt = s.prompts(REQUESTS[1:2])[0]  # cut to 16 tokens
-    assert REQUESTS[1].text.strip() not in long_prompt and "Request:\nWho signed the Treaty" in long_prompt
+    assert REQUESTS[1].text.strip() not in long_prompt and "<request>\nWho signed the Treaty" in long_prompt
+    raw = build_strategy(adapted, StrategyConfig.of("prompt", max_request_tokens=16, calibrate=False)).scores(REQUESTS)
+    torch.testing.assert_close(raw, scores + empty, rtol=1e-4, atol=1e-4)  # calibration subtracts the empty request
 
 
 def test_decisions_and_config_checks():

@@ -2,8 +2,9 @@
 
 The classification expert is an SVF expert trained with `t2 train --task route --experts E1 E2 ...`
 on the experts' own training questions (label = which expert). Pass 1 runs the same routing
-prompt as `prompt`, with the classification expert's z merged; the letter read from the
-next-token log-probabilities is the expert index ("other" = the base weights).
+prompt as `prompt` (numbered experts, calibrated; see `prompt`), with the classification expert's z
+merged; the number it scores highest names the expert ("other" = the base weights). `route` lists each
+training question's experts in its own cyclic order, so the expert learns the expert, not the place.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class ClsSettings:
 
     expert: str | None = None  # folder of the classification expert (`t2 train --task route --experts ...`)
     max_request_tokens: int = MAX_REQUEST_TOKENS  # requests are cut to this many tokens first
+    calibrate: bool = True  # subtract each choice's log-probability under an empty request (one pass per order)
+    cyclic: bool = False  # average the scores over all K + 1 cyclic orders of the experts (K + 1 × pass 1)
+    position_bias: bool = False  # also route in every cyclic order; record how often the decision follows the expert (K + 1 × pass 1)
 
     def problems(self) -> list[str]:
         return [f"max_request_tokens {self.max_request_tokens}: must be at least 1"] if self.max_request_tokens < 1 else []

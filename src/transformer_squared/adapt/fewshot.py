@@ -4,8 +4,10 @@
 by `cem.cem`; the fitness of a candidate is its accuracy on the k examples, ties broken by the mean
 answer log-likelihood (multiple choice: log-probability of the gold letter; generative tasks: log
 p(reference answer | prompt)). Mixing is over post-sigmoid z (`svf.mix`). The whole population is
-scored in one call: k × population prompts, each row with its own α, as mixed batches (factored)
-or, where the engine cannot, grouped. The k examples are drawn with the seed and returned by `fit`,
+scored in one call: k × population prompts, each row with its own α, grouped by candidate with its
+mixture merged, as pass 2 runs the found α, so the fitness is the evaluation's own arithmetic (in
+bfloat16 the factored form rounds differently). `mixed: true` scores factored in mixed batches
+instead (faster where merging is costly; the record says which). The k examples are drawn with the seed and returned by `fit`,
 so evaluation leaves them out. The found α is saved as JSON and reused with `alpha_from`.
 Outside an evaluation (generate, lm-eval, the server) the shots come from `fit_task` / `fit_data` /
 `fit_split`, or the α from `alpha_from`.
@@ -42,7 +44,7 @@ class FewShotSettings:
     tol: float = 1e-3  # stop when every coordinate's elite standard deviation is below this
     alpha_per: Literal["expert", "target"] = "expert"  # one α per expert, or per expert per target
     alpha_from: str | None = None  # reuse the α saved by an earlier run (JSON) instead of searching
-    mixed: bool = True  # score the population in mixed batches (factored) where the engine can, else grouped
+    mixed: bool = False  # score the population factored in mixed batches (faster; rounds unlike the merged pass 2) instead of merged per candidate
     fit_task: str | None = None  # outside an evaluation: the task whose labelled examples give the shots
     fit_data: str | None = None  # with fit_task: its data folder/file or hub id (None: the task's default)
     fit_split: str = "train"  # with fit_task: the split the shots are drawn from
@@ -113,8 +115,7 @@ class FewShot:
         rows = pop.reshape(P, *self.shape).repeat_interleave(k, 0)  # (P·k, K[, T]): candidate-major
         prompts = task.format(shots, self.am.tokenizer, self.cfg.task_chat) * P
         items = shots * P
-        mixed = self.settings.mixed and getattr(self.am.engine, "supports_factored", False)
-        run = dict(alpha=rows, mixed=mixed, batch_size=self.cfg.batch_size)
+        run = dict(alpha=rows, mixed=self._scored() == "factored", batch_size=self.cfg.batch_size)
         calls = ModelCalls(lambda p, letters: self.am.score_letters(p, letters, **run),
                            lambda p: self.am.generate(p, self.cfg.max_new_tokens, chat=False, seed=self.cfg.seed, **run))
         answers = task.kind.predict(task, items, prompts, calls)  # multiple choice: argmax over the letters
@@ -125,6 +126,10 @@ class FewShot:
             space = "" if self.cfg.task_chat else " "
             ll = torch.tensor([s for s, _ in self.am.loglikelihood(prompts, [space + e.answer for e in items], **run)])
         return correct.float().reshape(P, k).mean(1), ll.reshape(P, k).mean(1)  # (P,), (P,)
+
+    def _scored(self) -> str:
+        """How candidates are scored: "merged" (as pass 2 runs the α) or "factored" (mixed batches)."""
+        return "factored" if self.settings.mixed and getattr(self.am.engine, "supports_factored", False) else "merged"
 
     def mix(self, requests: list[Request]) -> Tensor:
         if self.alpha is None:
@@ -138,7 +143,7 @@ class FewShot:
         out: dict[str, Any] = {"name": self.name, "format": FORMAT, "alpha_per": st.alpha_per,
                                "experts": self.am.labels, "targets": self.am.targets if st.alpha_per == "target" else [],
                                "alpha": None if self.alpha is None else self.alpha.tolist(), "shots": self.shot_ids,
-                               "seed": self.cfg.seed, "loaded_from": self.loaded_from}
+                               "seed": self.cfg.seed, "loaded_from": self.loaded_from, "scored": self._scored()}
         if self.search is not None:
             s = self.search
             out["search"] = {"population": st.population, "elite": st.elite, "tol": st.tol,

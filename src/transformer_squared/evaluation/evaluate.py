@@ -34,7 +34,7 @@ from ..baselines.adapter import CONFIG_FILE as ADAPTER_CONFIG, DISPLAY, META_FIL
 from ..errors import ConfigError, DataError
 from ..models.engine import check_context
 from ..experts.expert import META, Expert, check_together, read_seen
-from .metrics import accuracy_metrics, routing_metrics
+from .metrics import CATEGORY_MEAN_CI, accuracy_metrics, routing_metrics
 from ..models.load import model_id
 from ..tasks import Example, Task, get_task
 from ..tasks.kinds import ModelCalls
@@ -291,6 +291,7 @@ class Plan:
     without_record: list[str] = field(default_factory=list)  # experts that do not say what they saw
     pool: list[Example] = field(default_factory=list)  # every question that passed the filters, before --limit (a strategy may fit on some)
     experts: list[Expert] = field(default_factory=list)  # the experts, loaded and checked against each other
+    answered_seen: list[str] = field(default_factory=list)  # ids an expert saw, answered for a complete submission, out of the metrics
 
 
 def plan_eval(cfg: EvalConfig, out_path: str | Path | None = None, submission_path: str | Path | None = None,
@@ -301,7 +302,8 @@ def plan_eval(cfg: EvalConfig, out_path: str | Path | None = None, submission_pa
     The questions: a split (or one part of a split file), then subset and exclude_run. `experts` (folders or
     loaded) are loaded and checked here; the questions any of them saw in training are left out unless
     `cfg.include_seen`, and so are those of `also_seen` (folders of experts used otherwise, a strategy's
-    classification expert, or of PEFT adapters); then limit.
+    classification expert, or of PEFT adapters); then limit. With a submission they are answered all the
+    same (a submission has every id) and listed in `answered_seen`, out of the metrics.
     Raises (before any costly work) when an output cannot be written or nothing would be evaluated.
     """
     for path, flag in ((out_path, "--out"), (submission_path, "--submission"), (markdown_path, "--markdown")):
@@ -328,11 +330,15 @@ def plan_eval(cfg: EvalConfig, out_path: str | Path | None = None, submission_pa
     records = [(name, e.seen) for name, e in zip(names, loaded)] + [(str(f), _read_seen(Path(f))) for f in also_seen]
     without = [name for name, keys in records if keys is None]
     excluded: list[Example] = []
+    everything = examples
     if not cfg.include_seen:
         examples, excluded = seen.split_seen(examples, seen.union([k for _, k in records if k is not None]))
-        if not examples:
+        if not examples and submission_path is None:
             raise ConfigError(f"the expert(s) saw all {len(excluded)} selected questions in training; "
                               "evaluate another split, or pass --include-seen to score them anyway")
+    if submission_path is not None and excluded:  # a submission has every id: answer the seen ones too
+        return Plan(task, limit_examples(everything, cfg.limit, cfg.sample, cfg.seed), [], without, examples, loaded,
+                    answered_seen=[e.id for e in excluded])
     return Plan(task, limit_examples(examples, cfg.limit, cfg.sample, cfg.seed), [e.id for e in excluded], without, examples,
                 loaded)
 
@@ -367,7 +373,8 @@ def _fit(pipe: Pipeline, plan: Plan, cfg: EvalConfig) -> tuple[list[Example], li
     left = [e for e in plan.pool if e.id not in set(used)]
     if not left:
         raise ConfigError(f"strategy '{pipe.name}' used every question of this split to fit itself")
-    return limit_examples(left, cfg.limit, cfg.sample, cfg.seed), used, pipe.fit_seconds
+    answered_seen = [e for e in plan.examples if e.id in set(plan.answered_seen)]  # not in the pool it fits on
+    return limit_examples(left, cfg.limit, cfg.sample, cfg.seed) + answered_seen, used, pipe.fit_seconds
 
 
 def strategy_experts(strategy: Strategy | StrategyConfig | str | None) -> list[str]:
@@ -419,6 +426,9 @@ def evaluate(am: AdaptedModel, cfg: EvalConfig, out_path: str | Path | None = No
         results["strategy"] = pipe.record() | {"excluded_ids": used, "n_excluded": len(used),
                                                    "mixed_batches": cfg.mixed_batches}
         results["routing"] = routing_metrics(results["predictions"], am.labels)
+        bias = getattr(pipe.strategy, "position_bias", lambda: None)()  # prompt/cls with position_bias
+        if bias is not None:
+            results["routing"]["position_bias"] = bias
         if out is not None and results["strategy"].get("alpha") is not None and distributed.is_main():
             write_json(results["strategy"], alpha_path(out))  # fewshot: reusable with --alpha-from
     return finish(results, task, cfg, examples, records, out, submission_path)
@@ -429,10 +439,11 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
     """The results dict: the system's fields, task, config, seen questions, timing, metrics, per-question rows."""
     task = plan.task
     protocols = cfg.protocols(task)
+    answered_seen = set(plan.answered_seen)  # an expert saw them: answered for the submission, never scored
     rows = [{"id": e.id, "subject": e.subject, "category": e.category, "answer": e.answer,
              "prediction": {p: records[e.id]["prediction"][p] for p in protocols},
-             "correct": {p: records[e.id]["correct"][p] for p in protocols},
-             "completion": records[e.id]["completion"]}
+             "correct": {p: None if e.id in answered_seen else records[e.id]["correct"][p] for p in protocols},
+             "completion": records[e.id]["completion"]} | ({"seen": True} if e.id in answered_seen else {})
             | ({"routing": {k: records[e.id]["routing"][k] for k in ("decision", "alpha")}}
                if "routing" in records[e.id] else {})
             for e in examples]
@@ -444,9 +455,9 @@ def assemble(plan: Plan, cfg: EvalConfig, examples: list[Example], records: dict
                  "part": None if not cfg.split_file else {"file": str(cfg.split_file), "name": cfg.part}},
         "protocol": list(protocols), "config": asdict(cfg), "git": _git(),
         "seen": {"include_seen": cfg.include_seen, "n_excluded": len(plan.excluded), "excluded_ids": plan.excluded,
-                 "experts_without_record": plan.without_record},
+                 "answered_seen_ids": plan.answered_seen, "experts_without_record": plan.without_record},
         "timing": timing,
-        "ci_method": "Wilson score interval (95%) per accuracy; normal approximation for category_mean",
+        "ci_method": f"Wilson score interval (95%) per accuracy; {CATEGORY_MEAN_CI} for category_mean",
         "metrics": {p: accuracy_metrics(rows, p, task.categories) for p in protocols},
         "predictions": rows,
     }

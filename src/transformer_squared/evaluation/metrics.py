@@ -2,8 +2,10 @@
 
 `weighted_average` is correct / n over the whole split (VMLU's official "Average");
 `category_mean` is the plain mean of the per-category accuracies. Intervals: Wilson score for
-each accuracy; a normal approximation for `category_mean` (independent categories). Two systems
-on the same questions: paired bootstrap CI of the difference and McNemar's exact test.
+each accuracy; for `category_mean`, MOVER (Zou & Donner 2008) over the categories' Wilson limits, so a
+category at 0 % or 100 % still contributes its uncertainty (a normal approximation gives it none).
+Two systems on the same questions: paired bootstrap CI of the difference and McNemar's exact test;
+`SIGNIFICANCE_RULE` says when the difference counts as significant.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Any, Iterable
 MIXTURE = "mixture"  # the routing decision of a row that mixes experts (adapt.registry.MIXTURE; metrics imports no stage)
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+SIGNIFICANCE_LEVEL = 0.05  # two-sided level of the paired comparison
+SIGNIFICANCE_RULE = ("significant: McNemar's exact p < 0.05 and the paired bootstrap 95 % CI excludes 0 "
+                     "(both tests must agree)")
+CATEGORY_MEAN_CI = "MOVER (Zou & Donner) over the categories' Wilson intervals"
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -24,6 +30,19 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(counts: list[tuple[int, int]], z: float = Z95) -> list[float]:
+    """95 % interval of the plain mean of independent accuracies kᵢ/nᵢ (C of them) by MOVER: with Wilson
+    limits (lᵢ, uᵢ), lower = m − √Σ((pᵢ − lᵢ)/C)², upper = m + √Σ((uᵢ − pᵢ)/C)². One accuracy: its Wilson
+    interval; a category at 0 % or 100 % keeps the width of its Wilson interval."""
+    C = len(counts)
+    ps = [k / n for k, n in counts]
+    limits = [wilson(k, n, z) for k, n in counts]
+    mean = sum(ps) / C
+    down = math.sqrt(sum(((p - lo) / C) ** 2 for p, (lo, _) in zip(ps, limits)))
+    up = math.sqrt(sum(((hi - p) / C) ** 2 for p, (_, hi) in zip(ps, limits)))
+    return [max(0.0, mean - down), min(1.0, mean + up)]
 
 
 def _acc(k: int, n: int) -> dict[str, Any]:
@@ -40,8 +59,10 @@ def _ordered(names: Iterable[str], first: tuple[str, ...]) -> list[str]:
 
 
 def accuracy_metrics(rows: list[dict[str, Any]], protocol: str, categories: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Metrics of one protocol over result rows (`correct[protocol]` is True/False, or None when unlabelled)."""
-    scored = [r for r in rows if r["correct"][protocol] is not None]
+    """Metrics of one protocol over result rows (`correct[protocol]` is True/False, or None when unlabelled or
+    `seen`: a question an expert saw, answered only to complete a submission)."""
+    scored = [r for r in rows if r["correct"][protocol] is not None and not r.get("seen")]
+    n_seen = sum(bool(r.get("seen")) for r in rows)
     k = sum(bool(r["correct"][protocol]) for r in scored)
     by_cat: dict[str, list[int]] = {}
     by_subj: dict[str, list[Any]] = {}
@@ -56,14 +77,10 @@ def accuracy_metrics(rows: list[dict[str, Any]], protocol: str, categories: tupl
     cats = {c: _acc(*by_cat.get(c, (0, 0))) for c in _ordered(by_cat, categories) if c != ""}
     accs = [m["accuracy"] for m in cats.values() if m["accuracy"] is not None]
     mean = sum(accs) / len(accs) if accs else None
-    mean_ci = None
-    if accs:
-        var = sum(m["accuracy"] * (1 - m["accuracy"]) / m["n"] for m in cats.values() if m["n"]) / len(accs) ** 2
-        half = Z95 * math.sqrt(var)
-        mean_ci = [max(0.0, mean - half), min(1.0, mean + half)]
+    mean_ci = mean_interval([(m["n_correct"], m["n"]) for m in cats.values() if m["n"]]) if accs else None
     subjects = {s: _acc(v[0], v[1]) | {"category": v[2]} for s, v in sorted(by_subj.items()) if s != ""}
     return {
-        "n": len(scored), "n_correct": k, "n_unlabelled": len(rows) - len(scored),
+        "n": len(scored), "n_correct": k, "n_unlabelled": len(rows) - len(scored) - n_seen, "n_seen": n_seen,
         "n_no_answer": sum(r["prediction"][protocol] == "" for r in rows),
         "weighted_average": k / len(scored) if scored else None,
         "ci95": list(wilson(k, len(scored))) if scored else None,
@@ -119,7 +136,12 @@ def paired_stats(base: list[bool], other: list[bool], n_boot: int = 10_000, seed
     only_e = int(((b == 0) & (e == 1)).sum())
     return {"n": n, "acc_base": b.mean().item(), "acc_other": e.mean().item(), "diff": (e - b).mean().item(),
             "ci95": [lo, hi], "base_only_right": only_b, "other_only_right": only_e,
-            "mcnemar_p": mcnemar_p(only_b, only_e), "significant": lo > 0 or hi < 0}
+            "mcnemar_p": mcnemar_p(only_b, only_e), "significant": significant(lo, hi, mcnemar_p(only_b, only_e))}
+
+
+def significant(lo: float, hi: float, p: float) -> bool:
+    """`SIGNIFICANCE_RULE`: the CI [lo, hi] of the difference excludes 0 and McNemar's p is below the level."""
+    return (lo > 0 or hi < 0) and p < SIGNIFICANCE_LEVEL
 
 
 def entropy_bits(counts: Iterable[int]) -> float:

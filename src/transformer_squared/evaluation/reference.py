@@ -3,7 +3,8 @@
 The task's kind chooses it (tasks/kinds.py). Multiple choice: letters are ranked by how often they
 are the gold answer among the training questions (ties alphabetical) and each question is answered
 with the highest-ranked letter among its options; generative tasks: the most frequent training
-answer. A model that always answers one letter scores like this row, so a system must beat it, not chance.
+answer. The row is the score of always giving that one answer (a model stuck on another letter scores
+that letter's share instead); a system must beat it, not chance.
 """
 
 from __future__ import annotations

@@ -74,10 +74,16 @@ PARAMETRISATIONS.register("linear", Linear())
 
 
 def adapted_s(s: Tensor, z: Tensor, normalise: bool = True) -> Tensor:
-    """s' = s ⊙ z · (Σs / Σ(s ⊙ z)); z may carry leading batch dims: (..., r)."""
+    """s' = s ⊙ z · (Σs / Σ(s ⊙ z)); z may carry leading batch dims: (..., r).
+
+    With `normalise`, a row whose Σ(s ⊙ z) is 0 (z = 0: a target whose mixture weights are all zero)
+    has no scale to keep; it gets s' = s, the base weights, instead of 0 · ∞ = NaN.
+    """
     sz = s * z  # (..., r)
     if normalise:
-        sz = sz * (s.sum(-1, keepdim=True) / sz.sum(-1, keepdim=True))
+        total = sz.sum(-1, keepdim=True)  # (..., 1)
+        empty = total == 0
+        sz = torch.where(empty, s.expand_as(sz), sz * (s.sum(-1, keepdim=True) / torch.where(empty, 1.0, total)))
     return sz
 
 
@@ -120,26 +126,30 @@ def mix(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
         alpha = alpha[:, None].expand(K, len(names))  # (K, n_targets)
     if alpha.shape != (K, len(names)):
         raise ConfigError(f"alpha has shape {tuple(alpha.shape)}; expected ({K},) or ({K}, {len(names)})")
-    return {t: sum(alpha[k, i] * zs[k][t] for k in range(K)) for i, t in enumerate(names)}
+    out = {}
+    for i, t in enumerate(names):  # a target whose α are all zero keeps its base weights: z' = 1
+        out[t] = (sum(alpha[k, i] * zs[k][t] for k in range(K)) if bool(alpha[:, i].abs().sum() > 0)
+                  else torch.ones_like(zs[0][t]))
+    return out
 
 
 def mix_batch(zs: list[dict[str, Tensor]], alpha: Tensor) -> dict[str, Tensor]:
     """Per-row mixtures for factored mode: alpha (B, K), or (B, K, n_targets) for one α per expert
     per target (targets in the order of zs[0]) → z (B, r) per target.
 
-    A row whose α are all zero means "no expert": z = 1, i.e. the base weights.
+    A row whose α for a target are all zero means "no expert" there: z = 1, i.e. that target's base weights.
     """
     names = list(zs[0]) if zs else []
     shapes = ((len(zs),), (len(zs), len(names)))
     if alpha.dim() not in (2, 3) or tuple(alpha.shape[1:]) not in shapes:
         raise ConfigError(f"alpha has shape {tuple(alpha.shape)}; expected (batch, {len(zs)}) "
                           f"or (batch, {len(zs)}, {len(names)})")
-    base_rows = (alpha.flatten(1).abs().sum(1) == 0)[:, None]  # (B, 1)
     out = {}
     for i, t in enumerate(names):
         Z = torch.stack([z[t] for z in zs])  # (K, r)
         a = alpha if alpha.dim() == 2 else alpha[:, :, i]  # (B, K)
         zb = a.to(Z.dtype) @ Z  # (B, r)
+        base_rows = (a.abs().sum(1) == 0)[:, None]  # (B, 1): no expert for this target in this row
         out[t] = torch.where(base_rows, torch.ones_like(zb), zb)
     return out
 

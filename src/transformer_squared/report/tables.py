@@ -15,6 +15,8 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
 
+from ..evaluation.metrics import CATEGORY_MEAN_CI, SIGNIFICANCE_RULE
+
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
@@ -88,6 +90,12 @@ def routing_lines(results: dict[str, Any]) -> list[str]:
     acc = r["accuracy"]
     if acc:
         lines.append(f"routing accuracy {_pct(acc['accuracy'])} % {_ci(acc['ci95'])} (n = {acc['n']})")
+    bias = r.get("position_bias")
+    if bias and bias["n"]:
+        lines.append(f"position bias over {bias['orders']} cyclic orders (n = {bias['n']}): decision follows the expert "
+                     f"{_pct(bias['follows_expert'])} %, the place {_pct(bias['follows_position'])} %; decisions by place "
+                     + " / ".join(_pct(x) for x in bias["share_by_position"]) + f" % (measuring took "
+                     f"{bias['seconds']:.2f} s of pass 1)")
     frac = t["pass1_fraction_of_pass2"]
     lines.append(f"pass 1 {t['pass1_seconds']:.2f} s, pass 2 {t['pass2_seconds']:.2f} s"
                  + ("" if frac is None else f" (pass 1 = {100 * frac:.1f} % of pass 2)"))
@@ -110,6 +118,9 @@ def confusion_table(results: dict[str, Any]) -> Table | None:
 
 
 # ---- the comparison table of `t2 report` ---------------------------------------------------------
+REFERENCE_TEXT = ("*best constant (X)* answers every question with X, the letter most often correct in the training "
+                  "part: the score of always answering X only (a model stuck on another letter scores that letter's "
+                  "share of the answers instead)")
 PROTOCOL_TEXT = {"letter": "letter: argmax of the next-token logits over the option letters",
                  "generate": "generate: one greedy token read as the letter (VMLU's official reading)"}
 
@@ -176,12 +187,13 @@ def comparison_markdown(comp: Any, base: str = "base") -> str:
     lines = [f"**{h['task']} · {h['split']} · {', '.join(h['models']) or '—'}**", "",
              f"Protocol {PROTOCOL_TEXT.get(h['protocol'], h['protocol'])}. Measured {dates}"
              + (f" (git {', '.join(x[:10] for x in h['git'])})" if h["git"] else "") + ". Cells: accuracy % "
-             "[95 % CI] (Wilson; mean of categories: normal approximation); entropy of the predicted letters with a "
-             f"bootstrap CI ({h['n_boot']:,} resamples). Rows in italics are references, not trained systems.", "",
+             f"[95 % CI] (Wilson; mean of categories: {CATEGORY_MEAN_CI}); entropy of the predicted letters with a "
+             f"bootstrap CI ({h['n_boot']:,} resamples). Rows in italics are references, not trained systems"
+             + (f"; {REFERENCE_TEXT}" if any(r.reference for r in comp.rows) else "") + ".", "",
              *_md_table(*comparison_rows(comp)), "", "Predicted letters (% of the row's answers):", "", *_letters_table(comp)]
     if comp.paired:
         lines += ["", f"Paired differences against {base} on the questions both answered (percentage points; "
-                  f"bootstrap 95 % CI; McNemar's exact test; bold: the CI excludes 0):", "", *_paired_table(comp, base)]
+                  f"bootstrap 95 % CI; McNemar's exact test; bold = {SIGNIFICANCE_RULE}):", "", *_paired_table(comp, base)]
     return "\n".join(lines + _quotes(comp)) + "\n"
 
 

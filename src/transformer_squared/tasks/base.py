@@ -30,7 +30,9 @@ class Example:
 
     @property
     def letters(self) -> tuple[str, ...]:
-        """Valid option letters for MCQ ("A", "B", ...)."""
+        """Valid option symbols for MCQ: "A", "B", ..., or the task's own (`meta["letters"]`: route's numbers)."""
+        if "letters" in self.meta:
+            return tuple(self.meta["letters"])
         return tuple(chr(ord("A") + i) for i in range(len(self.choices)))
 
 

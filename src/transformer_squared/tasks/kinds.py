@@ -102,14 +102,14 @@ def check_ids(path: str | Path, ids: Sequence[str], predictions: Sequence[Any]) 
 
 
 def answer_csv(path: str | Path, ids: Sequence[str], predictions: Sequence[str]) -> str:
-    """`id,answer` CSV, one option letter per question."""
+    """`id,answer` CSV, one option symbol per question (a letter; route's choices are numbers 1-9)."""
     check_ids(path, ids, predictions)
     buf = stdio.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "answer"])
     for qid, pred in zip(ids, predictions):
-        if not (isinstance(pred, str) and len(pred) == 1 and pred in LETTERS):
-            raise DataError(f"{path}: prediction {pred!r} for id '{qid}' is not one letter A-Z")
+        if not (isinstance(pred, str) and len(pred) == 1 and pred in LETTERS + "123456789"):
+            raise DataError(f"{path}: prediction {pred!r} for id '{qid}' is not one letter A-Z (or a number 1-9)")
         writer.writerow([qid, pred])
     return buf.getvalue()
 
