@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import ConfigError, T2Error
 from ..models.load import DEFAULT_MODEL
@@ -20,6 +20,8 @@ class ServeConfig:
     strategy: str | None = None  # pass 1 of model `t2` (prompt, cls, fewshot, uniform); None: prompt when experts
     cls_expert: str | None = None  # cls: folder of the classification expert
     alpha_from: str | None = None  # fewshot: the α a `t2 eval --strategy fewshot` run saved (JSON)
+    settings: dict = field(default_factory=dict)  # more strategy settings by name, each given to the strategies
+    # that have it: e.g. --settings.fit_task gsm8k --settings.shots 5 lets fewshot search its α at startup
     name: str | None = None  # id of the base model in /v1/models (None: the `model` value)
     host: str = "127.0.0.1"  # address to listen on (loopback by default: the server has no authentication)
     port: int = 8000  # TCP port (0: any free port, printed at start)
@@ -60,27 +62,61 @@ class ServeConfig:
             else:
                 from ..adapt.registry import SHOTS, STRATEGIES
 
-                if STRATEGIES.get(self.pass1).needs == SHOTS and not self.given(self.pass1):
+                if STRATEGIES.get(self.pass1).needs == SHOTS and not self.has_shots(self.pass1):
                     problems.append(f"strategy {self.pass1} needs labelled shots: give --alpha-from FILE "
-                                    f"(the α a `t2 eval --strategy {self.pass1}` run saved)")
+                                    f"(the α a `t2 eval --strategy {self.pass1}` run saved), or the task to "
+                                    f"search it on at startup (--settings.fit_task NAME, --settings.fit_data PATH)")
+        if self.settings:
+            from dataclasses import fields
+
+            from ..adapt.registry import STRATEGIES
+
+            known = {f.name for n in STRATEGIES.names() for f in fields(STRATEGIES.get(n).settings)}
+            problems += [f"settings.{k}: no strategy has this setting (known: {', '.join(sorted(known))})"
+                         for k in self.settings if k not in known]
         if problems:
             raise ConfigError("; ".join(problems))
 
-    def given(self, name: str) -> dict[str, str]:
-        """The strategy settings this config gives (`cls_expert`, `alpha_from`) that strategy `name` takes."""
+    def given(self, name: str) -> dict[str, Any]:
+        """The settings this config gives (`cls_expert`, `alpha_from`, `settings`) that strategy `name` has,
+        by its field names (`cls_expert` is cls's `expert`)."""
         from dataclasses import fields
 
         from ..adapt import STRATEGIES
 
         own = {f.name for f in fields(STRATEGIES.get(name).settings)}
-        values = {"cls_expert": self.cls_expert, "alpha_from": self.alpha_from}
-        return {k: v for k, v in values.items() if v is not None and (k in own or k.removeprefix(f"{name}_") in own)}
+        values = {"cls_expert": self.cls_expert, "alpha_from": self.alpha_from, **self.settings}
+        out = {}
+        for key, value in values.items():
+            field_name = key if key in own else key.removeprefix(f"{name}_")
+            if value is not None and field_name in own:
+                out[field_name] = value
+        return out
+
+    def has_shots(self, name: str) -> bool:
+        """Whether a strategy that needs labelled shots gets them here: a saved α or a task to search α on."""
+        return bool({"alpha_from", "fit_task"} & set(self.given(name)))
+
+    def ready(self, name: str) -> bool:
+        """Whether strategy `name` can run in the server with what this config gives it."""
+        from ..adapt.registry import LABELS, SHOTS, STRATEGIES
+
+        needs = STRATEGIES.get(name).needs
+        if needs == LABELS or (needs == SHOTS and not self.has_shots(name)):
+            return False
+        try:
+            self.strategy_config(name)
+        except T2Error:
+            return False
+        return True
 
     def strategy_config(self, name: str):  # -> adapt.StrategyConfig (adapt is imported late: it loads the tasks)
-        """Strategy `name` with the settings this config gives it (its problems raise ConfigError)."""
+        """Strategy `name` with the settings this config gives it, coerced to their types as YAML values are
+        (its problems raise ConfigError)."""
         from ..adapt import StrategyConfig
+        from ..config import load_config
 
-        return StrategyConfig.of(name, **self.given(name))
+        return load_config(StrategyConfig, base={"name": name, name: self.given(name)})
 
     @property
     def pass1(self) -> str | None:

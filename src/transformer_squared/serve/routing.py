@@ -11,17 +11,16 @@ from typing import Any
 from torch import Tensor
 
 from ..adapt import STRATEGIES, Pipeline, Request, decisions
-from ..adapt.registry import NOTHING
 from .config import ServeConfig
 
 
 def offered(cfg: ServeConfig) -> list[str]:
-    """Strategies the server offers as `t2:<name>`: its own (model `t2`, listed first), every strategy that
-    needs nothing more, and those whose need this config gives (a classification expert, a saved α)."""
+    """Strategies the server offers as `t2:<name>`: its own (model `t2`, listed first), then every strategy
+    that can run with what the config gives (a classification expert, a saved α or a task to fit on); never
+    one that needs the requests' true labels (oracle)."""
     if not cfg.experts:
         return []
-    ready = [n for n in STRATEGIES.in_order() if STRATEGIES.get(n).needs == NOTHING or cfg.given(n)]
-    return list(dict.fromkeys([cfg.pass1, *ready]))
+    return list(dict.fromkeys([cfg.pass1, *(n for n in STRATEGIES.in_order() if cfg.ready(n))]))
 
 
 class Router:
@@ -30,6 +29,8 @@ class Router:
     def __init__(self, am: Any, cfg: ServeConfig) -> None:
         self.am = am
         self.pipelines = {name: Pipeline(am, cfg.strategy_config(name)) for name in offered(cfg)}
+        for pipe in self.pipelines.values():
+            pipe.fit()  # at startup, not on a request: fewshot searches α on its `fit_task` (or loads `alpha_from`)
         self.default = next(iter(self.pipelines), None)
 
     def route(self, name: str, texts: list[str]) -> tuple[Tensor, list[str], float]:
