@@ -46,6 +46,12 @@ class LetterIds:
         return self._cache[letters]
 
 
+def by_length(tokenizer: Any, items: list[Item]) -> list[Item]:
+    """The items longest first (prompt + answer tokens; ties keep their order), so a micro-batch pads little."""
+    lengths = [len(x) + len(it.answer_ids) for x, it in zip(engine.tokenize(tokenizer, [it.prompt for it in items]), items)]
+    return [items[i] for i in sorted(range(len(items)), key=lambda i: -lengths[i])]
+
+
 def letter_logprobs(model: Any, tokenizer: Any, items: list[Item], ids: LetterIds) -> list[Tensor]:
     """log π(letter | prompt) over each item's valid letters; one forward pass, grad flows."""
     logits = engine.last_logits(model, tokenizer, [it.prompt for it in items])  # (B, V)
