@@ -40,19 +40,19 @@ def _load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _one(kind: str, setting: str, model: str, batch: int, micro: int, steps: int) -> None:
+def _one(kind: str, setting: str, model: str, batch: int, micro: int, steps: int, warmup: int) -> None:
     import torch
 
     from transformer_squared.tasks import get_task
     from transformer_squared.training.train import SVFRun, TrainConfig
 
     torch.manual_seed(0)
-    cfg = TrainConfig(model=model, steps=steps + 1, batch_size=batch, micro_batch_size=micro, seed=0,
+    cfg = TrainConfig(model=model, steps=steps + warmup, batch_size=batch, micro_batch_size=micro, seed=0,
                       **KINDS[kind], **SETTINGS[setting])
     run = SVFRun(cfg, tempfile.mkdtemp(prefix="t2bench."), get_task(cfg.task))
     run.setup()
     rows = []
-    for step in range(steps + 1):  # step 0 warms up
+    for step in range(steps + warmup):
         t0 = time.perf_counter()
         stats = run.train_step(step)
         total = time.perf_counter() - t0
@@ -60,28 +60,29 @@ def _one(kind: str, setting: str, model: str, batch: int, micro: int, steps: int
         split["other"] += total - sum(split.values())
         rows.append({"seconds": total, "split": split, "loss": stats["loss"], "reward": stats["reward"],
                      "load1": os.getloadavg()[0]})
-    print(json.dumps({"rows": rows[1:], "threads": torch.get_num_threads()}))
+    print(json.dumps({"rows": rows[warmup:], "threads": torch.get_num_threads()}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--batch", type=int, default=8, help="questions per step")
-    ap.add_argument("--micro-new", type=int, default=2, help="micro-batch size of the new setting (old: --batch)")
-    ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    ap.add_argument("--micro-new", type=int, default=8, help="micro-batch size of the new setting (old: --batch)")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up steps")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--kinds", default="mcq,gen")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     micro = {"old": args.batch, "new": args.micro_new}
     if args.one:
         kind, setting = args.one
-        return _one(kind, setting, args.model, args.batch, micro[setting], args.steps)
+        return _one(kind, setting, args.model, args.batch, micro[setting], args.steps, args.warmup)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} start, {_load()}; {os.cpu_count()} CPUs", flush=True)
     res = {}
     for kind in args.kinds.split(","):
         for setting in SETTINGS:
             cmd = [sys.executable, __file__, "--one", kind, setting, "--model", args.model, "--batch", str(args.batch),
-                   "--micro-new", str(args.micro_new), "--steps", str(args.steps)]
+                   "--micro-new", str(args.micro_new), "--steps", str(args.steps), "--warmup", str(args.warmup)]
             before = _load()
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
             if proc.returncode != 0:
@@ -90,7 +91,7 @@ def main() -> None:
             print(f"# {kind}/{setting}: before {before}; after {_load()}; "
                   f"1-min load at each timed step {[round(x['load1'], 2) for x in r['rows']]}", flush=True)
     print(f"{args.model} float32 on CPU ({os.cpu_count()} cores, torch threads {r['threads']}); {args.batch} questions "
-          f"per step; median of {args.steps} steps after 1 warm-up; micro-batch old {args.batch}, new {args.micro_new}")
+          f"per step; median of {args.steps} steps after {args.warmup} warm-up; micro-batch old {args.batch}, new {args.micro_new}")
     print(f"{'step':<9}{'setting':<9}{'s/step':>8}" + "".join(f"{p:>12}" for p in PHASES) + f"{'loss':>11}{'reward':>9}")
     for (kind, setting), r in res.items():
         med = statistics.median(x["seconds"] for x in r["rows"])

@@ -195,6 +195,11 @@ class SVFModel:
     def targets(self) -> list[str]:
         return list(self.factors)
 
+    @property
+    def is_merged(self) -> bool:
+        """Whether some W' is written into the weights (until `restore`)."""
+        return bool(self._originals)
+
     def _check(self, z: dict[str, Tensor]) -> None:
         unknown = sorted(set(z) - set(self.factors))
         if unknown:

@@ -11,6 +11,7 @@ and penalises KL_i = Σ_t Σ_v π'(v) (log π'(v) − log π_base(v)) over the a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,7 +192,8 @@ class RolloutObjective:
 
     def items(self, trainer: Any, step: int, examples: list[Any], prompts: list[str]) -> list[Item]:
         cfg = trainer.cfg
-        with torch.no_grad(), trainer.svf.merged({t: z.detach() for t, z in trainer.z().items()}):
+        merged = nullcontext() if trainer.svf.is_merged else trainer.svf.merged({t: z.detach() for t, z in trainer.z().items()})
+        with torch.no_grad(), merged:  # a merged training step has written W'(z) already: generate with it
             return generate_rollouts(trainer.model, trainer.tokenizer, trainer.task, examples, prompts,
                                      cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                      seed=trainer.step_seed(step), batch_size=cfg.eval_batch_size)

@@ -223,6 +223,18 @@ class SVFRun:
         self.seconds = {}
         torch.manual_seed(_step_seed(cfg.seed, step))
         generator = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
+        if cfg.mode == "merged":
+            with self._phase("other"):
+                s_new = self.svf.merge(self.z())  # W' written target by target; s' per target, with graph to p
+        try:
+            return self._step(step, s_new if cfg.mode == "merged" else {}, generator)
+        finally:
+            with self._phase("other"):
+                self.svf.restore()
+
+    def _step(self, step: int, s_new: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+        """train_step once W'(z) is merged (merged mode: the rollouts are generated with it too)."""
+        cfg = self.cfg
         with self._phase("generation"):
             items = self.rollouts(step, distributed.shard(self.batch_examples(step)))  # this rank's share
         if cfg.sort_micro:  # similar lengths together: left-padding wastes fewer tokens
@@ -234,18 +246,12 @@ class SVFRun:
         if hasattr(self.task, "runs"):  # code tasks: share of rollouts whose program ended before its checks
             totals["early_exit"] = sum(it.exited for it in items) / n
         if cfg.mode == "merged":
-            with self._phase("other"):
-                s_new = self.svf.merge(self.z())  # W' written target by target; s' per target, with graph to p
-            try:
-                for mb in micro:
-                    with self._phase("forward"), self.svf.base_weights():  # base log-probs per micro-batch
-                        base = self.base_terms(mb)
-                    self._backward(mb, base, n, generator, totals)
-                with self._phase("backward"):
-                    self.svf.backward_to_z(s_new)  # accumulated dL/dW' → dL/ds' → dL/dp
-            finally:
-                with self._phase("other"):
-                    self.svf.restore()
+            for mb in micro:
+                with self._phase("forward"), self.svf.base_weights():  # base log-probs per micro-batch
+                    base = self.base_terms(mb)
+                self._backward(mb, base, n, generator, totals)
+            with self._phase("backward"):
+                self.svf.backward_to_z(s_new)  # accumulated dL/dW' → dL/ds' → dL/dp
         else:
             for mb in micro:
                 with self._phase("forward"):
