@@ -4,8 +4,10 @@ Two step kinds on the same base model (default Qwen2.5-Coder-0.5B-Instruct):
   gen  REINFORCE on reasoning-gym basic_arithmetic (recipes/rg-arithmetic.yaml: chat, greedy rollouts of up to
        128 tokens, λ = 0.1 KL to the base model), `--batch` questions per step;
   mcq  the exact multiple-choice objective on MMLU STEM, `--batch` questions per step.
-"old" is the step as it was before issue 17 (factored W', micro-batches in batch order); "new" the current
-defaults (merged W' with the base weights swapped in for the KL reference, micro-batches sorted by length).
+"old" is the step as it was before issue 17 (factored W', micro-batches in batch order); "merged" merges W'
+once per step (the rollouts are generated with it, the KL reference runs the original weights swapped in,
+dL/dz from the weights' gradients) with micro-batches sorted by length; "new" today's defaults (factored,
+sorted; the same work as "old" when one micro-batch holds the whole batch).
 Each (kind, setting) runs in its own subprocess, one after the other; each prints the step's split into
 generation, forward, backward, optimizer and other (`SVFRun.seconds`). The load average is printed at the
 start, around every configuration and at the end: take timings only on a quiet machine.
@@ -31,8 +33,9 @@ KINDS = {
     "mcq": dict(task="mmlu", subset="category=STEM", val_fraction=0.1),
 }
 SETTINGS = {
-    "old": dict(mode="factored", sort_micro=False),  # micro-batch = the whole batch, as the old benchmark ran it
-    "new": dict(mode="merged", sort_micro=True),
+    "old": dict(mode="factored", sort_micro=False),  # the step before issue 17 (and today's default but for sorting)
+    "merged": dict(mode="merged", sort_micro=True),  # W' merged once per step, rollouts generated with it
+    "new": dict(mode="factored", sort_micro=True),  # today's defaults
 }
 
 
@@ -71,16 +74,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up steps")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--kinds", default="mcq,gen")
+    ap.add_argument("--settings", default="old,merged", help=f"of {', '.join(SETTINGS)}; the first is the baseline")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    micro = {"old": args.batch, "new": args.micro_new}
+    settings = args.settings.split(",")
+    micro = {"old": args.batch, "new": args.micro_new, "merged": args.micro_new}
     if args.one:
         kind, setting = args.one
         return _one(kind, setting, args.model, args.batch, micro[setting], args.steps, args.warmup)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} start, {_load()}; {os.cpu_count()} CPUs", flush=True)
     res = {}
     for kind in args.kinds.split(","):
-        for setting in SETTINGS:
+        for setting in settings:
             cmd = [sys.executable, __file__, "--one", kind, setting, "--model", args.model, "--batch", str(args.batch),
                    "--micro-new", str(args.micro_new), "--steps", str(args.steps), "--warmup", str(args.warmup)]
             before = _load()
@@ -91,15 +96,16 @@ def main() -> None:
             print(f"# {kind}/{setting}: before {before}; after {_load()}; "
                   f"1-min load at each timed step {[round(x['load1'], 2) for x in r['rows']]}", flush=True)
     print(f"{args.model} float32 on CPU ({os.cpu_count()} cores, torch threads {r['threads']}); {args.batch} questions "
-          f"per step; median of {args.steps} steps after {args.warmup} warm-up; micro-batch old {args.batch}, new {args.micro_new}")
+          f"per step; median of {args.steps} steps after {args.warmup} warm-up; micro-batch old {args.batch}, others {args.micro_new}")
     print(f"{'step':<9}{'setting':<9}{'s/step':>8}" + "".join(f"{p:>12}" for p in PHASES) + f"{'loss':>11}{'reward':>9}")
     for (kind, setting), r in res.items():
         med = statistics.median(x["seconds"] for x in r["rows"])
         split = "".join(f"{statistics.median(x['split'][p] for x in r['rows']):>12.2f}" for p in PHASES)
         print(f"{kind:<9}{setting:<9}{med:>8.2f}{split}{r['rows'][0]['loss']:>11.5f}{r['rows'][0]['reward']:>9.3f}")
     for kind in args.kinds.split(","):
-        old, new = (statistics.median(x["seconds"] for x in res[kind, s]["rows"]) for s in SETTINGS)
-        print(f"{kind}: old {old:.2f} s/step, new {new:.2f} s/step, speedup {old / new:.2f}x")
+        old, *others = (statistics.median(x["seconds"] for x in res[kind, s]["rows"]) for s in settings)
+        for s, t in zip(settings[1:], others):
+            print(f"{kind}: {settings[0]} {old:.2f} s/step, {s} {t:.2f} s/step, speedup {old / t:.2f}x")
     print(f"# end, {_load()}")
 
 
