@@ -33,9 +33,12 @@ def run(args, capsys):
 
 
 def _comment(cls: type, name: str) -> str:
-    """The field's trailing comment, read from the source with a regex (independent of config.field_help)."""
-    src = inspect.getsource(cls)
-    m = re.search(rf"^\s+{name}:[^\n]*?#\s*(.*)$", src, re.M)
+    """The field's trailing comment, read from the source of the class that declares it (cls or a dataclass
+    base) with a regex (independent of config.field_help)."""
+    m = None
+    for klass in cls.__mro__:
+        if m is None and dataclasses.is_dataclass(klass):
+            m = re.search(rf"^\s+{name}:[^\n]*?#\s*(.*)$", inspect.getsource(klass), re.M)
     assert m, f"{cls.__name__}.{name} has no comment"
     return m.group(1).strip()
 

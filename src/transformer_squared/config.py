@@ -264,14 +264,13 @@ def leaves(cls: type, prefix: str = "") -> list[Leaf]:
     return out
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """Field name → help: `field(metadata={"help": ...})` where given, else the field's trailing `# comment`."""
-    notes: dict[str, str] = {}
+def _comments(cls: type, names: set[str]) -> dict[str, str]:
+    """Field name → its trailing `# comment` (with continuation comment lines) in the class body of `cls`."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):  # defined where no source is kept (an interactive session)
-        source = ""
-    names = {f.name for f in dataclasses.fields(cls)}
+        return {}
+    notes: dict[str, str] = {}
     start: tokenize.TokenInfo | None = None  # first token of the current logical line
     second: tokenize.TokenInfo | None = None
     comments: list[str] = []
@@ -290,6 +289,17 @@ def field_help(cls: type) -> dict[str, str]:
             start = tok
         elif second is None:
             second = tok
+    return notes
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field name → help: `field(metadata={"help": ...})` where given, else the field's trailing `# comment`
+    (in the class that declares it: a settings class may take shared fields from one base dataclass)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    notes: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # the subclass's own comment wins
+        if dataclasses.is_dataclass(klass):
+            notes |= _comments(klass, names)
     for f in dataclasses.fields(cls):
         if f.metadata.get("help"):
             notes[f.name] = f.metadata["help"]

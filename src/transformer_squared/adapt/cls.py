@@ -16,23 +16,16 @@ from typing import Any
 from ..errors import ExpertError
 from ..experts.expert import Expert
 from ..models.load import model_id
-from ..tasks.route import MAX_REQUEST_TOKENS, expert_folders, read_meta
-from .prompt import Classifier
+from ..tasks.route import expert_folders, read_meta
+from .prompt import Classifier, RoutingSettings
 from .registry import CLASSIFIER, StrategyConfig, StrategySpec, register_strategy
 
 
 @dataclass
-class ClsSettings:
+class ClsSettings(RoutingSettings):
     """Settings of `cls`."""
 
     expert: str | None = None  # folder of the classification expert (`t2 train --task route --experts ...`)
-    max_request_tokens: int = MAX_REQUEST_TOKENS  # requests are cut to this many tokens first
-    calibrate: bool = True  # subtract each choice's log-probability under an empty request (one pass per order)
-    cyclic: bool = False  # average the scores over all K + 1 cyclic orders of the experts (K + 1 × pass 1)
-    position_bias: bool = False  # also route in every cyclic order; record how often the decision follows the expert (K + 1 × pass 1)
-
-    def problems(self) -> list[str]:
-        return [f"max_request_tokens {self.max_request_tokens}: must be at least 1"] if self.max_request_tokens < 1 else []
 
 
 def check(settings: ClsSettings) -> list[str]:

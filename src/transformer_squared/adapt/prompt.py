@@ -30,10 +30,9 @@ CONTENT_FREE = ""  # the empty request whose scores calibrate each order
 
 
 @dataclass
-class PromptSettings:
-    """Settings of `prompt`."""
+class RoutingSettings:
+    """Settings every classifier of pass 1 shares (`prompt`, and `cls` under its expert's weights)."""
 
-    chat: bool | None = None  # classification prompt in the chat template (None: if the tokenizer has one)
     max_request_tokens: int = MAX_REQUEST_TOKENS  # requests are cut to this many tokens first
     calibrate: bool = True  # subtract each choice's log-probability under an empty request (one pass per order)
     cyclic: bool = False  # average the scores over all K + 1 cyclic orders of the experts (K + 1 × pass 1)
@@ -41,6 +40,13 @@ class PromptSettings:
 
     def problems(self) -> list[str]:
         return [f"max_request_tokens {self.max_request_tokens}: must be at least 1"] if self.max_request_tokens < 1 else []
+
+
+@dataclass
+class PromptSettings(RoutingSettings):
+    """Settings of `prompt`."""
+
+    chat: bool | None = None  # classification prompt in the chat template (None: if the tokenizer has one)
 
 
 class Classifier:
