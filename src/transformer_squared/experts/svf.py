@@ -195,6 +195,11 @@ class SVFModel:
     def targets(self) -> list[str]:
         return list(self.factors)
 
+    @property
+    def is_merged(self) -> bool:
+        """Whether some W' is written into the weights (until `restore`)."""
+        return bool(self._originals)
+
     def _check(self, z: dict[str, Tensor]) -> None:
         unknown = sorted(set(z) - set(self.factors))
         if unknown:
@@ -290,8 +295,24 @@ class SVFModel:
 
     @contextmanager
     def base_weights(self) -> Iterator[None]:
-        """While an expert is merged, run the base weights: each merged target gets −ΔW, factored.
-        Exact at a uniform z; otherwise off by the rounding of W' (the training loop's KL reference)."""
+        """While an expert is merged, run the base weights (the training loop's KL reference). Where the
+        originals are on the weights' device (the CPU), they are put in place for the block: exact, and as
+        cheap as the base model. Elsewhere (no original stays on an accelerator) each merged target gets
+        −ΔW, factored: exact at a uniform z, otherwise off by the rounding of W'."""
+        on_device = {name: W0 for name, W0 in self._originals.items()
+                     if W0.device == self.model.get_submodule(name).weight.device}
+        if len(on_device) == len(self._originals):
+            kept = {}
+            try:
+                for name, W0 in on_device.items():
+                    weight = self.model.get_submodule(name).weight
+                    kept[name] = weight.data
+                    weight.data = W0  # same shape and dtype: the module computes with the original
+                yield
+            finally:
+                for name, W in kept.items():
+                    self.model.get_submodule(name).weight.data = W
+            return
         with torch.no_grad():
             ds = {name: (self.factors[name].S - s2)[None] for name, s2 in self._merged_s.items()}  # (1, r)
         with self._swapped(ds):

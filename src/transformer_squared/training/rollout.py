@@ -11,6 +11,7 @@ and penalises KL_i = Σ_t Σ_v π'(v) (log π'(v) − log π_base(v)) over the a
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,12 @@ class LetterIds:
         if letters not in self._cache:
             self._cache[letters] = engine.letter_token_ids(self.tokenizer, letters)
         return self._cache[letters]
+
+
+def by_length(tokenizer: Any, items: list[Item]) -> list[Item]:
+    """The items longest first (prompt + answer tokens; ties keep their order), so a micro-batch pads little."""
+    lengths = [len(x) + len(it.answer_ids) for x, it in zip(engine.tokenize(tokenizer, [it.prompt for it in items]), items)]
+    return [items[i] for i in sorted(range(len(items)), key=lambda i: -lengths[i])]
 
 
 def letter_logprobs(model: Any, tokenizer: Any, items: list[Item], ids: LetterIds) -> list[Tensor]:
@@ -185,7 +192,8 @@ class RolloutObjective:
 
     def items(self, trainer: Any, step: int, examples: list[Any], prompts: list[str]) -> list[Item]:
         cfg = trainer.cfg
-        with torch.no_grad(), trainer.svf.merged({t: z.detach() for t, z in trainer.z().items()}):
+        merged = nullcontext() if trainer.svf.is_merged else trainer.svf.merged({t: z.detach() for t, z in trainer.z().items()})
+        with torch.no_grad(), merged:  # a merged training step has written W'(z) already: generate with it
             return generate_rollouts(trainer.model, trainer.tokenizer, trainer.task, examples, prompts,
                                      cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
                                      seed=trainer.step_seed(step), batch_size=cfg.eval_batch_size)

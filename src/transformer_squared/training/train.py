@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +61,7 @@ class TrainConfig:
     steps: int = 100  # optimisation steps
     batch_size: int = 256  # global batch: prompts per optimisation step (paper: 256)
     micro_batch_size: int = 8  # prompts per forward/backward; gradients accumulate to the global batch
+    sort_micro: bool = True  # micro-batches of items sorted by token length (less padding; sampled letters differ)
     lr: float = 2e-3  # Adam step size (paper: 2e-3)
     kl: float = 0.0  # λ, weight of KL(adapted ‖ base) on the answer tokens (paper: 0, 0.1, 0.3)
     grad_clip: float = 1e-3  # max global L2 norm of the gradient on p (paper: 1e-3); 0 = off
@@ -108,6 +111,15 @@ class SVFRun:
         self.step = 0
         self.loop: dict[str, Any] = trainloop.new_loop()
         self.history: list[dict[str, Any]] = []
+        self.seconds: dict[str, float] = {}  # wall seconds per phase of the last train_step (benchmarks read it)
+
+    @contextmanager
+    def _phase(self, name: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
@@ -203,11 +215,30 @@ class SVFRun:
         return self.objective.base_terms(self, items)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """Rollouts, micro-batched REINFORCE gradient on p, clip, Adam step. Returns the step's metrics."""
+        """Rollouts, micro-batched REINFORCE gradient on p, clip, Adam step. Returns the step's metrics.
+
+        `self.seconds` gets the step's wall time per phase: generation (rollouts and rewards), forward
+        (the base model's KL reference and the adapted terms), backward, optimizer (clip and Adam)."""
         cfg = self.cfg
+        self.seconds = {}
         torch.manual_seed(_step_seed(cfg.seed, step))
         generator = torch.Generator().manual_seed(_step_seed(cfg.seed, step))
-        items = self.rollouts(step, distributed.shard(self.batch_examples(step)))  # this rank's share
+        if cfg.mode == "merged":
+            with self._phase("other"):
+                s_new = self.svf.merge(self.z())  # W' written target by target; s' per target, with graph to p
+        try:
+            return self._step(step, s_new if cfg.mode == "merged" else {}, generator)
+        finally:
+            with self._phase("other"):
+                self.svf.restore()
+
+    def _step(self, step: int, s_new: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+        """train_step once W'(z) is merged (merged mode: the rollouts are generated with it too)."""
+        cfg = self.cfg
+        with self._phase("generation"):
+            items = self.rollouts(step, distributed.shard(self.batch_examples(step)))  # this rank's share
+        if cfg.sort_micro:  # similar lengths together: left-padding wastes fewer tokens
+            items = rollout.by_length(self.tokenizer, items)
         micro = [items[i : i + cfg.micro_batch_size] for i in range(0, len(items), cfg.micro_batch_size)]
         (n,) = distributed.all_sum([len(items)])  # items in the global batch
         self.optimizer.zero_grad(set_to_none=True)
@@ -215,34 +246,35 @@ class SVFRun:
         if hasattr(self.task, "runs"):  # code tasks: share of rollouts whose program ended before its checks
             totals["early_exit"] = sum(it.exited for it in items) / n
         if cfg.mode == "merged":
-            s_new = self.svf.merge(self.z())  # W' written target by target; s' per target, with graph to p
-            try:
-                for mb in micro:
-                    with self.svf.base_weights():  # base log-probs per micro-batch, never the whole batch's
-                        base = self.base_terms(mb)
-                    self._backward(mb, base, n, generator, totals)
+            for mb in micro:
+                with self._phase("forward"), self.svf.base_weights():  # base log-probs per micro-batch
+                    base = self.base_terms(mb)
+                self._backward(mb, base, n, generator, totals)
+            with self._phase("backward"):
                 self.svf.backward_to_z(s_new)  # accumulated dL/dW' → dL/ds' → dL/dp
-            finally:
-                self.svf.restore()
         else:
             for mb in micro:
-                base = self.base_terms(mb)
+                with self._phase("forward"):
+                    base = self.base_terms(mb)
                 z = self.z()
                 with self.svf.factored({t: zt.expand(len(mb), -1) for t, zt in z.items()}):  # (mb, r) per target
                     self._backward(mb, base, n, generator, totals)
-        params = list(self.p.values())
-        distributed.all_reduce_grads(params)  # data parallel: only the expert's gradients travel
-        totals = dict(zip(totals, distributed.all_sum(totals.values())))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        self.optimizer.step()
+        with self._phase("optimizer"):
+            params = list(self.p.values())
+            distributed.all_reduce_grads(params)  # data parallel: only the expert's gradients travel
+            totals = dict(zip(totals, distributed.all_sum(totals.values())))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            self.optimizer.step()
         return totals | {"grad_norm": float(grad_norm)}
 
     def _backward(self, mb: list[rollout.Item], base: Any, n: int, generator: torch.Generator,
                   totals: dict[str, float]) -> None:
         with trainloop.layers_training(self.checkpointed):  # checkpointed only in these passes
-            J, KL, reward = self.terms(mb, base, generator)  # (mb,) each
-            loss = (-J + self.cfg.kl * KL).sum() / n  # −mean(R · log π') + λ·KL, mean over the global batch
-            loss.backward()
+            with self._phase("forward"):
+                J, KL, reward = self.terms(mb, base, generator)  # (mb,) each
+                loss = (-J + self.cfg.kl * KL).sum() / n  # −mean(R · log π') + λ·KL, mean over the global batch
+            with self._phase("backward"):
+                loss.backward()
         totals["loss"] += loss.item()
         totals["reward"] += reward.sum().item() / n
         totals["kl"] += KL.detach().sum().item() / n
