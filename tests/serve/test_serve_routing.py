@@ -30,7 +30,9 @@ def test_fewshot_fits_at_startup_from_settings(adapted, tmp_path):
     data = write_questions(tmp_path / "stem.jsonl", "STEM")
     settings = {"fit_task": "mcq", "fit_data": str(data), "shots": "3", "population": "4", "generations": "2"}
     cfg = ServeConfig(experts=["a", "b"], strategy="fewshot", settings=settings)  # flag values arrive as strings
-    assert offered(cfg) == ["fewshot", "prompt", "uniform"]  # oracle needs true labels; cls has no expert
+    names = offered(cfg)  # (a strategy another test registered, e.g. `first`, may follow)
+    assert names[:3] == ["fewshot", "prompt", "uniform"] and not {"oracle", "cls"} & set(names)  # oracle needs
+    # true labels; cls has no expert
     router = Router(adapted, cfg)
     fitted = router.pipelines["fewshot"]
     assert fitted.strategy.alpha is not None and len(fitted.strategy.shot_ids) == 3  # searched before any request
