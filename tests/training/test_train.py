@@ -497,3 +497,19 @@ def test_graded_letter_rewards_enter_the_exact_objective(tmp_path, tiny_model_di
             probs = _letter_probs_by_hand(r.model, r.tokenizer, it.prompt, it.letters)
             torch.testing.assert_close(J[i], (probs * R).sum(), rtol=1e-4, atol=1e-6)  # float32, factored vs merged
     torch.testing.assert_close(reward, J)  # the exact objective reports its expected reward
+
+
+def test_step_diagnostics_match_their_formulas(tmp_path, tiny_model_dir):
+    """reward_sd, right and z_dist (the evidence diagnostics) against formulas on the step's own items."""
+    r = _svf_run(tmp_path, tiny_model_dir, lr=5e-3, micro_batch_size=3)  # three micro-batches of one batch
+    items = r.rollouts(0, r.batch_examples(0))
+    z_before = {t: z.detach().clone() for t, z in r.z().items()}
+    with torch.no_grad(), r.svf.factored({t: z.expand(len(items), -1) for t, z in r.z().items()}):
+        rewards = rollout.mcq_terms(r.model, r.tokenizer, items, r.letter_ids, "exact", None)[2]
+    stats = r.train_step(0)
+    assert stats["reward"] == pytest.approx(rewards.mean().item(), abs=1e-5)
+    assert stats["reward_sd"] == pytest.approx(rewards.std(unbiased=False).item(), abs=1e-4)
+    assert stats["right"] == pytest.approx((rewards > 0).float().mean().item())
+    moved = sum(((r.z()[t].detach() - r.z0[t]) ** 2).sum() for t in r.p) ** 0.5
+    assert stats["z_dist"] == pytest.approx(float(moved), rel=1e-5) and stats["z_dist"] > 0
+    assert all(torch.equal(z_before[t], r.z0[t]) for t in r.p)  # step 0 starts from z₀

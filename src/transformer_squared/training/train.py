@@ -148,6 +148,8 @@ class SVFRun:
         self.f = PARAMETRISATIONS.get(cfg.parametrisation)
         self.names = list(init.p)
         self.p = {t: v.clone().requires_grad_(True) for t, v in init.p.items()}  # raw parameters (r,)
+        with torch.no_grad():
+            self.z0 = {t: self.f.z(v) for t, v in init.p.items()}  # z at initialisation: the step metric z_dist
         self.optimizer = torch.optim.Adam(list(self.p.values()), lr=cfg.lr)
         self.letter_ids = rollout.LetterIds(self.tokenizer)
         used = self.parts["train"] + self.parts["val"]
@@ -242,7 +244,7 @@ class SVFRun:
         micro = [items[i : i + cfg.micro_batch_size] for i in range(0, len(items), cfg.micro_batch_size)]
         (n,) = distributed.all_sum([len(items)])  # items in the global batch
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "reward": 0.0, "kl": 0.0}
+        totals = {"loss": 0.0, "reward": 0.0, "kl": 0.0, "reward_sq": 0.0, "right": 0.0}
         if hasattr(self.task, "runs"):  # code tasks: share of rollouts whose program ended before its checks
             totals["early_exit"] = sum(it.exited for it in items) / n
         if cfg.mode == "merged":
@@ -265,7 +267,12 @@ class SVFRun:
             totals = dict(zip(totals, distributed.all_sum(totals.values())))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             self.optimizer.step()
-        return totals | {"grad_norm": float(grad_norm)}
+        return diagnostics(totals) | {"grad_norm": float(grad_norm), "z_dist": self.z_dist()}
+
+    @torch.no_grad()
+    def z_dist(self) -> float:
+        """‖z − z₀‖₂ over every target: how far the expert has moved from its initialisation."""
+        return float(sum(((self.f.z(p) - self.z0[t]) ** 2).sum() for t, p in self.p.items()) ** 0.5)
 
     def _backward(self, mb: list[rollout.Item], base: Any, n: int, generator: torch.Generator,
                   totals: dict[str, float]) -> None:
@@ -278,6 +285,8 @@ class SVFRun:
         totals["loss"] += loss.item()
         totals["reward"] += reward.sum().item() / n
         totals["kl"] += KL.detach().sum().item() / n
+        totals["reward_sq"] += (reward ** 2).sum().item() / n
+        totals["right"] += (reward > 0).sum().item() / n
 
     # ---- validation, checkpoints, loop ----------------------------------------------------------
     @torch.no_grad()
@@ -399,3 +408,12 @@ def configure(out_dir: str | Path, config_path: str | Path | None, named: dict[s
             raise ConfigError("--num-layers needs --model random:NAME")
         named["model"] = with_layers(named["model"], num_layers)
     return configure_run(TrainConfig, out_dir, config_path, named, flags, resume)
+
+
+def diagnostics(totals: dict[str, float]) -> dict[str, float]:
+    """Step metrics from batch means: reward_sd (SD of the rewards in the batch; 0 means every item got the
+    same reward, so the ±1 REINFORCE gradient only shifts the whole batch's answers one way) and `right`
+    (share of items with a positive reward), beside loss, reward and KL."""
+    out = {k: v for k, v in totals.items() if k != "reward_sq"}
+    out["reward_sd"] = max(totals["reward_sq"] - totals["reward"] ** 2, 0.0) ** 0.5
+    return out
