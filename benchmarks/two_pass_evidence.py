@@ -1,18 +1,20 @@
-"""Evidence on CPU: three SVF experts of distinct skills on Qwen2.5-Coder-0.5B-Instruct, then every
-row (base, each expert, uniform, oracle, prompt, cls, fewshot) on held-out questions of every family.
+"""Evidence on CPU: three SVF experts of distinct skills on Qwen2.5-Coder-0.5B-Instruct, a classification
+expert that routes between them, then every row (base, each expert, uniform, oracle, prompt, cls, fewshot) on
+held-out questions of every family. `bash benchmarks/two_pass_evidence.sh` runs every stage in order.
 
 Stages (each resumable; every command it runs is printed first and is an ordinary `t2` command):
 
     python benchmarks/two_pass_evidence.py train              # t2 train per family (runs/evidence/<label>)
+    python benchmarks/two_pass_evidence.py train-cls          # the classification expert (t2 train --task route)
     python benchmarks/two_pass_evidence.py eval base own      # rows: base, own (each family's expert), expert (every
                                                               #   expert on every family), uniform, oracle, prompt,
                                                               #   cls (needs `train-cls` first), fewshot
-    python benchmarks/two_pass_evidence.py train-cls          # the classification expert (t2 train --task route)
-    python benchmarks/two_pass_evidence.py table              # results/two_pass_evidence.{json,md}
+    python benchmarks/two_pass_evidence.py table              # results/two_pass_evidence.{json,md}, _curves.png
 
-Held-out questions: reasoning-gym families use their `test` split (disjoint by question hash from the
-`train` split every expert trains on); MMLU uses the questions the MMLU expert's run held out
-(`--exclude-run`). Per-question results: results/two_pass_evidence/<row>/<family>.json.
+Held-out questions: the reasoning-gym `test` split (disjoint by question hash from the `train` split every
+expert trains on): N_SINGLE of basic_arithmetic for base vs its expert, and the first N_MIXED of each family
+for the mixed set every strategy row is scored on. Per-question results: results/two_pass_evidence/<row>/<family>.json;
+training curves and diagnostics (reward mean and SD per step, ‖z − z₀‖, KL, validation) from each run's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Family:
     n_test: int  # held-out questions evaluated
     train: tuple[str, ...]  # t2 train flags beyond the shared ones
     subset: str = ""  # --subset for training and evaluation
-    max_new_tokens: int = 16  # generation budget (answers are short; generative families only)
+    max_new_tokens: int = 12  # generation budget, as in training (answers are short; generative families only)
 
     @property
     def protocol(self) -> str:
@@ -61,32 +63,37 @@ class Family:
 
     @property
     def expert(self) -> Path:
-        """The expert evaluated: the run's last step (no selection on validation at this budget)."""
-        return self.run / "latest"
+        """The expert evaluated: the run's best/ (the step with the highest validation accuracy)."""
+        return self.run / "best"
 
 
 ARITH = "basic_arithmetic:{n}:min_terms=2,max_terms=2,max_digits=2,operators=+|-"
 NEEDLE = "needle_haystack:{n}:max_num_statements=10"
 FAMILY = "family_relationships:{n}:max_family_size=4"
-GENERATE = ("--chat", "true", "--max-new-tokens", "16")
-N_TEST = 30  # held-out questions per family (CPU budget: see docs/evidence.md, "Evidence on CPU")
-# Sized for a shared 2-core CPU (a batch-16 step took ~400 s under load): 5 steps of 8 questions at lr 1e-2,
-# validation (8 questions) only before the first and after the last step; the experts used are `latest`.
-SHARED_TRAIN = ("--steps", "5", "--batch-size", "8", "--micro-batch-size", "8", "--lr", "1e-2", "--kl", "0",
-                "--eval-every", "100", "--max-val", "8", "--eval-batch-size", "16", "--seed", "0")
-# basic_arithmetic was trained first with a larger budget (batch 16, lr 5e-3), stopped at step 7 of 12 for time.
-ARITH_TRAIN = ("--steps", "7", "--batch-size", "16", "--lr", "5e-3", "--eval-every", "4", "--max-val", "32")
+GENERATE = ("--chat", "true", "--max-new-tokens", "12")
+N_MIXED = 50  # held-out questions per family in the mixed set every strategy row is scored on (150 in all)
+N_SINGLE = 200  # held-out questions of basic_arithmetic for the expert-vs-base test (its own family only)
+# Budget on the quiet 2-core CPU (about 35 s a step at batch 8; docs/evidence.md, "Evidence on CPU"): the
+# basic_arithmetic expert is the serious attempt (40 steps of 8 questions, validation on 48 every 8 steps, the
+# expert used is best/, chosen on validation); the other two experts exist so that there is something to route
+# to (one step each: their z is close to the initial one), and the classification expert routes between all three.
+SHARED_TRAIN = ("--batch-size", "8", "--micro-batch-size", "8", "--kl", "0", "--eval-batch-size", "8", "--seed", "0")
+ARITH_TRAIN = ("--steps", "40", "--lr", "1e-2", "--eval-every", "8", "--max-val", "48")
+SMALL_TRAIN = ("--steps", "1", "--lr", "1e-2", "--eval-every", "1", "--max-val", "8")
+CLS_TRAIN = ("--steps", "12", "--lr", "1e-2", "--eval-every", "4", "--max-val", "48")
 FAMILIES = (
     Family("basic_arithmetic", "adds and subtracts integers, answering with a number", "rg-direct",
-           ARITH.format(n=400), ARITH.format(n=N_TEST), N_TEST, GENERATE + ARITH_TRAIN),
+           ARITH.format(n=400), ARITH.format(n=N_SINGLE), N_SINGLE, GENERATE + ARITH_TRAIN),
     Family("needle_haystack", "finds who likes or dislikes something in a list of statements, answering with a name",
-           "rg-direct", NEEDLE.format(n=400), NEEDLE.format(n=N_TEST), N_TEST, GENERATE),
+           "rg-direct", NEEDLE.format(n=400), NEEDLE.format(n=N_MIXED), N_MIXED, GENERATE + SMALL_TRAIN),
     Family("family_relationships", "works out how two people in a family are related, answering with one word "
-           "such as wife, son or mother-in-law", "rg-direct", FAMILY.format(n=400), FAMILY.format(n=N_TEST), N_TEST,
-           GENERATE),
+           "such as wife, son or mother-in-law", "rg-direct", FAMILY.format(n=400), FAMILY.format(n=N_MIXED), N_MIXED,
+           GENERATE + SMALL_TRAIN),
 )
 # The paper's CEM (population 32, up to 50 generations, 10 shots) is days of generation on this CPU; this is its budget here.
 FEWSHOT = ("--shots", "5", "--population", "4", "--generations", "2")
+# Pass-1 settings of the routing rows: every cyclic order is routed too, to measure position bias.
+ROUTING = {"prompt": ("--prompt-position-bias",), "cls": ("--cls-position-bias",)}
 
 
 def t2(*args: str, log: Path | None = None) -> None:
@@ -115,12 +122,12 @@ def train_cls(families: tuple[Family, ...]) -> None:
     resume = ("--resume",) if (run / "latest").is_dir() else ()
     experts = [str(f.expert) for f in families]
     t2("train", "--model", MODEL, "--task", "route", "--experts", *experts, "--out", str(run), *SHARED_TRAIN,
-       "--chat", "true", *resume, log=RUNS / "route.log")
+       *CLS_TRAIN, "--chat", "true", *resume, log=RUNS / "route.log")
 
 
-def eval_args(f: Family) -> list[str]:
-    """The held-out questions of a family, as `t2 eval` flags."""
-    args = ["--model", MODEL, "--task", f.task, "--chat", "--batch-size", "8", "--limit", str(f.n_test),
+def eval_args(f: Family, n: int | None = None) -> list[str]:
+    """The first `n` held-out questions of a family (default: all `n_test`), as `t2 eval` flags."""
+    args = ["--model", MODEL, "--task", f.task, "--chat", "--batch-size", "8", "--limit", str(n or f.n_test),
             "--protocol", f.protocol, "--max-new-tokens", str(f.max_new_tokens)]
     if f.task == "mmlu":
         return args + ["--split", "test", "--subset", f.subset, "--exclude-run", str(f.run), "--sample", "stratified"]
@@ -135,7 +142,8 @@ def row_args(row: str, f: Family) -> list[list[str]]:
         return [["base"]]
     if row in ("expert", "own"):  # own: only the family's own expert (the single-expert table)
         return [[f"expert:{g.label}", "--expert", str(g.expert)] for g in FAMILIES if row == "expert" or g == f]
-    extra = {"cls": ["--cls-expert", str(RUNS / "route" / "latest")], "fewshot": list(FEWSHOT)}.get(row, [])
+    extra = {"cls": ["--cls-expert", str(RUNS / "route" / "best"), *ROUTING["cls"]], "fewshot": list(FEWSHOT),
+             "prompt": list(ROUTING["prompt"])}.get(row, [])
     return [[row, "--experts", *experts, "--strategy", row, *extra]]
 
 
@@ -147,7 +155,8 @@ def evaluate(rows: list[str], families: tuple[Family, ...]) -> None:
                 if out.is_file():
                     continue
                 out.parent.mkdir(parents=True, exist_ok=True)
-                t2("eval", *eval_args(f), *extra, "--out", str(out), log=out.with_suffix(".log"))
+                n = f.n_test if row in ("base", "own") else min(N_MIXED, f.n_test)  # strategies: the mixed set
+                t2("eval", *eval_args(f, n), *extra, "--out", str(out), log=out.with_suffix(".log"))
 
 
 def _load(row: str, f: Family) -> dict | None:
@@ -209,26 +218,45 @@ def _correct(row: str, f: Family) -> dict[str, bool]:
     return {r["id"]: bool(r["correct"][f.protocol]) for r in _load(row, f)["predictions"]}
 
 
+def mixed_ids(families: tuple[Family, ...]) -> dict[str, set[str]]:
+    """Per family, the ids of the mixed held-out set: those every complete row answered (base and a family's own
+    expert answer more of basic_arithmetic; the strategy rows answer its first N_MIXED)."""
+    rows = _rows_present(families)
+    return {f.label: set.intersection(*(set(_correct(r, f)) for r in rows)) for f in families}
+
+
+def _position_bias(row: str, families: tuple[Family, ...]) -> dict | None:
+    """The results' position-bias blocks of one row, pooled over the families (weighted by their n)."""
+    blocks = [((_load(row, f) or {}).get("routing") or {}).get("position_bias") for f in families]
+    blocks = [b for b in blocks if b and b.get("n")]
+    if not blocks:
+        return None
+    n = sum(b["n"] for b in blocks)
+    return {"n": n, **{k: sum(b[k] * b["n"] for b in blocks) / n for k in ("follows_expert", "follows_position")
+                       if all(b.get(k) is not None for b in blocks)}}
+
+
 def mixed_table(families: tuple[Family, ...]) -> list[dict]:
     """Every complete row over the mixed held-out set: accuracy per family and overall, routing accuracy,
     and the paired difference to the base model on the questions both answered (fewshot leaves out its shots)."""
     out = []
-    base = {(f.label, i): ok for f in families for i, ok in _correct("base", f).items()}
+    keep = mixed_ids(families)
+    base = {(f.label, i): ok for f in families for i, ok in _correct("base", f).items() if i in keep[f.label]}
     for row in _rows_present(families):
         per, mine, routed = {}, {}, []
         for f in families:
-            preds = _load(row, f)["predictions"]
+            preds = [r for r in _load(row, f)["predictions"] if r["id"] in keep[f.label]]
             ok = [bool(r["correct"][f.protocol]) for r in preds]
             decisions = [(r.get("routing") or {}).get("decision") for r in preds]
             hits = [d == f.label for d in decisions if d not in (None, "mixture")]  # a mixture routes nowhere
             per[f.label] = _acc(ok) | {"routing": _acc(hits) if hits else None,
                                        "decisions": dict(Counter(d for d in decisions if d is not None))}
-            mine |= {(f.label, i): c for i, c in _correct(row, f).items()}
+            mine |= {(f.label, r["id"]): c for r, c in zip(preds, ok)}
             routed += hits
         common = [k for k in base if k in mine]
         diff = paired_stats([base[k] for k in common], [mine[k] for k in common])
         out.append({"row": row, "families": per, "overall": _acc(list(mine.values())), "vs_base": diff,
-                    "routing": _acc(routed) if routed else None})
+                    "routing": _acc(routed) if routed else None, "position_bias": _position_bias(row, families)})
     return out
 
 
@@ -260,13 +288,18 @@ def markdown(single: list[dict], mixed: list[dict], families: tuple[Family, ...]
     if mixed:
         head = " | ".join(f"{f.label} (n = {mixed[0]['families'][f.label]['n']})" for f in families)
         lines += ["", "## Every row on the mixed held-out set", "",
-                  f"| row | {head} | overall (n = {mixed[0]['overall']['n']}) | vs base [95 % CI] | routing accuracy |",
-                  "| --- |" + " --- |" * (len(families) + 3)]
+                  f"| row | {head} | overall (n = {mixed[0]['overall']['n']}) | vs base [95 % CI], McNemar p | "
+                  "routing accuracy | decision follows the expert / the position (every cyclic order) |",
+                  "| --- |" + " --- |" * (len(families) + 4)]
         for m in mixed:
             d = m["vs_base"]
-            vs = f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]" if d else "–"
+            vs = (f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], "
+                  f"p = {d['mcnemar_p']:.2g}") if d else "–"
             cells = " | ".join(_pct(m["families"][f.label]) for f in families)
-            lines.append(f"| {m['row']} | {cells} | {_pct(m['overall'])} | {vs} | {_pct(m['routing'])} |")
+            pb = m.get("position_bias") or {}
+            bias = (f"{100 * pb['follows_expert']:.1f} % / {100 * pb['follows_position']:.1f} % (n = {pb['n']})"
+                    if "follows_expert" in pb else "–")
+            lines.append(f"| {m['row']} | {cells} | {_pct(m['overall'])} | {vs} | {_pct(m['routing'])} | {bias} |")
         routed = [m for m in mixed if m["routing"]]
         lines += ["", "## Pass-1 decisions (true family → chosen expert × count; base = no expert)", "",
                   "| row | " + " | ".join(f.label for f in families) + " |", "| --- |" + " --- |" * len(families)]
@@ -275,11 +308,97 @@ def markdown(single: list[dict], mixed: list[dict], families: tuple[Family, ...]
     return "\n".join(lines) + "\n"
 
 
+def _metrics(run: Path) -> tuple[list[dict], list[dict]]:
+    """(training-step rows, validation rows) of a run's metrics.jsonl ([] for a run not trained yet)."""
+    path = run / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.is_file() else []
+    return [r for r in rows if "loss" in r], [r for r in rows if "val_acc" in r]
+
+
+def diagnostics(runs: dict[str, Path]) -> list[dict]:
+    """Per training run: steps, reward (mean over the first and the last quarter of the steps), the share of steps
+    whose rewards were all equal (reward SD 0), ‖z − z₀‖ and KL at the last step, the validation curve."""
+    out = []
+    for name, run in runs.items():
+        steps, vals = _metrics(run)
+        if not steps:
+            continue
+        q = max(1, len(steps) // 4)
+        mean = lambda rows, k: sum(r.get(k, 0.0) for r in rows) / len(rows)  # noqa: E731
+        out.append({"run": name, "steps": len(steps), "reward_first": mean(steps[:q], "reward"),
+                    "reward_last": mean(steps[-q:], "reward"),
+                    "flat_steps": sum(1 for r in steps if r.get("reward_sd", 1.0) == 0.0) / len(steps),
+                    "z_dist": steps[-1].get("z_dist"), "kl": steps[-1].get("kl"),
+                    "seconds_per_step": mean(steps, "seconds"),
+                    "val": [(v["step"], v["val_acc"], v["n_val"]) for v in vals]})
+    return out
+
+
+def curves(runs: dict[str, Path], out: Path) -> Path | None:
+    """One PNG: per run, reward mean ± SD per step, ‖z − z₀‖, KL and the validation accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {name: _metrics(run) for name, run in runs.items()}
+    data = {k: v for k, v in data.items() if v[0]}
+    if not data:
+        return None
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for name, (steps, vals) in data.items():
+        x = [r["step"] for r in steps]
+        m = [r["reward"] for r in steps]
+        sd = [r.get("reward_sd", 0.0) for r in steps]
+        line, = axes[0].plot(x, m, label=name)
+        axes[0].fill_between(x, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15,
+                             color=line.get_color())
+        axes[1].plot(x, [r.get("z_dist", float("nan")) for r in steps], label=name)
+        axes[2].plot(x, [r.get("kl", 0.0) for r in steps], label=name)
+        axes[3].plot([v["step"] for v in vals], [v["val_acc"] for v in vals], marker="o", label=name)
+    for ax, title in zip(axes, ("batch reward (mean ± SD)", "‖z − z₀‖₂", "KL to base (answer tokens)",
+                                "validation accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[3].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".tmp-" + out.name)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def _runs(families: tuple[Family, ...]) -> dict[str, Path]:
+    return {f.label: f.run for f in families} | {"route (cls)": RUNS / "route"}
+
+
+def diagnostics_markdown(diag: list[dict], png: Path | None) -> str:
+    if not diag:
+        return ""
+    lines = ["", "## Training diagnostics", "",
+             "| run | steps | s/step | reward, first quarter → last quarter | steps with all rewards equal | "
+             "‖z − z₀‖ at the end | KL at the end | validation accuracy (step: acc, n) |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+    for d in diag:
+        val = ", ".join(f"{s}: {100 * a:.1f}" for s, a, _ in d["val"]) + (f" (n = {d['val'][0][2]})" if d["val"] else "")
+        lines.append(f"| {d['run']} | {d['steps']} | {d['seconds_per_step']:.1f} | {d['reward_first']:+.3f} → "
+                     f"{d['reward_last']:+.3f} | {100 * d['flat_steps']:.0f} % | {d['z_dist'] or 0:.3f} | "
+                     f"{d['kl'] or 0:.2e} | {val} |")
+    if png:
+        lines += ["", f"![training curves]({png.name})"]
+    return "\n".join(lines) + "\n"
+
+
 def table(families: tuple[Family, ...]) -> None:
     single, mixed = single_expert_rows(families), mixed_table(families) if _load("base", families[0]) else []
     summary = {"model": MODEL, "families": [f.__dict__ | {"run": str(f.run)} for f in families],
                "shared_train_flags": list(SHARED_TRAIN), "single_experts": single, "rows": mixed}
-    text = markdown(single, mixed, families)
+    diag = diagnostics(_runs(families))
+    summary["training"] = diag
+    png = curves(_runs(families), TABLE.with_name(TABLE.name + "_curves.png"))
+    text = markdown(single, mixed, families) + diagnostics_markdown(diag, png)
     write_json(summary, TABLE.with_suffix(".json"))
     write_text(text, TABLE.with_suffix(".md"))
     print(text)

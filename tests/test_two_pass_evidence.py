@@ -74,3 +74,19 @@ def test_table_counts(bench):
     md = bench.TABLE.with_suffix(".md").read_text()
     assert "| prompt | 75.0 [" in md and "| 62.5 [" in md
     assert "| prompt | add×3, name×1 | name×3, add×1 |" in md
+
+
+def test_training_diagnostics_and_curves(bench):
+    run = bench.RUNS / "add"
+    run.mkdir(parents=True)
+    rows = [{"step": 0, "val_acc": 0.5, "n_val": 4}]
+    rows += [{"step": s, "loss": 0.1, "reward": r, "reward_sd": sd, "kl": 0.0, "z_dist": 0.1 * s, "seconds": 2.0}
+             for s, r, sd in [(1, -0.5, 0.5), (2, 0.0, 0.0), (3, 0.5, 1.0), (4, 1.0, 0.0)]]
+    rows += [{"step": 4, "val_acc": 0.75, "n_val": 4}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (d,) = bench.diagnostics({"add": run, "missing": bench.RUNS / "none"})
+    assert (d["steps"], d["reward_first"], d["reward_last"]) == (4, -0.5, 1.0)  # quarters of 4 steps: one step each
+    assert d["flat_steps"] == 0.5 and d["z_dist"] == pytest.approx(0.4) and d["val"] == [(0, 0.5, 4), (4, 0.75, 4)]
+    png = bench.curves({"add": run}, bench.TABLE.with_name("curves.png"))
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| add | 4 | 2.0 | -0.500 → +1.000 | 50 % | 0.400 |" in bench.diagnostics_markdown([d], png)
