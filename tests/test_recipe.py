@@ -79,6 +79,7 @@ def test_tiny_recipe_end_to_end_then_skips_and_refuses_changes(tmp_path, tiny_mo
     assert len(alpha["shots"]) == 3 and set(alpha["shots"]) <= set(shared["ids"]["val"]) and len(alpha["alpha"]) == 2
     assert (out / "router" / "best" / "expert.json").is_file()
     check_report_against_results(out, labels, data, shared)
+    check_pass1_section(out, strategies, screen)
     report = (out / "report" / "report.md").read_text()
     assert all(f"| {x} |" in report for x in labels[:1] + labels[2:]) and "| *best constant (" in report
     assert (out / "report" / "chart.png").is_file() and "expert STEM" in screen
@@ -129,6 +130,42 @@ def check_report_against_results(out: Path, labels: list[str], data: Path, share
     ranking = sorted(set(train), key=lambda x: (-train.count(x), x))  # most frequent first, ties alphabetical
     for i, p in preds["best constant"].items():  # the best-ranked letter among the question's options
         assert p["prediction"]["letter"] == next(x for x in ranking if x in options[i])
+
+
+def check_pass1_section(out: Path, strategies: list[str], screen: str) -> None:
+    """The screen and report.md end with what pass 1 decided: per strategy its routing accuracy, recounted here
+    from the per-question decisions (correct decisions / questions of an expert's category not given a mixture),
+    and its confusion counts; then one line naming the rows significant against base, or saying none is."""
+    rep = json.loads((out / "report" / "report.json").read_text())
+    routing = {r["label"]: r for r in rep["routing"]}
+    assert sorted(routing) == sorted(json.loads((out / "eval" / f"{slug(x)}.json").read_text())["label"] for x in strategies)
+    flat = " ".join(screen.split())  # rich wraps long lines
+    section = flat[flat.rindex("What pass 1 decided"):]
+    assert flat.index("report:") < flat.rindex("What pass 1 decided")
+    for label in strategies:
+        res = json.loads((out / "eval" / f"{slug(label)}.json").read_text())
+        got = routing[res["label"]]
+        decided = [(p["category"], p["routing"]["decision"]) for p in res["predictions"]]
+        matched = [(c, d) for c, d in decided if c in ("STEM", "Humanities") and d != "mixture"]
+        for cat in {c for c, _ in decided}:
+            in_cat = [d for c, d in decided if c == cat]
+            assert got["confusion"][cat] == {d: in_cat.count(d) for d in in_cat}
+        if not matched:  # fewshot and uniform mix the experts on every question
+            assert got["accuracy"] is None and f"{res['label']}: routing accuracy — " in section
+            continue
+        k = sum(c == d for c, d in matched)
+        assert (got["accuracy"]["n_correct"], got["accuracy"]["n"]) == (k, len(matched))
+        assert got["accuracy"]["accuracy"] == pytest.approx(k / len(matched))
+        assert f"{res['label']}: routing accuracy {100 * k / len(matched):.1f} % [" in section
+        assert f"({k} of n = {len(matched)} questions" in section
+    assert routing["Transformer² (oracle)"]["accuracy"]["accuracy"] == 1.0
+    significant = [p["label"] for p in rep["paired"] if p["significant"] and not p["reference"]]
+    last = (out / "report" / "report.md").read_text().splitlines()[-1]
+    if significant:
+        assert last.startswith("Differ from base beyond their CI") and all(x in last for x in significant)
+    else:
+        assert last.startswith("No system differs from base beyond its CI on these 16 questions (significant: McNemar")
+    assert flat.endswith(last)
 
 
 def test_recipe_config_errors():

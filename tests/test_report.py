@@ -146,6 +146,45 @@ def test_report_bolds_only_what_mcnemar_and_the_ci_both_call_significant(tmp_pat
     assert "the score of always answering X only" in md
 
 
+def test_pass1_section_routing_accuracy_confusion_and_the_one_line_verdict(tmp_path):
+    """A two-pass row gets its routing accuracy (counted here by hand) and confusion table in the section that
+    ends report.md; the last line names the row whose paired difference is significant (20 vs 0 discordant
+    answers in 40), not the one that equals base; without such a row it says that none differs."""
+    from transformer_squared.report.tables import verdict_line
+
+    def res(label, right, decisions=None):
+        rows = [{"id": f"q{i}", "subject": "s", "category": CATS[i % 4], "answer": "A",
+                 "prediction": {"letter": "A" if ok else "B"}, "correct": {"letter": ok}, "completion": ""}
+                | ({"routing": {"decision": decisions[i], "alpha": None}} if decisions else {})
+                for i, ok in enumerate(right)]
+        two_pass = {"routing": {"decisions": {}}, "experts": [{"label": "STEM"}, {"label": "Humanities"}]}
+        return _results(label, "") | {"predictions": rows} | (two_pass if decisions else {})
+
+    cats = [CATS[i % 4] for i in range(40)]
+    decisions = [c if i % 3 else "base" for i, c in enumerate(cats)]  # every third question goes to the base
+    base = [True] * 20 + [False] * 20
+    named = [("b", res("base", base)), ("e", res("expert STEM", base)),
+             ("t", res("Transformer² (prompt)", [True] * 40, decisions))]
+    files = [_write(tmp_path, name, r) for name, r in named]
+    main(["report", *files, "--out", str(tmp_path / "rep"), "--no-chart"])
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    at = md.index("### What pass 1 decided")
+    pairs = [(c, d) for c, d in zip(cats, decisions) if c in ("STEM", "Humanities")]
+    k, n = sum(c == d for c, d in pairs), len(pairs)
+    assert (k, n) == (13, 20)
+    assert md[at + 2].startswith(f"Transformer² (prompt): routing accuracy {100 * k / n:.1f} % [") and f"({k} of n = {n} " in md[at + 2]
+    stem = [d for c, d in zip(cats, decisions) if c == "STEM"]
+    cols = sorted(set(decisions))
+    assert "| category | " + " | ".join(cols) + " |" in md[at:]
+    assert "| STEM | " + " | ".join(str(stem.count(c)) for c in cols) + " |" in md[at:]
+    assert md[-1].startswith("Differ from base beyond their CI (significant: McNemar") and "Transformer² (prompt) +50.0 points" in md[-1]
+    assert "expert STEM" not in md[-1]
+    comp = compare(named[:2])
+    assert not comp.routing and verdict_line(comp) == ("No system differs from base beyond its CI on these 40 questions "
+                                                      "(significant: McNemar's exact p < 0.05 and the paired bootstrap "
+                                                      "95 % CI excludes 0 (both tests must agree)).")
+
+
 def _demo_like_comparison():
     """Four categories and the rows `make demo` prints, with varied answers."""
     labels = ["base", "LoRA", "expert STEM", "expert Humanities", *(f"Transformer² ({s})" for s in

@@ -207,12 +207,13 @@ def recipe_run(
     from .report.comparison import compare, load_results
     from .recipe.config import load_recipe
     from .recipe.runner import run_recipe
-    from .report.tables import comparison_table
+    from .report.tables import comparison_table, pass1_screen
 
     cfg = load_recipe(file, list(ctx.args), data, out)
     done = run_recipe(cfg, _stage_line)
     named = [(f, load_results(f)) for f in done["report"]["info"]["files"]]  # the same numbers as report.md
-    console.print(comparison_table(compare(named, cfg.eval.protocol, "base", None, cfg.report.n_boot)))
+    comp = compare(named, cfg.eval.protocol, "base", None, cfg.report.n_boot)
+    console.print(comparison_table(comp))
     gen = cfg.out_dir() / "generations.json"
     if gen.is_file():
         for row in json.loads(gen.read_text(encoding="utf-8")):
@@ -220,6 +221,8 @@ def recipe_run(
             for label, text in row["answers"].items():
                 console.print(f"  {label}: {text.strip()!r}")
     console.print(f"\nreport: {cfg.out_dir() / 'report' / 'report.md'}\nchart: {cfg.out_dir() / 'report' / 'chart.png'}")
+    for part in pass1_screen(comp):  # the last screen: routing per strategy, and whether anything beat base
+        console.print(part)
 
 
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -5,8 +5,10 @@ Every number is recomputed from the per-question predictions in the results file
 from their stored summaries. Per row: accuracy per category, question-weighted average (VMLU's
 "Average") and mean of categories with their intervals (`metrics.accuracy_metrics`), n, and the
 entropy (bits) of the predicted letters with a bootstrap CI. Rows that share questions with the
-base row get the paired difference (bootstrap CI) and McNemar's exact p. `QUOTES` holds published
-numbers shown as separately marked rows, never mixed with measured ones.
+base row get the paired difference (bootstrap CI) and McNemar's exact p. Rows of a two-pass system
+(a Transformer² strategy) also get what pass 1 decided: routing accuracy and the confusion of true
+category × decision (`metrics.routing_metrics`). `QUOTES` holds published numbers shown as separately
+marked rows, never mixed with measured ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..evaluation.metrics import accuracy_metrics, entropy_bits, paired_stats
+from ..evaluation.metrics import accuracy_metrics, entropy_bits, paired_stats, routing_metrics
 
 AVERAGE, MEAN = "Average", "Mean of categories"
 NO_ANSWER = ""  # the prediction when no letter could be read
@@ -64,6 +66,7 @@ class Comparison:
     paired: list[dict[str, Any]]  # per non-base row sharing questions with the base row: paired_stats + label
     header: dict[str, Any]  # model, task, split, protocol, dates, n_boot, base (the paired rows' reference label)
     quotes: list[dict[str, Any]] = field(default_factory=list)  # {source, note, rows: [(label, {column: %})]}
+    routing: list[dict[str, Any]] = field(default_factory=list)  # per two-pass row: label + routing_metrics
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -120,6 +123,16 @@ def make_row(results: dict[str, Any], protocol: str, categories: list[str], wher
                letters=letters, correct={r["id"]: bool(r["correct"][protocol]) for r in rows}, source=where)
 
 
+def routing_of(results: dict[str, Any], protocol: str, where: str = "") -> dict[str, Any] | None:
+    """What pass 1 decided on the row's questions, recomputed from their per-question decisions (None for a
+    one-pass system): decisions, confusion (true category × decision) and routing accuracy."""
+    rows = [r for r in _rows_of(results, protocol, where) if "routing" in r]
+    if not results.get("routing") or not rows:
+        return None
+    labels = [e["label"] for e in results.get("experts", [])]
+    return {"label": results.get("label") or "?", "n": len(rows)} | routing_metrics(rows, labels)
+
+
 def _categories(all_results: list[dict[str, Any]], protocol: str) -> list[str]:
     """Category order: as the first results file's metrics list them (the task's order), then any others."""
     order: list[str] = []
@@ -172,7 +185,8 @@ def compare(named: list[tuple[str, dict[str, Any]]], protocol: str = "letter", b
             stats = paired_stats([base_row.correct[i] for i in shared], [row.correct[i] for i in shared], n_boot, seed)
             paired.append({"label": row.label, "reference": row.reference} | stats)
     quotes = [QUOTES[quote] | {"name": quote}] if quote else []
-    return Comparison(categories, rows, paired, _header(named, protocol, n_boot) | {"base": base}, quotes)
+    routing = [x for x in (routing_of(r, protocol, where) for where, r in named) if x]
+    return Comparison(categories, rows, paired, _header(named, protocol, n_boot) | {"base": base}, quotes, routing)
 
 
 def to_json(comp: Comparison) -> dict[str, Any]:
@@ -181,4 +195,4 @@ def to_json(comp: Comparison) -> dict[str, Any]:
              "cells": {k: {"accuracy": v[0], "ci95": v[1]} for k, v in r.cells.items()},
              "entropy_bits": r.entropy, "entropy_ci95": r.entropy_ci, "letters": r.letters} for r in comp.rows]
     return {"header": comp.header, "categories": comp.categories, "rows": rows, "paired": comp.paired,
-            "quotes": comp.quotes}
+            "quotes": comp.quotes, "routing": comp.routing}

@@ -14,8 +14,9 @@ from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
-from ..evaluation.metrics import CATEGORY_MEAN_CI, SIGNIFICANCE_RULE
+from ..evaluation.metrics import CATEGORY_MEAN_CI, MIXTURE, SIGNIFICANCE_RULE
 
 
 def _pct(x: float | None) -> str:
@@ -102,19 +103,25 @@ def routing_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _confusion(conf: dict[str, dict[str, int]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a confusion dict: true category (rows) against decision (columns), counts."""
+    cols = sorted({d for row in conf.values() for d in row})
+    return ["category", *cols], [[cat, *(str(row.get(c, 0)) for c in cols)] for cat, row in conf.items()]
+
+
+def _rich_table(head: list[str], lines: list[list[str]], title: str | None = None) -> Table:
+    table = Table(title=title)
+    for i, h in enumerate(head):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for line in lines:
+        table.add_row(*line)
+    return table
+
+
 def confusion_table(results: dict[str, Any]) -> Table | None:
     """True category (rows) against routing decision (columns), or None without categories."""
     conf = (results.get("routing") or {}).get("confusion")
-    if not conf:
-        return None
-    cols = sorted({d for row in conf.values() for d in row})
-    table = Table(title="routing: true category × decision")
-    table.add_column("category")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for cat, row in conf.items():
-        table.add_row(cat, *[str(row.get(c, 0)) for c in cols])
-    return table
+    return _rich_table(*_confusion(conf), title="routing: true category × decision") if conf else None
 
 
 # ---- the comparison table of `t2 report` ---------------------------------------------------------
@@ -194,7 +201,59 @@ def comparison_markdown(comp: Any, base: str = "base") -> str:
     if comp.paired:
         lines += ["", f"Paired differences against {base} on the questions both answered (percentage points; "
                   f"bootstrap 95 % CI; McNemar's exact test; bold = {SIGNIFICANCE_RULE}):", "", *_paired_table(comp, base)]
-    return "\n".join(lines + _quotes(comp)) + "\n"
+    lines += _quotes(comp)
+    if comp.routing:
+        lines += pass1_markdown(comp, base)
+    return "\n".join(lines) + "\n"
+
+
+# ---- what pass 1 decided (the recipe's last screen) -----------------------------------------------
+PASS1_TITLE = "What pass 1 decided"
+
+
+def _routing_accuracy(r: dict[str, Any]) -> str:
+    acc = r["accuracy"]
+    if not acc:
+        why = "every question got a mixture" if set(r["decisions"]) == {MIXTURE} else "no question of an expert's category"
+        return f"{r['label']}: routing accuracy — ({why}, n = {r['n']})"
+    return (f"{r['label']}: routing accuracy {_pct(acc['accuracy'])} % {_ci(acc['ci95'])} "
+            f"({acc['n_correct']} of n = {acc['n']} questions of an expert's category routed to it)")
+
+
+def verdict_line(comp: Any, base: str = "base") -> str:
+    """One line from the paired differences against `base`: the systems (references left out) whose difference
+    is significant by `SIGNIFICANCE_RULE`, or that none is, on how many questions."""
+    systems = [p for p in comp.paired if not p["reference"]]
+    if not systems:
+        return f"No system shares questions with {base}: nothing to compare."
+    ns = sorted({p["n"] for p in systems})
+    on = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    differ = [p for p in systems if p["significant"]]
+    if not differ:
+        return f"No system differs from {base} beyond its CI on these {on} questions ({SIGNIFICANCE_RULE})."
+    return (f"Differ from {base} beyond their CI ({SIGNIFICANCE_RULE}): "
+            + "; ".join(f"{p['label']} {100 * p['diff']:+.1f} points [{100 * p['ci95'][0]:+.1f}, "
+                        f"{100 * p['ci95'][1]:+.1f}] (n = {p['n']})" for p in differ) + ".")
+
+
+def pass1_markdown(comp: Any, base: str = "base") -> list[str]:
+    """The section: per two-pass row its routing accuracy and confusion table, then `verdict_line`."""
+    lines = ["", f"### {PASS1_TITLE}", ""]
+    for r in comp.routing:
+        lines += [_routing_accuracy(r), ""]
+        if r["confusion"]:
+            lines += [*_md_table(*_confusion(r["confusion"])), ""]
+    return lines + [verdict_line(comp, base)]
+
+
+def pass1_screen(comp: Any, base: str = "base") -> list[Any]:
+    """The same section for rich to print: texts (no markup read in labels) and tables, in order."""
+    out: list[Any] = [Text(f"\n{PASS1_TITLE}", style="bold")]
+    for r in comp.routing:
+        out.append(Text(_routing_accuracy(r)))
+        if r["confusion"]:
+            out.append(_rich_table(*_confusion(r["confusion"]), title=f"{r['label']}: true category × decision"))
+    return out + [Text(verdict_line(comp, base))]
 
 
 class Fitted:
