@@ -75,6 +75,7 @@ def load(url: str, models: list[str], n: int, clients: int, max_tokens: int, dea
     lat: list[float] = []
     tokens = [0]
     next_i = [0]
+    failed: list[str] = []  # one line per request that got no answer
     lock = threading.Lock()
 
     def client() -> None:
@@ -87,7 +88,12 @@ def load(url: str, models: list[str], n: int, clients: int, max_tokens: int, dea
             body = {"model": models[i % len(models)], "max_tokens": max_tokens, "temperature": 0,
                     "messages": [{"role": "user", "content": f"Request {i}: write a short story about the number {i}."}]}
             t0 = time.perf_counter()
-            r = post(f"{url}/chat/completions", body, timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                r = post(f"{url}/chat/completions", body, timeout=max(1.0, deadline - time.monotonic()))
+            except OSError as e:  # TimeoutError, URLError: the time limit cut the request, or the server failed
+                with lock:
+                    failed.append(f"{type(getattr(e, 'reason', e)).__name__}: {getattr(e, 'reason', e)}")
+                return
             with lock:
                 lat.append(time.perf_counter() - t0)
                 tokens[0] += r["usage"]["completion_tokens"]
@@ -100,6 +106,9 @@ def load(url: str, models: list[str], n: int, clients: int, max_tokens: int, dea
         t.join(max(0.0, deadline - time.monotonic()) + 5)
     wall = time.perf_counter() - t0
     q = statistics.quantiles(lat, n=20) if len(lat) >= 2 else [float("nan")] * 19
+    if failed:
+        cut = "cut by --time-limit" if time.monotonic() >= deadline - 1 else "failed"
+        print(f"serve.py: {len(failed)} request(s) {cut}; first: {failed[0]}", file=sys.stderr)
     return {"requests": len(lat), "tok_s": tokens[0] / wall, "req_s": len(lat) / wall,
             "p50": statistics.median(lat) if lat else float("nan"), "p95": q[18]}
 

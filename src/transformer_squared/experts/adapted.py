@@ -116,14 +116,16 @@ class AdaptedModel:
         return mix(self.zs, row)
 
     # ---- running prompts ------------------------------------------------------------------------
-    def _use(self, key: Any, z: dict[str, Tensor] | None) -> None:
+    def use(self, key: Any, z: dict[str, Tensor] | None) -> None:
+        """Merge z (per target; None: the base weights) unless the mixture named `key` is merged already.
+        Inside `holding` it stays merged after the call; the server's worker keeps its mixture this way."""
         if key != self._current:
             self.engine.use(z)
             self._current = key
 
     def _release(self) -> None:
         if not self._holding:
-            self._use(None, None)
+            self.use(None, None)
 
     @contextmanager
     def holding(self) -> Iterator[None]:
@@ -140,7 +142,7 @@ class AdaptedModel:
         """Context in which `model` itself runs with the default mixture merged (base weights after)."""
         with self.holding():
             z = self.z()
-            self._use(None if z is None else "default", z)
+            self.use(None if z is None else "default", z)
             yield
 
     def run(self, n: int, call: Call, alpha: Tensor | None = None, mixed: bool = False,
@@ -155,14 +157,14 @@ class AdaptedModel:
             return []
         try:
             if z is not None:
-                self._use(("z", id(z)), z)
+                self.use(("z", id(z)), z)
                 return call(list(range(n)), None)
             rows = self.alpha_rows(n, alpha)
             if mixed and self.experts:
                 if not getattr(self.engine, "supports_factored", False):
                     raise ConfigError(f"mixed batches need an engine with factored weights; "
                                       f"{type(self.engine).__name__} runs grouped only")
-                self._use(None, None)
+                self.use(None, None)
                 return call(list(range(n)), lambda idx: mix_batch(self.zs, rows[idx]))
             return self._grouped(rows, call)
         finally:
@@ -176,7 +178,7 @@ class AdaptedModel:
         for key, idx in groups.items():
             row = rows[idx[0]]
             z = self.z(row)
-            self._use(None if z is None else key, z)
+            self.use(None if z is None else key, z)
             for i, result in zip(idx, call(idx, None), strict=True):
                 out[i] = result
         return out

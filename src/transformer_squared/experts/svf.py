@@ -178,7 +178,10 @@ class SVFModel:
     `factors` are kept as given for the SVFModel's life (`svd.load_factors` casts U and V once to
     the factor dtype, S stays float32). Merging streams target by target: ΔW of one target is
     computed, added into its weight in place, and its original is copied to the CPU (restored
-    bit for bit); all W' never exist at once, and no original stays on the accelerator.
+    bit for bit); all W' never exist at once, and no original stays on the accelerator. After a
+    restore the CPU copies stay allocated and the next merge writes into them: one set for the
+    SVFModel's life, not a fresh one per merge (a server that switches mixtures would otherwise
+    grow its heap by fragmentation).
     """
 
     def __init__(
@@ -189,6 +192,7 @@ class SVFModel:
         self.normalise = normalise
         self.fingerprint = fingerprint  # svd.fingerprint of the base weights of the targets
         self._originals: dict[str, Tensor] = {}  # CPU copies of merged targets' base weights
+        self._spare: dict[str, Tensor] = {}  # CPU buffers of restored originals, reused by the next merge
         self._merged_s: dict[str, Tensor] = {}  # s' currently merged, per target
 
     @property
@@ -230,9 +234,10 @@ class SVFModel:
         weight = self.model.get_submodule(name).weight
         if name in self._originals:
             W0 = self._originals[name].to(weight.device)
-        else:
+        else:  # reuse the buffer of an earlier merge: a fresh copy per merge fragments the CPU heap
             W0 = weight.detach()
-            self._originals[name] = W0.to("cpu", copy=True)
+            spare = self._spare.pop(name, None)
+            self._originals[name] = W0.to("cpu", copy=True) if spare is None else spare.copy_(W0)
         W = adapted_weight(name, W0, delta_from_s(f.U, f.S, f.V, s2))  # (out, in), one target at a time
         with torch.no_grad():
             weight.copy_(W)
@@ -243,6 +248,7 @@ class SVFModel:
         with torch.no_grad():
             for name, W in self._originals.items():
                 self.model.get_submodule(name).weight.copy_(W)
+        self._spare.update(self._originals)
         self._originals.clear()
         self._merged_s.clear()
 

@@ -165,6 +165,17 @@ def append_rows(cache: Any, mask: Tensor, other: Any, other_mask: Tensor) -> Ten
     return torch.cat([_left(mask, T, 1), _left(other_mask, T, 1)])  # (B_a + B_b, T)
 
 
+def drop_padding(cache: Any, mask: Tensor) -> Tensor:
+    """Cut the leading columns no row attends to (left by rows that left) from the mask (B, T) and, in place,
+    from a joinable cache; else a batch that rows keep joining would grow its cache by one column a step."""
+    start = int(mask.any(0).int().argmax())  # the first column some row attends to
+    if start == 0 or not joinable(cache):
+        return mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]  # (B, H, T - start, D)
+    return mask[:, start:]
+
+
 @torch.no_grad()
 def decode(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int], context_len: int | None,
            select: Callable[[Tensor], None] | None = None, join: Join | None = None) -> None:
@@ -210,8 +221,10 @@ def decode(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int], conte
             mask, pos = mask[k], pos[k]
             if select is not None:
                 select(k)
-            active = [active[j] for j in keep]
+            rows, gens = [rows[active[j]] for j in keep], [gens[active[j]] for j in keep]  # finished rows leave
+            active = list(range(len(keep)))
             nxt = [nxt[j] for j in keep]
+            mask = drop_padding(cache, mask)
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)  # (B, T + 1)
         pos = pos + 1
         ids = torch.tensor(nxt, device=device)[:, None]  # (B, 1)

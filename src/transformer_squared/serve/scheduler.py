@@ -159,16 +159,20 @@ class Scheduler:
         if alpha is None or len(group_rows(alpha)) == 1:
             key = None if alpha is None else next(iter(group_rows(alpha)))
             z = None if alpha is None else self.am.z(alpha[0])
-            self.am._use(None if z is None else key, z)  # the holder of merged-weight state is the adapted model
+            self.am.use(None if z is None else key, z)  # the adapted model holds the merged-weight state
             decode(self.am.model, self.am.tokenizer, rows, self.eos, self.context_len,
                    join=self._joiner(jobs, key, None))
         else:
             self.stats["mixed_batches"] += 1
             if self.form == "delta":  # the delta form adds to x·Wᵀ: the base weights must be in place
-                self.am._use(None, None)
+                self.am.use(None, None)
             with per_row(self.am.svf, mix_batch(self.am.zs, self._per_seq(jobs, alpha)), self.form) as layers:
                 decode(self.am.model, self.am.tokenizer, rows, self.eos, self.context_len, layers.select,
                        join=self._joiner(jobs, None, layers))
+        self._account(jobs)
+
+    def _account(self, jobs: list[Job]) -> None:
+        """Count finished jobs in the stats."""
         self.stats["completed"] += sum(1 for j in jobs if not j.cancelled.is_set())
         self.stats["cancelled"] += sum(1 for j in jobs if j.cancelled.is_set())
         self.stats["tokens"] += sum(len(r.out) for j in jobs for r in j.rows if r.finish != "cancelled")
@@ -207,7 +211,9 @@ class Scheduler:
             if not taken:
                 return None
             self.stats["joined"] += len(taken)
-            jobs.extend(taken)
+            done = [j for j in jobs if all(r.finish is not None for r in j.rows)]
+            self._account(done)  # finished jobs leave the list: a batch that keeps taking jobs keeps none
+            jobs[:] = [j for j in jobs if all(j is not d for d in done)] + taken
             self._watch(taken)
             alpha = self._alpha(taken) if self.am.experts else None
             if alpha is None:
