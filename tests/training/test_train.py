@@ -513,3 +513,52 @@ def test_step_diagnostics_match_their_formulas(tmp_path, tiny_model_dir):
     moved = sum(((r.z()[t].detach() - r.z0[t]) ** 2).sum() for t in r.p) ** 0.5
     assert stats["z_dist"] == pytest.approx(float(moved), rel=1e-5) and stats["z_dist"] > 0
     assert all(torch.equal(z_before[t], r.z0[t]) for t in r.p)  # step 0 starts from z₀
+
+
+def test_group_advantages_are_reward_minus_the_prompts_mean():
+    items = [rollout.Item("p", reward=r) for r in (1.0, -1.0, -1.0, -1.0, 0.5, 0.5)]
+    rollout.group_advantages(items, 2)
+    assert [it.advantage for it in items] == [1.0, -1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_group_baseline_weights_the_rollout_loss_and_ignores_agreeing_samples(tmp_path, tiny_model_dir):
+    """With the group baseline, loss = −(1/n) Σ_i (R_i − mean R of its prompt) · Σ_t log π'(a_it): when every sample
+    of every prompt is wrong (the tiny model never repeats the word) the loss is 0, zero_advantage is 1 and z
+    does not move; without it (the paper's R) the same step moves z."""
+    kw = dict(task="tiny-gen", batch_size=4, micro_batch_size=4, val_fraction=0.25, max_new_tokens=3, temperature=1.0,
+              samples_per_prompt=2, grad_clip=0.0)
+    moved = {}
+    for baseline in ("group", "none"):
+        r = SVFRun(_cfg(tiny_model_dir, baseline=baseline, **kw), tmp_path / baseline, TinyGen())
+        r.setup()
+        before = {t: v.detach().clone() for t, v in r.p.items()}
+        stats = r.train_step(0)
+        assert stats["reward"] == -1.0
+        moved[baseline] = any(not torch.equal(before[t], r.p[t]) for t in r.p)
+        if baseline == "group":
+            assert stats["zero_advantage"] == 1.0 and stats["loss"] == 0.0
+        else:
+            assert "zero_advantage" not in stats and stats["loss"] != 0.0
+    assert moved == {"group": False, "none": True}
+    with pytest.raises(ConfigError, match="samples_per_prompt ≥ 2"):
+        _cfg(tiny_model_dir, baseline="group", task="tiny-gen", temperature=1.0)
+    with pytest.raises(ConfigError, match="temperature > 0"):
+        _cfg(tiny_model_dir, baseline="group", task="tiny-gen", samples_per_prompt=2)
+
+
+def test_group_baseline_loss_matches_the_formula(tmp_path, tiny_model_dir):
+    """Each advantage is the reward minus its prompt's mean, and J = A · Σ_t log π'(a_t) with A, not R (advantages set
+    by hand here, as if the first prompt's two samples disagreed), while the metrics still get R."""
+    cfg = _cfg(tiny_model_dir, task="graded-gen", batch_size=4, micro_batch_size=2, val_fraction=0.25, max_new_tokens=3,
+               temperature=1.0, samples_per_prompt=2, baseline="group")
+    r = SVFRun(cfg, tmp_path / "run", GradedGen())
+    r.setup()
+    items = r.rollouts(0, r.batch_examples(0))
+    for k in range(0, len(items), 2):
+        assert items[k].advantage == pytest.approx(items[k].reward - (items[k].reward + items[k + 1].reward) / 2)
+    items[0].advantage, items[1].advantage = 1.0, -1.0  # as if the first prompt's samples disagreed
+    with torch.no_grad(), r.svf.merged({t: z.detach() for t, z in r.z().items()}):
+        logp = [_answer_logprob_by_hand(r.model, r.tokenizer, it.prompt, it.answer_ids) for it in items[:2]]
+        J, _, R = rollout.generate_terms(r.model, r.tokenizer, items[:2], None)
+    assert J.tolist() == pytest.approx([logp[0], -logp[1]], rel=1e-4)
+    assert R.tolist() == [items[0].reward, items[1].reward]  # the metrics still report the rewards

@@ -3,7 +3,9 @@ name in `OBJECTIVES` (a task's kind names the ones it offers, tasks/kinds.py).
 
 For item i with reward R (a float from Task.reward: +1 correct, −1 wrong by default, graded if the task
 says so) the trainer maximises
-  J_i = R · Σ_t log π'(a_t)                         (sampled letters or generated answers)
+  J_i = A · Σ_t log π'(a_t)                         (sampled letters or generated answers)
+where A = R (the paper), or with the group baseline A = R − mean of R over the samples of the same prompt
+(a prompt whose samples all got the same reward then adds nothing, instead of pushing its answer down),
   J_i = Σ_letters π'(letter) · R(letter)            (MCQ "exact": the expected reward, no sampling)
 and penalises KL_i = Σ_t Σ_v π'(v) (log π'(v) − log π_base(v)) over the answer tokens
 (for MCQ: over the option letters). π' runs the adapted weights W', π_base the base weights.
@@ -31,6 +33,7 @@ class Item:
     letter_rewards: tuple[float, ...] = ()  # MCQ: the reward of answering each letter
     answer_ids: list[int] = field(default_factory=list)  # generate: token ids of the rolled-out answer
     reward: float = 0.0  # generate: reward of that answer
+    advantage: float | None = None  # generate with the group baseline: reward − mean reward of the prompt's samples
     exited: bool = False  # code tasks: the answer's program ended before its checks (reward hacking, issue 19)
 
 
@@ -122,7 +125,9 @@ def generate_terms(
     """(J (B,), KL (B,), reward (B,)) for rolled-out answers; J and KL carry the graph."""
     token_logp, logp, mask = answer_logprobs(model, tokenizer, items)  # (B, L), (B, L, V), (B, L)
     R = torch.tensor([it.reward for it in items], dtype=token_logp.dtype, device=token_logp.device)  # (B,)
-    J = R * token_logp.sum(-1)  # (B,)
+    A = torch.tensor([it.reward if it.advantage is None else it.advantage for it in items], dtype=token_logp.dtype,
+                     device=token_logp.device)  # (B,)
+    J = A * token_logp.sum(-1)  # (B,)
     if base is None:
         KL = torch.zeros_like(J)
     else:
@@ -182,6 +187,16 @@ class LetterObjective:
         return letter_base(trainer.model, trainer.tokenizer, items, trainer.letter_ids)
 
 
+def group_advantages(items: list[Item], samples: int) -> list[Item]:
+    """Each item's advantage: its reward minus the mean reward of its prompt's `samples` consecutive items."""
+    for start in range(0, len(items), samples):
+        group = items[start : start + samples]
+        mean = sum(it.reward for it in group) / len(group)
+        for it in group:
+            it.advantage = it.reward - mean
+    return items
+
+
 class RolloutObjective:
     """Free text (generative and code tasks): answers rolled out with the current z, REINFORCE on their tokens."""
 
@@ -194,9 +209,10 @@ class RolloutObjective:
         cfg = trainer.cfg
         merged = nullcontext() if trainer.svf.is_merged else trainer.svf.merged({t: z.detach() for t, z in trainer.z().items()})
         with torch.no_grad(), merged:  # a merged training step has written W'(z) already: generate with it
-            return generate_rollouts(trainer.model, trainer.tokenizer, trainer.task, examples, prompts,
-                                     cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
-                                     seed=trainer.step_seed(step), batch_size=cfg.eval_batch_size)
+            items = generate_rollouts(trainer.model, trainer.tokenizer, trainer.task, examples, prompts,
+                                      cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature,
+                                      seed=trainer.step_seed(step), batch_size=cfg.eval_batch_size)
+        return group_advantages(items, cfg.samples_per_prompt) if cfg.baseline == "group" else items
 
     def terms(self, trainer: Any, items: list[Item], base: Any, generator: torch.Generator) -> Terms:
         return generate_terms(trainer.model, trainer.tokenizer, items, base)

@@ -69,6 +69,7 @@ class TrainConfig:
     objective: Literal["auto", "exact", "sample"] = "auto"  # auto: the task kind's default (MCQ: exact, else sample)
     temperature: float = 0.0  # rollout temperature; 0 = greedy (reference); MCQ sampling needs > 0
     samples_per_prompt: int = 1  # rollouts (or sampled letters) per prompt
+    baseline: Literal["none", "group"] = "none"  # rollouts: none (R, the paper) or group (R − mean R of the prompt's samples)
     max_new_tokens: int = 64  # rollout length for generative tasks
     chat: bool = False  # wrap prompts in the chat template (VMLU's official protocol: no)
     eval_every: int = 10  # validate every N steps (and before the first and after the last)
@@ -88,6 +89,11 @@ class TrainConfig:
                      "eval_batch_size") if getattr(self, k) < 1]
         problems += [f"{k} must be ≥ 0, got {getattr(self, k)}" for k in
                      ("lr", "kl", "grad_clip", "temperature", "patience", "max_val") if getattr(self, k) < 0]
+        if self.baseline not in ("none", "group"):
+            problems.append(f"baseline '{self.baseline}': choose none or group")
+        if self.baseline == "group" and (self.samples_per_prompt < 2 or self.temperature <= 0):
+            problems.append(f"baseline 'group' compares the samples of one prompt: it needs samples_per_prompt ≥ 2 "
+                            f"(got {self.samples_per_prompt}) and temperature > 0 (got {self.temperature})")
         if self.micro_batch_size > self.batch_size:
             problems.append(f"micro_batch_size {self.micro_batch_size} > batch_size {self.batch_size}")
         if self.factor_dtype not in ("", *DTYPES):
@@ -245,6 +251,8 @@ class SVFRun:
         (n,) = distributed.all_sum([len(items)])  # items in the global batch
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "reward": 0.0, "kl": 0.0, "reward_sq": 0.0, "right": 0.0}
+        if any(it.advantage is not None for it in items):  # group baseline: items that carry no signal
+            totals["zero_advantage"] = sum(it.advantage == 0 for it in items) / n
         if hasattr(self.task, "runs"):  # code tasks: share of rollouts whose program ended before its checks
             totals["early_exit"] = sum(it.exited for it in items) / n
         if cfg.mode == "merged":
