@@ -255,8 +255,9 @@ def test_checkpoint_write_is_atomic(tmp_path, tiny_model_dir, monkeypatch):
 def test_config_checks_and_flags(tmp_path):
     cfg = load_config(TrainConfig, flags=["--batch-size", "32", "--kl", "0.1", "--subset", "category=STEM"])
     assert (cfg.batch_size, cfg.kl, cfg.subset) == (32, 0.1, "category=STEM")
-    with pytest.raises(ConfigError, match="micro_batch_size 64 > batch_size 32"):
+    with pytest.raises(ConfigError, match="micro_batch_size 64 > batch_size 32 × samples_per_prompt 1"):
         replace(cfg, micro_batch_size=64)
+    assert replace(cfg, micro_batch_size=64, samples_per_prompt=2).micro_batch_size == 64  # items: prompts × samples
     with pytest.raises(ConfigError, match="unknown key 'lr_rate'"):
         load_config(TrainConfig, flags=["--lr-rate", "1"])
 

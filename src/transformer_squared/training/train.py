@@ -94,8 +94,9 @@ class TrainConfig:
         if self.baseline == "group" and (self.samples_per_prompt < 2 or self.temperature <= 0):
             problems.append(f"baseline 'group' compares the samples of one prompt: it needs samples_per_prompt ≥ 2 "
                             f"(got {self.samples_per_prompt}) and temperature > 0 (got {self.temperature})")
-        if self.micro_batch_size > self.batch_size:
-            problems.append(f"micro_batch_size {self.micro_batch_size} > batch_size {self.batch_size}")
+        if self.micro_batch_size > self.batch_size * self.samples_per_prompt:  # items: prompts × samples
+            problems.append(f"micro_batch_size {self.micro_batch_size} > batch_size {self.batch_size} × "
+                            f"samples_per_prompt {self.samples_per_prompt}")
         if self.factor_dtype not in ("", *DTYPES):
             problems.append(f"factor_dtype '{self.factor_dtype}': choose one of {', '.join(DTYPES)} (or '' for the default)")
         if is_random(self.model) and not self.force:
