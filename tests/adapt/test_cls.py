@@ -69,3 +69,20 @@ def test_cls_decisions_equal_a_direct_forward_with_the_route_expert(routed, tiny
         build_strategy(swapped, StrategyConfig.of("cls", cls_expert=str(cls_dir)))
     with pytest.raises(ExpertError, match="not 'route'"):
         build_strategy(am, StrategyConfig.of("cls", cls_expert=str(dirs[0])))
+
+
+def test_a_classification_expert_of_another_route_version_is_refused(routed, tiny_model_dir, tmp_path):
+    """Issue 17: a cls expert trained on the lettered v1 routing prompt (or before versions were recorded) would be
+    asked with the numbered v2 prompt; it is refused with what to do, and the freshly trained one says v2."""
+    dirs, cls_dir = routed
+    assert Expert.load(cls_dir).meta.provenance["task_version"] == get_task("route").version == "2"
+    am = load_adapted(str(tiny_model_dir), experts=dirs, device="cpu")
+    for version in ("1", None):
+        old = Expert.load(cls_dir)
+        old.meta.provenance = {k: v for k, v in old.meta.provenance.items() if k != "task_version"}
+        if version:
+            old.meta.provenance["task_version"] = version
+        folder = tmp_path / f"v{version}"
+        old.save(folder)
+        with pytest.raises(ExpertError, match="routing prompts of version 1 .*retrain it"):
+            build_strategy(am, StrategyConfig.of("cls", cls_expert=str(folder)))

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ExpertError
 from ..experts.expert import Expert
 from ..models.load import model_id
+from ..tasks.base import TASKS
 from ..tasks.route import expert_folders, read_meta
 from .prompt import Classifier, RoutingSettings
 from .registry import CLASSIFIER, StrategyConfig, StrategySpec, register_strategy
@@ -41,6 +42,11 @@ def build(am: Any, cfg: StrategyConfig) -> Classifier:
     if e.meta.task != "route":
         raise ExpertError(f"--cls-expert {path}: trained on task '{e.meta.task or 'none'}', not 'route' "
                           f"(train one with `t2 train --task route --experts ...`)")
+    version = e.meta.provenance.get("task_version") or "1"  # experts from before versioning: route v1
+    if version != TASKS.get("route").version:
+        raise ExpertError(f"--cls-expert {path}: trained on routing prompts of version {version} (v1 listed the experts "
+                          f"as letters); this version asks with version {TASKS.get('route').version}: retrain it "
+                          f"with `t2 train --task route --experts ...`")
     e.check_base(model_id(am.model), am.svf.fingerprint)
     if e.meta.targets != am.targets:
         raise ExpertError(f"--cls-expert {path}: adapts other targets than the experts it routes between")

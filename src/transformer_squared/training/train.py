@@ -323,6 +323,7 @@ class SVFRun:
         parts = self.parts
         self.meta.task = self.cfg.task
         self.meta.provenance = {"config": asdict(self.cfg), "init_seed": self.cfg.seed,
+                                "task_version": str(getattr(self.task, "version", "")),
                                 "split": {"file": splits.SPLIT_FILE, "counts": {k: len(v) for k, v in parts.items()}}}
         self.meta.seen = {"task": self.cfg.task, "parts": ["train", "val"]}  # the questions in seen.safetensors
         self.meta.metrics = {"step": self.step, **self.loop,
