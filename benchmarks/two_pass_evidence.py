@@ -150,16 +150,27 @@ def eval_args(f: Family, n: int | None = None) -> list[str]:
     return args + ["--split", "test", "--data", f.test_data]
 
 
+def chosen(f: Family) -> Family:
+    """The run of f's family that validation chose: the highest best validation accuracy among the family's runs
+    (FAMILIES and SWEEP) that have a best/ expert; ties go to the first listed."""
+    runs = [g for g in FAMILIES + SWEEP if g.label == f.label and (g.expert / "expert.json").is_file()]
+    val = lambda g: json.loads((g.expert / "expert.json").read_text())["metrics"].get("best_val") or 0.0  # noqa: E731
+    return max(runs, key=val) if runs else f
+
+
 def row_args(row: str, f: Family) -> list[list[str]]:
     """(row name, extra t2 eval flags) for one row on family `f`; `expert` expands to one row per expert.
-    Strategies always route among every family's expert."""
-    experts = [str(g.expert) for g in FAMILIES]
+    `own` is every run's own expert on its family (the single-expert table); `expert` and the strategies use
+    each family's run chosen on validation (`chosen`)."""
+    experts = [str(chosen(g).expert) for g in FAMILIES]
     if row == "base":
         return [["base"]]
-    if row in ("expert", "own"):  # own: only the family's own expert (the single-expert table)
-        if f.variant:  # a sweep run: only its own expert on its own family
-            return [[f"expert:{f.name}", "--expert", str(f.expert)]] if row == "own" else []
-        return [[f"expert:{g.label}", "--expert", str(g.expert)] for g in FAMILIES if row == "expert" or g == f]
+    if row == "own":
+        return [[f"expert:{f.name}", "--expert", str(f.expert)]]
+    if row == "expert":
+        if f.variant:
+            return []
+        return [[f"expert:{chosen(g).name}", "--expert", str(chosen(g).expert)] for g in FAMILIES]
     extra = {"cls": ["--cls-expert", str(RUNS / "route" / "best"), *ROUTING["cls"]], "fewshot": list(FEWSHOT),
              "prompt": list(ROUTING["prompt"])}.get(row, [])
     return [[row, "--experts", *experts, "--strategy", row, *extra]]
@@ -229,7 +240,7 @@ def single_expert_rows(families: tuple[Family, ...]) -> list[dict]:
 
 
 def _rows_present(families: tuple[Family, ...]) -> list[str]:
-    names = ["base"] + [f"expert:{f.label}" for f in families] + list(STRATEGIES)
+    names = ["base"] + [f"expert:{chosen(f).name}" for f in families] + list(STRATEGIES)
     return [r for r in names if all(_load(r, f) is not None for f in families)]
 
 

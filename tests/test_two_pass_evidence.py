@@ -90,3 +90,19 @@ def test_training_diagnostics_and_curves(bench):
     png = bench.curves({"add": run}, bench.TABLE.with_name("curves.png"))
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| add | 4 | 2.0 | -0.500 → +1.000 | 50 % | 0.400 |" in bench.diagnostics_markdown([d], png)
+
+
+def test_the_strategies_use_the_run_validation_chose(bench, monkeypatch):
+    first = bench.Family("add", "d", "rg-direct", None, None, 4, ())
+    second = bench.Family("add", "d", "rg-direct", None, None, 4, (), variant="group")
+    other = bench.Family("name", "d", "rg-direct", None, None, 4, ())
+    monkeypatch.setattr(bench, "FAMILIES", (first, other))
+    monkeypatch.setattr(bench, "SWEEP", (second,))
+    for f, val in ((first, 0.45), (second, 0.6), (other, 0.3)):
+        f.expert.mkdir(parents=True)
+        (f.expert / "expert.json").write_text(json.dumps({"metrics": {"step": 3, "best_val": val}}))
+    assert bench.chosen(first) is second and bench.chosen(other) is other
+    (row,) = bench.row_args("cls", other)
+    assert row[row.index("--experts") + 1 : row.index("--experts") + 3] == [str(second.expert), str(other.expert)]
+    assert [r[0] for r in bench.row_args("expert", other)] == ["expert:add-group", "expert:name"]
+    assert bench.row_args("own", first)[0][:3] == ["expert:add", "--expert", str(first.expert)]
