@@ -52,6 +52,7 @@ class Family:
     train: tuple[str, ...]  # t2 train flags beyond the shared ones
     subset: str = ""  # --subset for training and evaluation
     max_new_tokens: int = 12  # generation budget, as in training (answers are short; generative families only)
+    also_valid: bool = False  # base and own rows: also reasoning-gym's `valid` split (disjoint from train and test)
     variant: str = ""  # another training run of the same family (the sweep): its run folder and row get this suffix
 
     @property
@@ -78,7 +79,8 @@ NEEDLE = "needle_haystack:{n}:max_num_statements=10"
 FAMILY = "family_relationships:{n}:max_family_size=4"
 GENERATE = ("--chat", "true", "--max-new-tokens", "12")
 N_MIXED = 50  # held-out questions per family in the mixed set every strategy row is scored on (150 in all)
-N_SINGLE = 200  # held-out questions of basic_arithmetic for the expert-vs-base test (its own family only)
+N_SINGLE = 100  # held-out questions of basic_arithmetic per split, test and valid (200 in all), for expert vs base
+# (reasoning-gym draws few distinct 2-term questions per split: 100 is what it gives for sure within its rounds)
 # Budget on the quiet 2-core CPU (about 20 s a step at batch 8; docs/evidence.md, "Evidence on CPU"): the
 # basic_arithmetic expert is the serious attempt, validated on 48 questions every 8 steps, the expert used is best/
 # (chosen on validation). First run: the paper's REINFORCE (R = ±1, greedy rollouts) at lr 1e-2, planned for 40
@@ -91,7 +93,7 @@ SMALL_TRAIN = ("--steps", "1", "--lr", "1e-2", "--eval-every", "1", "--max-val",
 CLS_TRAIN = ("--steps", "12", "--lr", "1e-2", "--eval-every", "4", "--max-val", "48")
 FAMILIES = (
     Family("basic_arithmetic", "adds and subtracts integers, answering with a number", "rg-direct",
-           ARITH.format(n=400), ARITH.format(n=N_SINGLE), N_SINGLE, GENERATE + ARITH_TRAIN),
+           ARITH.format(n=400), ARITH.format(n=N_SINGLE), N_SINGLE, GENERATE + ARITH_TRAIN, also_valid=True),
     Family("needle_haystack", "finds who likes or dislikes something in a list of statements, answering with a name",
            "rg-direct", NEEDLE.format(n=400), NEEDLE.format(n=N_MIXED), N_MIXED, GENERATE + SMALL_TRAIN),
     Family("family_relationships", "works out how two people in a family are related, answering with one word "
@@ -105,7 +107,7 @@ GROUP_TRAIN = ("--steps", "24", "--batch-size", "4", "--samples-per-prompt", "4"
                "--baseline", "group", "--micro-batch-size", "16", "--eval-batch-size", "16", "--lr", "5e-3",
                "--eval-every", "8", "--max-val", "48")
 SWEEP = (Family("basic_arithmetic", FAMILIES[0].description, "rg-direct", ARITH.format(n=400), ARITH.format(n=N_SINGLE),
-                N_SINGLE, GENERATE + GROUP_TRAIN, variant="group"),)
+                N_SINGLE, GENERATE + GROUP_TRAIN, also_valid=True, variant="group"),)
 # The paper's CEM (population 32, up to 50 generations, 10 shots) is days of generation on this CPU; this is its budget here.
 FEWSHOT = ("--shots", "5", "--population", "4", "--generations", "2")
 # Pass-1 settings of the routing rows: every cyclic order is routed too, to measure position bias.
@@ -141,13 +143,13 @@ def train_cls(families: tuple[Family, ...]) -> None:
        *CLS_TRAIN, "--chat", "true", *resume, log=RUNS / "route.log")
 
 
-def eval_args(f: Family, n: int | None = None) -> list[str]:
-    """The first `n` held-out questions of a family (default: all `n_test`), as `t2 eval` flags."""
+def eval_args(f: Family, n: int | None = None, split: str = "test") -> list[str]:
+    """The first `n` held-out questions of a family (default: all `n_test`) in `split`, as `t2 eval` flags."""
     args = ["--model", MODEL, "--task", f.task, "--chat", "--batch-size", "8", "--limit", str(n or f.n_test),
             "--protocol", f.protocol, "--max-new-tokens", str(f.max_new_tokens)]
     if f.task == "mmlu":
         return args + ["--split", "test", "--subset", f.subset, "--exclude-run", str(f.run), "--sample", "stratified"]
-    return args + ["--split", "test", "--data", f.test_data]
+    return args + ["--split", split, "--data", f.test_data]
 
 
 def chosen(f: Family) -> Family:
@@ -180,17 +182,26 @@ def evaluate(rows: list[str], families: tuple[Family, ...]) -> None:
     for row in rows:
         for f in families:
             for name, *extra in row_args(row, f):
-                out = OUT / name.replace(":", "_") / f"{f.label}.json"
-                if out.is_file():
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                n = f.n_test if row in ("base", "own") else min(N_MIXED, f.n_test)  # strategies: the mixed set
-                t2("eval", *eval_args(f, n), *extra, "--out", str(out), log=out.with_suffix(".log"))
+                single = row in ("base", "own")
+                for split in ("test", "valid") if single and f.also_valid else ("test",):
+                    out = OUT / name.replace(":", "_") / f"{f.label}{'' if split == 'test' else '@' + split}.json"
+                    if out.is_file():
+                        continue
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    n = f.n_test if single else min(N_MIXED, f.n_test)  # strategies: the mixed set
+                    t2("eval", *eval_args(f, n, split), *extra, "--out", str(out), log=out.with_suffix(".log"))
 
 
 def _load(row: str, f: Family) -> dict | None:
+    """A row's results on a family: its test-split file, with the predictions of its valid-split file appended."""
     path = OUT / row.replace(":", "_") / f"{f.label}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    out = json.loads(path.read_text(encoding="utf-8"))
+    extra = path.with_name(f"{f.label}@valid.json")
+    if extra.is_file():
+        out["predictions"] = out["predictions"] + json.loads(extra.read_text(encoding="utf-8"))["predictions"]
+    return out
 
 
 def _acc(correct: list[bool]) -> dict:

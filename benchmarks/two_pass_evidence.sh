@@ -12,7 +12,7 @@ $PY $E train --family needle_haystack --family family_relationships; stamp small
 $PY $E train --family basic_arithmetic; stamp arithmetic expert done
 $PY $E train --sweep; stamp arithmetic sweep done
 $PY $E train-cls; stamp cls done
-$PY $E eval base own; $PY $E eval own --sweep; stamp base own done
+$PY $E eval base; $PY $E eval own --sweep; stamp base own done
 $PY $E eval cls prompt oracle; stamp cls prompt oracle done
 $PY $E table; stamp table 1
 $PY $E eval expert uniform; stamp expert uniform done
