@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -53,6 +54,8 @@ class Family:
     subset: str = ""  # --subset for training and evaluation
     max_new_tokens: int = 12  # generation budget, as in training (answers are short; generative families only)
     also_valid: bool = False  # base and own rows: also reasoning-gym's `valid` split (disjoint from train and test)
+    continues: str = ""  # a sweep run that starts as a copy of this run's folder (then resumes to its own --steps)
+    mixed: bool = True  # may be chosen for the mixed set (False: a run continued after the mixed set was scored)
     variant: str = ""  # another training run of the same family (the sweep): its run folder and row get this suffix
 
     @property
@@ -107,7 +110,12 @@ GROUP_TRAIN = ("--steps", "24", "--batch-size", "4", "--samples-per-prompt", "4"
                "--baseline", "group", "--micro-batch-size", "16", "--eval-batch-size", "16", "--lr", "5e-3",
                "--eval-every", "8", "--max-val", "48")
 SWEEP = (Family("basic_arithmetic", FAMILIES[0].description, "rg-direct", ARITH.format(n=400), ARITH.format(n=N_SINGLE),
-                N_SINGLE, GENERATE + GROUP_TRAIN, also_valid=True, variant="group"),)
+                N_SINGLE, GENERATE + GROUP_TRAIN, also_valid=True, variant="group"),
+         # The group run continued from its step 24 to 48 (validation was still rising), after the mixed set was
+         # scored with the step-24 expert: in the single-expert table only.
+         Family("basic_arithmetic", FAMILIES[0].description, "rg-direct", ARITH.format(n=400), ARITH.format(n=N_SINGLE),
+                N_SINGLE, GENERATE + GROUP_TRAIN[2:] + ("--steps", "48"), also_valid=True,
+                continues="basic_arithmetic-group", mixed=False, variant="group-long"))
 # The paper's CEM (population 32, up to 50 generations, 10 shots) is days of generation on this CPU; this is its budget here.
 FEWSHOT = ("--shots", "5", "--population", "4", "--generations", "2")
 # Pass-1 settings of the routing rows: every cyclic order is routed too, to measure position bias.
@@ -127,6 +135,8 @@ def t2(*args: str, log: Path | None = None) -> None:
 
 def train(families: tuple[Family, ...]) -> None:
     for f in families:
+        if f.continues and not f.run.exists():
+            shutil.copytree(RUNS / f.continues, f.run)
         resume = ("--resume",) if (f.run / "latest").is_dir() else ()
         data = ("--data", f.data) if f.data else ()
         subset = ("--subset", f.subset) if f.subset else ()
@@ -155,7 +165,7 @@ def eval_args(f: Family, n: int | None = None, split: str = "test") -> list[str]
 def chosen(f: Family) -> Family:
     """The run of f's family that validation chose: the highest best validation accuracy among the family's runs
     (FAMILIES and SWEEP) that have a best/ expert; ties go to the first listed."""
-    runs = [g for g in FAMILIES + SWEEP if g.label == f.label and (g.expert / "expert.json").is_file()]
+    runs = [g for g in FAMILIES + SWEEP if g.label == f.label and g.mixed and (g.expert / "expert.json").is_file()]
     val = lambda g: json.loads((g.expert / "expert.json").read_text())["metrics"].get("best_val") or 0.0  # noqa: E731
     return max(runs, key=val) if runs else f
 

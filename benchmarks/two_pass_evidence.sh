@@ -16,4 +16,6 @@ $PY $E eval base; $PY $E eval own --sweep; stamp base own done
 $PY $E eval cls prompt oracle; stamp cls prompt oracle done
 $PY $E table; stamp table 1
 $PY $E eval expert uniform; stamp expert uniform done
+$PY $E table; stamp table 2
+$PY $E train --sweep; $PY $E eval own --sweep; stamp the continued sweep run done
 $PY $E table; stamp end

@@ -106,3 +106,21 @@ def test_the_strategies_use_the_run_validation_chose(bench, monkeypatch):
     assert row[row.index("--experts") + 1 : row.index("--experts") + 3] == [str(second.expert), str(other.expert)]
     assert [r[0] for r in bench.row_args("expert", other)] == ["expert:add-group", "expert:name"]
     assert bench.row_args("own", first)[0][:3] == ["expert:add", "--expert", str(first.expert)]
+
+
+def test_a_continued_run_starts_from_a_copy_and_is_kept_out_of_the_mixed_set(bench, monkeypatch):
+    first = bench.Family("add", "d", "rg-direct", "add:9", None, 4, ("--steps", "2"), variant="group")
+    longer = bench.Family("add", "d", "rg-direct", "add:9", None, 4, ("--steps", "4"), continues="add-group", mixed=False,
+                          variant="long")
+    monkeypatch.setattr(bench, "FAMILIES", ())
+    monkeypatch.setattr(bench, "SWEEP", (first, longer))
+    (first.run / "latest").mkdir(parents=True)
+    first.expert.mkdir(parents=True)
+    (first.expert / "expert.json").write_text(json.dumps({"metrics": {"step": 2, "best_val": 0.5}}))
+    calls = []
+    monkeypatch.setattr(bench, "t2", lambda *a, log=None: calls.append(a))
+    bench.train((longer,))
+    assert (longer.run / "latest").is_dir() and (longer.expert / "expert.json").is_file()  # a copy of add-group
+    assert "--resume" in calls[0] and calls[0][calls[0].index("--out") + 1] == str(longer.run)
+    (longer.expert / "expert.json").write_text(json.dumps({"metrics": {"step": 4, "best_val": 0.9}}))
+    assert bench.chosen(longer) is first  # validation prefers it, but it was not in the mixed set
