@@ -380,6 +380,8 @@ def diagnostics(runs: dict[str, Path]) -> list[dict]:
         out.append({"run": name, "steps": len(steps), "reward_first": mean(steps[:q], "reward"),
                     "reward_last": mean(steps[-q:], "reward"),
                     "flat_steps": sum(1 for r in steps if r.get("reward_sd", 1.0) == 0.0) / len(steps),
+                    "zero_advantage": (mean(steps, "zero_advantage") if all("zero_advantage" in r for r in steps)
+                                       else None),
                     "z_dist": steps[-1].get("z_dist"), "kl": steps[-1].get("kl"),
                     "seconds_per_step": mean(steps, "seconds"),
                     "val": [(v["step"], v["val_acc"], v["n_val"]) for v in vals]})
@@ -431,12 +433,16 @@ def diagnostics_markdown(diag: list[dict], png: Path | None) -> str:
         return ""
     lines = ["", "## Training diagnostics", "",
              "| run | steps | s/step | reward, first quarter → last quarter | steps with all rewards equal | "
-             "‖z − z₀‖ at the end | KL at the end | validation accuracy (step: acc, n) |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+             "items with zero advantage (group baseline) | ‖z − z₀‖ at the end | KL at the end | "
+             "validation accuracy (step: acc, n) |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for d in diag:
+        zero = "–" if d.get("zero_advantage") is None else f"{100 * d['zero_advantage']:.0f} %"
         val = ", ".join(f"{s}: {100 * a:.1f}" for s, a, _ in d["val"]) + (f" (n = {d['val'][0][2]})" if d["val"] else "")
         lines.append(f"| {d['run']} | {d['steps']} | {d['seconds_per_step']:.1f} | {d['reward_first']:+.3f} → "
-                     f"{d['reward_last']:+.3f} | {100 * d['flat_steps']:.0f} % | {d['z_dist'] or 0:.3f} | "
+                     f"{d['reward_last']:+.3f} | {100 * d['flat_steps']:.0f} % | "
+                     f"{zero} | "
+                     f"{d['z_dist'] or 0:.3f} | "
                      f"{d['kl'] or 0:.2e} | {val} |")
     if png:
         lines += ["", f"![training curves]({png.name})"]

@@ -89,7 +89,7 @@ def test_training_diagnostics_and_curves(bench):
     assert d["flat_steps"] == 0.5 and d["z_dist"] == pytest.approx(0.4) and d["val"] == [(0, 0.5, 4), (4, 0.75, 4)]
     png = bench.curves({"add": run}, bench.TABLE.with_name("curves.png"))
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| add | 4 | 2.0 | -0.500 → +1.000 | 50 % | 0.400 |" in bench.diagnostics_markdown([d], png)
+    assert "| add | 4 | 2.0 | -0.500 → +1.000 | 50 % | – | 0.400 |" in bench.diagnostics_markdown([d], png)
 
 
 def test_the_strategies_use_the_run_validation_chose(bench, monkeypatch):
