@@ -82,4 +82,6 @@ def test_switching_mixtures_keeps_one_copy_of_the_base_weights(tiny):
     assert sch.stats["mixed_batches"] >= 6 and sch.stats["batches"] >= 12
     n_targets = len(am.svf.targets)
     assert len({t.untyped_storage().data_ptr() for t in held}) == n_targets  # the same buffers every merge
-    assert max(counts[1:]) <= counts[1]  # nothing kept per request or per batch
+    # nothing kept per request or per batch: 8 requests a round over 5 rounds would leave ≥ 40 tensors; the
+    # count is process-wide, so a few tensors that other tests' objects free late may come and go
+    assert max(counts[1:]) - counts[1] < 8, counts
