@@ -162,12 +162,16 @@ def eval_args(f: Family, n: int | None = None, split: str = "test") -> list[str]
     return args + ["--split", split, "--data", f.test_data]
 
 
+def _expert_metrics(f: Family) -> dict:
+    """The metrics block of a run's best/ expert.json (step, best_val, ...)."""
+    return json.loads((f.expert / "expert.json").read_text(encoding="utf-8"))["metrics"]
+
+
 def chosen(f: Family) -> Family:
     """The run of f's family that validation chose: the highest best validation accuracy among the family's runs
     (FAMILIES and SWEEP) that have a best/ expert; ties go to the first listed."""
     runs = [g for g in FAMILIES + SWEEP if g.label == f.label and g.mixed and (g.expert / "expert.json").is_file()]
-    val = lambda g: json.loads((g.expert / "expert.json").read_text())["metrics"].get("best_val") or 0.0  # noqa: E731
-    return max(runs, key=val) if runs else f
+    return max(runs, key=lambda g: _expert_metrics(g).get("best_val") or 0.0) if runs else f
 
 
 def row_args(row: str, f: Family) -> list[list[str]]:
@@ -254,8 +258,8 @@ def single_expert_rows(families: tuple[Family, ...]) -> list[dict]:
             "answers_base": dict(Counter(r["prediction"][p] for r in held).most_common(6)),
             "answers_expert": dict(Counter(by_id[i]["prediction"][p] for i in ids).most_common(6)),
             "gold_answers": dict(gold.most_common(6)),
-            "expert_step": json.loads((f.expert / "expert.json").read_text())["metrics"].get("step"),
-            "best_val": json.loads((f.expert / "expert.json").read_text())["metrics"].get("best_val"),
+            "expert_step": _expert_metrics(f).get("step"),
+            "best_val": _expert_metrics(f).get("best_val"),
         })
     return out
 
